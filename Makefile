@@ -1,0 +1,39 @@
+# The README's Quickstart: `make demo` and `make test`. Both install into .venv first (idempotent).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+CONSTRAINTS := requirements/constraints.txt
+# Exact pins for the install step only (pyproject.toml keeps loose ranges for GPU machines' own stacks).
+TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-all gpu-check bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
+	  echo "error: could not create $(VENV): install the venv module (Debian: apt-get install python3-venv) and rerun" >&2; exit 1; }
+	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) $(TORCH_PINS)
+	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[flops,dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/lit env
+	$(VENV)/bin/lit info --variant all --image assets/photos/chelsea.jpg
+
+# The CI suite: everything but GPU-only tests.
+test: install
+	$(PY) -m pytest -q -m "not gpu"
+
+# GPU tests and benchmarks, for a machine with CUDA.
+gpu-check: install
+	$(PY) -m pytest -q -m gpu -rs
+	$(PY) benchmarks/bench_dtm.py --device cuda
+
+bench: install
+	$(PY) benchmarks/bench_dtm.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,122 @@
+"""Reading and writing checkpoints: official LIT ``.pth`` files and this project's own plain-dict files.
+
+Every read uses ``torch.load(weights_only=True)``, so an untrusted file can never run code. Writes are atomic
+(temporary file in the same folder, fsync, rename), so a kill at any instant leaves the old or the new file.
+"""
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+from litcli.errors import CheckpointError
+
+PathLike = Union[str, Path]
+
+
+def read_checkpoint(path: PathLike) -> Dict:
+    """Load a checkpoint file onto the CPU with ``weights_only=True``; any failure is a CheckpointError."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{path} holds objects other than tensors and plain types, refused for safety '
+                              f'({first}); re-save it as a plain state dict')
+    except Exception as e:  # truncated zip, not a torch file, ...
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint (truncated or corrupt?): '
+                              f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}')
+    if not isinstance(obj, dict):
+        raise CheckpointError(f'{path} holds a {type(obj).__name__}, not a state dict')
+    return obj
+
+
+def save_checkpoint(obj: Dict, path: PathLike):
+    """Write ``obj`` with torch.save atomically: a reader sees the old file or the complete new one."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def detect_variant(state_dict: Dict) -> Optional[str]:
+    """Which registered LIT variant a (model) state dict belongs to, from its keys and shapes; None if unknown."""
+    from litcli.models.lit import _unwrap_state_dict
+
+    sd = _unwrap_state_dict(state_dict)
+    if 'pos_embed1' in sd and 'patch_embed1.proj.weight' in sd:
+        return 'lit_ti' if sd['patch_embed1.proj.weight'].shape[0] == 64 else None
+    if 'patch_embed.proj.weight' in sd:
+        width = sd['patch_embed.proj.weight'].shape[0]
+        stage3_depth = len({m.group(1) for k in sd for m in [re.match(r'layers\.2\.blocks\.(\d+)\.', k)] if m})
+        return {(96, 6): 'lit_s', (96, 18): 'lit_m', (128, 18): 'lit_b'}.get((width, stage3_depth))
+    return None
+
+
+def _examples(keys, n=3):
+    keys = sorted(keys)
+    return ', '.join(keys[:n]) + (f' (+{len(keys) - n} more)' if len(keys) > n else '')
+
+
+def load_checkpoint(path: PathLike, model, strict: bool = True) -> Dict:
+    """Load weights from ``path`` into ``model`` and return the raw checkpoint (for its metadata).
+
+    Accepts official files (bare or ``{'model': ...}``/``{'state_dict': ...}``, ``module.`` prefixes) and
+    ``lit train`` checkpoints. Position tables are resampled when the file was trained at another size. A file
+    that does not fit raises CheckpointError naming the missing/unexpected/mismatched keys and, where it can
+    tell, the variant the file belongs to.
+    """
+    from litcli.models.lit import checkpoint_filter_fn
+
+    raw = read_checkpoint(path)
+    state_dict = checkpoint_filter_fn(raw, model)
+    target = model.state_dict()
+    missing = set(target) - set(state_dict)
+    unexpected = set(state_dict) - set(target)
+    mismatched = {k for k in set(target) & set(state_dict) if tuple(target[k].shape) != tuple(state_dict[k].shape)}
+    if strict and (missing or unexpected or mismatched):
+        variant = raw.get('variant') or detect_variant(raw)
+        model_name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} missing keys ({_examples(missing)})')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected keys ({_examples(unexpected)})')
+        if mismatched:
+            shown = sorted(mismatched)[:2]
+            parts.append(f'{len(mismatched)} shape mismatches (' + ', '.join(
+                f'{k}: file {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}' for k in shown) + ')')
+        if variant and variant != model_name:
+            hint = f'the file looks like a {variant} checkpoint: pass --variant {variant.removeprefix("lit_")}'
+        elif mismatched and all(k.startswith('head.') for k in mismatched):
+            hint = 'the classifier has another number of classes: set --num-classes to match the file'
+        else:
+            hint = 'check that the file is a LIT checkpoint and matches --variant'
+        raise CheckpointError(f'{path} does not fit {model_name}: ' + '; '.join(parts) + f'; {hint}')
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in mismatched}, strict=strict)
+    return raw

@@ -1,0 +1,587 @@
+""" LIT: Less is More: Pay Less Attention in Vision Transformers
+
+Paper: Pan et al., AAAI 2022, https://arxiv.org/abs/2105.14217
+Original code: https://github.com/ziplab/LIT (Apache-2.0)
+
+Early stages are pure MLP blocks, late stages global multi-head self-attention, and stages are joined
+by Deformable Token Merging (``dtm.py``). The official code has two naming layouts, kept here key for
+key so the released ``lit_{ti,s,m,b}.pth`` files load with ``strict=True``:
+
+- ``LITPvtStyle`` (LIT-Ti): ``patch_embed1`` stem, ``patch_embed{2,3,4}`` = DTM *into* stages 2-4,
+  learned absolute ``pos_embed1..4``, a ``cls_token`` prepended in stage 4, cls-token pooling.
+- ``LITSwinStyle`` (LIT-S/M/B): ``patch_embed`` stem, ``layers.i.blocks`` and ``layers.i.downsample``
+  = DTM *out of* stages 1-3, a relative position bias in every attention block, mean pooling.
+
+Both share the leaf modules and one forward loop (``LITBase``); they differ only in where the modules
+live and how tokens get position information. Any input whose sides are divisible by 32 works: the
+position tables are built for ``img_size`` and resampled bicubically for other sizes (bit-exact at the
+build size).
+"""
+import math
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple, trunc_normal_, use_fused_attn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from .dtm import DeformableTokenMerging
+
+__all__ = ['LITBase', 'LITPvtStyle', 'LITSwinStyle', 'Attention', 'MlpBlock', 'TransformerBlock',
+           'checkpoint_filter_fn', 'relative_position_index', 'resize_rel_pos_table', 'LIT_ARCHS']
+
+REDUCTION = 32  # total downsampling: patch 4 x three 2x merges
+
+
+def relative_position_index(h: int, w: int, device=None) -> torch.Tensor:
+    """(h*w, h*w) int64 index into a ((2h-1)(2w-1), heads) table for global attention on an h x w grid.
+
+    index[i, j] = (y_i - y_j + h - 1) * (2w - 1) + (x_i - x_j + w - 1), tokens in row-major order (Swin's
+    formula with the window equal to the whole map, as in the official LIT-S/M/B).
+    """
+    ys = torch.arange(h, device=device).repeat_interleave(w)
+    xs = torch.arange(w, device=device).repeat(h)
+    dy = ys[:, None] - ys[None, :] + (h - 1)
+    dx = xs[:, None] - xs[None, :] + (w - 1)
+    return dy * (2 * w - 1) + dx
+
+
+def resize_rel_pos_table(table: torch.Tensor, old_grid: Tuple[int, int], new_grid: Tuple[int, int]):
+    """Resize a ((2h-1)(2w-1), heads) table to another grid by bicubic interpolation of the (dy, dx) plane,
+    as the official LIT dense-prediction loader does."""
+    if tuple(old_grid) == tuple(new_grid):
+        return table
+    heads = table.shape[1]
+    (oh, ow), (nh, nw) = old_grid, new_grid
+    plane = table.t().reshape(1, heads, 2 * oh - 1, 2 * ow - 1)  # rows index dy, columns dx
+    plane = F.interpolate(plane, size=(2 * nh - 1, 2 * nw - 1), mode='bicubic', align_corners=False)
+    return plane.reshape(heads, -1).t()
+
+
+class Attention(nn.Module):
+    """Global multi-head self-attention, optionally with a relative position bias over the whole map.
+
+    ``fused_attn`` selects ``F.scaled_dot_product_attention``; the explicit path computes the softmax
+    probabilities and passes them through ``attn_drop`` (hook it to read attention maps).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            qkv_bias: bool = True,
+            rel_pos_grid: Optional[Tuple[int, int]] = None,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            fused_attn: Optional[bool] = None,
+    ):
+        super().__init__()
+        assert dim % num_heads == 0, f'dim {dim} must be divisible by num_heads {num_heads}'
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn() if fused_attn is None else fused_attn
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.rel_pos_grid = tuple(rel_pos_grid) if rel_pos_grid is not None else None
+        if self.rel_pos_grid is not None:
+            h, w = self.rel_pos_grid
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * h - 1) * (2 * w - 1), num_heads))
+            # Persistent, with the official name, so official checkpoints load strictly.
+            self.register_buffer('relative_position_index', relative_position_index(h, w), persistent=True)
+            self._index_cache: Dict[Tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def rel_pos_bias(self, grid_size: Tuple[int, int]) -> torch.Tensor:
+        """(heads, N, N) bias for an h x w token grid; resampled when it differs from the build grid."""
+        if tuple(grid_size) == self.rel_pos_grid:
+            table, index = self.relative_position_bias_table, self.relative_position_index
+        else:
+            table = resize_rel_pos_table(self.relative_position_bias_table, self.rel_pos_grid, grid_size)
+            key = (*grid_size, table.device)
+            if key not in self._index_cache:
+                self._index_cache[key] = relative_position_index(*grid_size, device=table.device)
+            index = self._index_cache[key]
+        n = index.shape[0]
+        return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        B, N, C = x.shape
+        # qkv channels are [q | k | v], each heads x head_dim: B, N, 3, heads, d -> 3, B, heads, N, d
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.rel_pos_bias(grid_size).unsqueeze(0) if self.rel_pos_grid is not None else None  # 1, h, N, N
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=None if bias is None else bias.to(q.dtype),
+                dropout_p=self.attn_drop.p if self.training else 0.,
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # B, heads, N, N
+            if bias is not None:
+                attn = attn + bias
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        x = x.transpose(1, 2).reshape(B, N, C)  # B, N, heads*d
+        return self.proj_drop(self.proj(x))
+
+
+class MlpBlock(nn.Module):
+    """Stage-1/2 block: ``x + DropPath(MLP(LN(x)))``. The one norm is named ``norm2`` as in the official code."""
+
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0., norm_layer=nn.LayerNorm, **_unused):
+        super().__init__()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Transformer block with global MSA (no windows, no shift, no layer scale)."""
+
+    def __init__(
+            self,
+            dim: int,
+            mlp_ratio: float,
+            drop_path: float = 0.,
+            norm_layer=nn.LayerNorm,
+            num_heads: int = 1,
+            qkv_bias: bool = True,
+            rel_pos_grid: Optional[Tuple[int, int]] = None,
+            fused_attn: Optional[bool] = None,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_grid=rel_pos_grid, fused_attn=fused_attn)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), grid_size))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class LITBase(nn.Module):
+    """What both layouts share: construction arithmetic, the forward loop, the timm model interface.
+
+    Subclasses build the modules under their official names and implement ``stage_merge(i)`` (the DTM
+    that produces stage i's tokens, None for stage 0), ``stage_blocks(i)`` and ``embed_tokens(i, x, grid)``
+    (add position information / prefix tokens after the merge).
+    """
+    num_prefix_tokens = 0  # tokens before the grid tokens in the final stage (cls token)
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dims: Sequence[int] = (96, 192, 384, 768),
+            depths: Sequence[int] = (2, 2, 6, 2),
+            num_heads: Sequence[int] = (3, 6, 12, 24),
+            mlp_ratios: Sequence[float] = (4., 4., 4., 4.),
+            msa_stages: Sequence[int] = (3, 4),
+            qkv_bias: bool = True,
+            drop_path_rate: float = 0.,
+            norm_eps: float = 1e-5,
+            fused_attn: Optional[bool] = None,
+            dtm_backend: str = 'auto',
+    ):
+        super().__init__()
+        assert len(embed_dims) == len(depths) == len(num_heads) == len(mlp_ratios) == 4
+        assert global_pool in ('', 'avg', 'token')
+        self.img_size = to_2tuple(img_size)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.embed_dims = tuple(embed_dims)
+        self.depths = tuple(depths)
+        self.msa_stages = tuple(sorted(msa_stages))
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.grad_checkpointing = False
+        self._check_size(self.img_size)
+        # Token grid of each stage at the build size: 56, 28, 14, 7 at 224.
+        self.stage_grids = [(self.img_size[0] // (4 * 2 ** i), self.img_size[1] // (4 * 2 ** i)) for i in range(4)]
+        self.norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        # Stochastic depth grows linearly over all blocks, MLP-only blocks included.
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.block_drop_path = [dpr[sum(depths[:i]):sum(depths[:i + 1])] for i in range(4)]
+        self.block_kwargs = [
+            dict(dim=embed_dims[i], mlp_ratio=mlp_ratios[i], norm_layer=self.norm_layer, num_heads=num_heads[i],
+                 qkv_bias=qkv_bias, fused_attn=fused_attn)
+            for i in range(4)
+        ]
+        self.dtm_backend = dtm_backend
+        self.feature_info = []
+
+    # ---- construction helpers used by the subclasses ----
+    def _make_stem(self) -> PatchEmbed:
+        # Conv2d(k4, s4) + LayerNorm(eps 1e-5) in both official layouts; keys proj.*, norm.*.
+        return PatchEmbed(self.img_size, patch_size=4, in_chans=self.in_chans, embed_dim=self.embed_dims[0],
+                          norm_layer=partial(nn.LayerNorm, eps=1e-5), flatten=False, output_fmt='NHWC',
+                          strict_img_size=False)
+
+    def _make_blocks(self, i: int, rel_pos: bool) -> nn.ModuleList:
+        msa = (i + 1) in self.msa_stages
+        block_cls = TransformerBlock if msa else MlpBlock
+        extra = dict(rel_pos_grid=self.stage_grids[i] if rel_pos else None) if msa else {}
+        return nn.ModuleList([
+            block_cls(drop_path=dp, **self.block_kwargs[i], **extra) for dp in self.block_drop_path[i]
+        ])
+
+    def _make_merge(self, i: int) -> DeformableTokenMerging:
+        """The merge from stage i to stage i + 1."""
+        return DeformableTokenMerging(self.embed_dims[i], self.embed_dims[i + 1], backend=self.dtm_backend)
+
+    def _make_head(self):
+        self.norm = self.norm_layer(self.num_features)
+        self.head = nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
+
+    def _init_weights(self, m: nn.Module):
+        # Convs (stem, DTM) keep PyTorch's default init and conv_offset stays zero, as in the official code.
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, Attention) and m.rel_pos_grid is not None:
+            trunc_normal_(m.relative_position_bias_table, std=.02)
+
+    # ---- layout hooks ----
+    def stage_merge(self, i: int) -> Optional[nn.Module]:
+        raise NotImplementedError
+
+    def stage_blocks(self, i: int) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def embed_tokens(self, i: int, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        return x
+
+    # ---- forward ----
+    @staticmethod
+    def _check_size(hw: Tuple[int, int]):
+        h, w = hw
+        if h % REDUCTION or w % REDUCTION or h <= 0 or w <= 0:
+            def near(n):
+                lo = n // REDUCTION * REDUCTION
+                return str(n) if lo == n else f'{lo} or {lo + REDUCTION}' if lo > 0 else str(REDUCTION)
+            raise ValueError(f'LIT needs an input whose height and width are divisible by {REDUCTION}, '
+                             f'got {h}x{w}; nearest valid: height {near(h)}, width {near(w)}')
+
+    def _check_input(self, x: torch.Tensor):
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f'LIT expects a (B, {self.in_chans}, H, W) image batch, got shape {tuple(x.shape)}')
+        self._check_size(tuple(x.shape[-2:]))
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        for blk in blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+                x = checkpoint(blk, x, grid, use_reentrant=False)
+            else:
+                x = blk(x, grid)
+        return x
+
+    def _iter_stages(self, x: torch.Tensor, last: int = 3):
+        """Yield ``(i, tokens, grid)`` after each stage's blocks, up to stage ``last``.
+
+        tokens is (B, prefix + h*w, C) with row-major grid tokens; prefix tokens exist only in the final
+        stage of the PVT layout (cls token).
+        """
+        self._check_input(x)
+        x = self.stem(x)  # B, H/4, W/4, C
+        grid = tuple(x.shape[1:3])
+        x = x.flatten(1, 2)  # B, N, C
+        for i in range(last + 1):
+            merge = self.stage_merge(i)
+            if merge is not None:
+                B, N, C = x.shape
+                x = x.transpose(1, 2).reshape(B, C, *grid)  # B, C, h, w
+                x = merge(x)  # B, C', h/2, w/2
+                grid = tuple(x.shape[-2:])
+                x = x.flatten(2).transpose(1, 2)  # B, N/4, C'
+            x = self.embed_tokens(i, x, grid)
+            x = self._run_blocks(self.stage_blocks(i), x, grid)
+            yield i, x, grid
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> normalised final tokens (B, prefix + H/32 * W/32, C4)."""
+        for _, x, _ in self._iter_stages(x):
+            pass
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == 'token':
+            x = x[:, 0]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        """Per-stage feature maps (B, C_i, H/(4*2^i), W/(4*2^i)) for dense prediction; timm semantics.
+
+        ``norm`` applies the final norm to the last stage's map. ``indices``: int = last n stages, or a list.
+        """
+        assert output_fmt in ('NCHW', 'NHWC'), 'output_fmt must be NCHW or NHWC'
+        take_indices, max_index = feature_take_indices(4, indices)
+        last = max_index if (stop_early or intermediates_only) else 3
+        intermediates = []
+        for i, x, (h, w) in self._iter_stages(x, last=last):
+            if i in take_indices:
+                feat = self.norm(x) if (norm and i == 3) else x
+                feat = feat[:, self.num_prefix_tokens if i == 3 else 0:].reshape(x.shape[0], h, w, -1)  # B, h, w, C
+                intermediates.append(feat.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else feat)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    # ---- timm interface ----
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            assert global_pool in ('', 'avg', 'token')
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Exact names of the non-1-D parameters the official recipe does not decay."""
+        return {n for n, _ in self.named_parameters()
+                if n == 'cls_token' or n.endswith('relative_position_bias_table')}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        """Parameter groups for layer-wise LR decay: stem, then the blocks (and merges) stage by stage."""
+        raise NotImplementedError
+
+
+class LITPvtStyle(LITBase):
+    """LIT-Ti layout (PVT-style keys): absolute position embeddings, cls token, DTM at the start of stages 2-4."""
+    num_prefix_tokens = 1
+
+    def __init__(self, global_pool: str = 'token', **kwargs):
+        super().__init__(global_pool=global_pool, **kwargs)
+        self.patch_embed1 = self._make_stem()
+        for i in range(1, 4):
+            setattr(self, f'patch_embed{i + 1}', self._make_merge(i - 1))
+        for i, (h, w) in enumerate(self.stage_grids):
+            prefix = self.num_prefix_tokens if i == 3 else 0
+            setattr(self, f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, prefix + h * w, self.embed_dims[i])))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims[3]))
+        for i in range(4):
+            setattr(self, f'block{i + 1}', self._make_blocks(i, rel_pos=False))
+        self._make_head()
+        self.feature_info = [dict(num_chs=self.embed_dims[i], reduction=4 * 2 ** i, module=f'block{i + 1}')
+                             for i in range(4)]
+        for i in range(4):
+            trunc_normal_(getattr(self, f'pos_embed{i + 1}'), std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        self.apply(self._init_weights)
+
+    @property
+    def stem(self):
+        return self.patch_embed1
+
+    def stage_merge(self, i):
+        return getattr(self, f'patch_embed{i + 1}') if i > 0 else None
+
+    def stage_blocks(self, i):
+        return getattr(self, f'block{i + 1}')
+
+    def embed_tokens(self, i, x, grid):
+        pos_embed = getattr(self, f'pos_embed{i + 1}')
+        prefix = self.num_prefix_tokens if i == 3 else 0
+        # Bicubic resampling when the grid differs from the build grid (a no-op at the build size).
+        pos_embed = resample_abs_pos_embed(pos_embed, new_size=list(grid), old_size=list(self.stage_grids[i]),
+                                           num_prefix_tokens=prefix)
+        if prefix:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # B, 1 + N, C
+        return x + pos_embed
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(
+            stem=r'^patch_embed1\.|^pos_embed1$',
+            blocks=r'^block(\d+)' if coarse else [
+                (r'^block(\d+)\.(\d+)', None),
+                (r'^(?:patch_embed|pos_embed)(\d+)', (0,)),
+                (r'^cls_token', (4, 0)),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+
+class SwinStyleLayer(nn.Module):
+    """Container with the official ``BasicLayer`` keys: ``blocks``, then ``downsample`` (DTM; None in stage 4).
+    The model's forward loop runs them, so the pre-merge map is available as the stage's feature."""
+
+    def __init__(self, blocks: nn.ModuleList, downsample: Optional[nn.Module]):
+        super().__init__()
+        self.blocks = blocks
+        self.downsample = downsample
+
+
+class LITSwinStyle(LITBase):
+    """LIT-S/M/B layout (Swin-style keys): relative position bias, mean pooling, DTM at the end of stages 1-3."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_embed = self._make_stem()
+        self.layers = nn.ModuleList()
+        for i in range(4):
+            self.layers.append(SwinStyleLayer(self._make_blocks(i, rel_pos=True),
+                                              self._make_merge(i) if i < 3 else None))
+        self._make_head()
+        self.feature_info = [dict(num_chs=self.embed_dims[i], reduction=4 * 2 ** i, module=f'layers.{i}')
+                             for i in range(4)]
+        self.apply(self._init_weights)
+
+    @property
+    def stem(self):
+        return self.patch_embed
+
+    def stage_merge(self, i):
+        return self.layers[i - 1].downsample if i > 0 else None
+
+    def stage_blocks(self, i):
+        return self.layers[i].blocks
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(
+            stem=r'^patch_embed',
+            blocks=r'^layers\.(\d+)' if coarse else [
+                (r'^layers\.(\d+)\.downsample', (0,)),
+                (r'^layers\.(\d+)\.\w+\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+
+def _unwrap_state_dict(state_dict: Dict) -> Dict[str, torch.Tensor]:
+    """Official files may be bare or wrapped as {'model': ...} / {'state_dict': ...}, with a DDP prefix."""
+    for key in ('model', 'state_dict'):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: LITBase) -> Dict[str, torch.Tensor]:
+    """Adapt an official or ``lit`` state dict to ``model``: unwrap, then resample position tables whose grid
+    differs (a checkpoint trained at 224 loaded into a model built for 384, say). Otherwise a no-op."""
+    state_dict = _unwrap_state_dict(state_dict)
+    target = model.state_dict()
+    out = {}
+    for k, v in state_dict.items():
+        if k in target and v.shape != target[k].shape:
+            if k.startswith('pos_embed'):
+                i = int(k[len('pos_embed'):]) - 1
+                prefix = model.num_prefix_tokens if i == 3 else 0
+                v = resample_abs_pos_embed(v, new_size=list(model.stage_grids[i]), num_prefix_tokens=prefix)
+            elif k.endswith('relative_position_bias_table'):
+                side = (math.isqrt(v.shape[0]) + 1) // 2  # checkpoints store square grids
+                new_grid = model.get_submodule(k.rsplit('.', 1)[0]).rel_pos_grid
+                v = resize_rel_pos_table(v, (side, side), new_grid)
+            elif k.endswith('relative_position_index'):
+                v = target[k]  # derived from the grid; keep the model's own
+        out[k] = v
+    return out
+
+
+def _cfg(url: str = '', **kwargs):
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2105.14217', 'paper_name': 'Less is More: Pay Less Attention in Vision Transformers',
+        'origin_url': 'https://github.com/ziplab/LIT', **kwargs,
+    }
+
+
+# Defined before the registered functions: timm reads it at decoration time.
+default_cfgs = generate_default_cfgs({
+    'lit_ti.in1k': _cfg(first_conv='patch_embed1.proj'),
+    'lit_s.in1k': _cfg(),
+    'lit_m.in1k': _cfg(),
+    'lit_b.in1k': _cfg(),
+})
+
+# The variants, as data (lit-architecture.md section 1). Stage-1/2 head counts are unused by MLP blocks but
+# kept as in the official configs. Drop-path rates of the training recipes live in the recipes.
+LIT_ARCHS = {
+    'lit_ti': dict(layout=LITPvtStyle, embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3),
+                   num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), norm_eps=1e-6),
+    'lit_s': dict(layout=LITSwinStyle, embed_dims=(96, 192, 384, 768), depths=(2, 2, 6, 2),
+                  num_heads=(3, 6, 12, 24), mlp_ratios=(4, 4, 4, 4)),
+    'lit_m': dict(layout=LITSwinStyle, embed_dims=(96, 192, 384, 768), depths=(2, 2, 18, 2),
+                  num_heads=(3, 6, 12, 24), mlp_ratios=(4, 4, 4, 4)),
+    'lit_b': dict(layout=LITSwinStyle, embed_dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2),
+                  num_heads=(4, 8, 16, 32), mlp_ratios=(4, 4, 4, 4)),
+}
+
+
+def _create_lit(variant: str, pretrained: bool = False, **kwargs) -> LITBase:
+    arch = dict(LIT_ARCHS[variant])
+    model_cls = arch.pop('layout')
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=out_indices),
+        **{**arch, **kwargs},
+    )
+
+
+@register_model
+def lit_ti(pretrained: bool = False, **kwargs) -> LITBase:
+    """LIT-Ti: 19.9M params (19.4M without head), 3.6 GMACs at 224."""
+    return _create_lit('lit_ti', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lit_s(pretrained: bool = False, **kwargs) -> LITBase:
+    """LIT-S: 28.0M params (27.2M without head), 4.1 GMACs at 224."""
+    return _create_lit('lit_s', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lit_m(pretrained: bool = False, **kwargs) -> LITBase:
+    """LIT-M: 49.4M params (48.6M without head), 8.6 GMACs at 224."""
+    return _create_lit('lit_m', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lit_b(pretrained: bool = False, **kwargs) -> LITBase:
+    """LIT-B: 87.3M params (86.3M without head), 15.0 GMACs at 224."""
+    return _create_lit('lit_b', pretrained=pretrained, **kwargs)

@@ -1,0 +1,312 @@
+"""The LIT models: exact to the official code, the spec's keys and counts, and the timm model contract."""
+import re
+
+import pytest
+import timm
+import torch
+
+import litcli.models  # noqa: F401  (registers the variants)
+import parity_lib
+from litcli.models import Attention, DeformConv2x2, LITBase, capture_offsets
+
+VARIANTS = ('lit_ti', 'lit_s', 'lit_m', 'lit_b')
+# lit-architecture.md section 1
+PARAMS = {'lit_ti': 19_886_272, 'lit_s': 27_973_720, 'lit_m': 49_372_264, 'lit_b': 87_292_384}
+PARAMS_NO_HEAD = {'lit_ti': 19_373_272, 'lit_s': 27_204_720, 'lit_m': 48_603_264, 'lit_b': 86_267_384}
+ENTRIES = {'lit_ti': 190, 'lit_s': 171, 'lit_m': 339, 'lit_b': 339}
+
+
+def _set_attention(model, fused):
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = fused
+
+
+def _set_backend(model, backend):
+    for m in model.modules():
+        if isinstance(m, DeformConv2x2):
+            m.backend = backend
+
+
+@pytest.fixture(scope='module', params=[('lit_ti', 'ti'), ('lit_s', 's')], ids=['ti', 's'])
+def official(request, fixtures_dir):
+    """A model loaded with the parity weights (float64, eval) and the official outputs."""
+    variant, tag = request.param
+    manifest = parity_lib.load_manifest(fixtures_dir / f'manifest_{tag}.json')
+    fx = torch.load(fixtures_dir / f'parity_{tag}.pt', weights_only=True)
+    model = timm.create_model(variant)
+    missing, unexpected = model.load_state_dict(parity_lib.det_state_dict(manifest), strict=False)
+    assert not unexpected and set(missing) <= set(parity_lib.skipped_keys(manifest))  # integer buffers only
+    assert parity_lib.fingerprint(model.state_dict()) == fx['weights_fingerprint']
+    return model.double().eval(), fx, manifest
+
+
+def test_state_dict_matches_official_manifest(official):
+    model, _, manifest = official
+    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == [(k, s) for k, s, _ in manifest]
+
+
+@pytest.mark.parametrize('fused', [False, True], ids=['explicit', 'sdpa'])
+@pytest.mark.parametrize('backend', ['pure', 'torchvision'])
+def test_official_logits_float64(official, fused, backend):
+    model, fx, _ = official
+    _set_attention(model, fused)
+    _set_backend(model, backend)
+    with torch.no_grad():
+        logits = model(fx['input'].double())
+    torch.testing.assert_close(logits, fx['logits'], rtol=0, atol=1e-8)
+
+
+def test_official_offsets_and_intermediates(official):
+    model, fx, _ = official
+    _set_attention(model, True)
+    _set_backend(model, 'auto')
+    x = fx['input'].double()
+    with torch.no_grad():
+        offsets = capture_offsets(model, x)
+    assert set(offsets) == set(fx['offsets'])
+    for name, ref in fx['offsets'].items():
+        torch.testing.assert_close(offsets[name], ref.to(offsets[name].dtype), rtol=0, atol=1e-9)
+    outputs = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: outputs.__setitem__(n, o[0].detach())) for n in fx['intermediates']]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for name, ref in fx['intermediates'].items():
+        ours = outputs[name].float()
+        if ours.shape != ref.shape:  # Ti's DTM returns NCHW maps; the fixtures may store tokens
+            ours = ours.flatten(1).t().reshape(ref.shape) if ours.ndim == 3 else ours.reshape(ref.shape)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
+
+
+def test_official_logits_float32(official, fixtures_dir):
+    model, fx, _ = official
+    model32 = timm.create_model(model.pretrained_cfg['architecture'])
+    model32.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        logits = model32.eval()(fx['input'])
+    torch.testing.assert_close(logits, fx['logits_fp32'], rtol=0, atol=1e-4)
+
+
+def _spec_manifest(variant):
+    """Key -> shape for S/M/B, written out from the spec's table (lit-architecture.md section 7.2)."""
+    C = 128 if variant == 'lit_b' else 96
+    depths = (2, 2, 18, 2) if variant in ('lit_m', 'lit_b') else (2, 2, 6, 2)
+    heads = (16, 32) if variant == 'lit_b' else (12, 24)
+    grids = (14, 7)
+    keys = {'patch_embed.proj.weight': (C, 3, 4, 4), 'patch_embed.proj.bias': (C,),
+            'patch_embed.norm.weight': (C,), 'patch_embed.norm.bias': (C,)}
+    for i, depth in enumerate(depths):
+        Ci = C * 2 ** i
+        for j in range(depth):
+            p = f'layers.{i}.blocks.{j}.'
+            if i >= 2:
+                keys.update({p + 'norm1.weight': (Ci,), p + 'norm1.bias': (Ci,)})
+                r = grids[i - 2]
+                keys[p + 'attn.relative_position_bias_table'] = ((2 * r - 1) ** 2, heads[i - 2])
+                keys[p + 'attn.relative_position_index'] = (r * r, r * r)
+                keys.update({p + 'attn.qkv.weight': (3 * Ci, Ci), p + 'attn.qkv.bias': (3 * Ci,),
+                             p + 'attn.proj.weight': (Ci, Ci), p + 'attn.proj.bias': (Ci,)})
+            keys.update({p + 'norm2.weight': (Ci,), p + 'norm2.bias': (Ci,),
+                         p + 'mlp.fc1.weight': (4 * Ci, Ci), p + 'mlp.fc1.bias': (4 * Ci,),
+                         p + 'mlp.fc2.weight': (Ci, 4 * Ci), p + 'mlp.fc2.bias': (Ci,)})
+        if i < 3:
+            p = f'layers.{i}.downsample.'
+            keys.update({p + 'dconv.weight': (2 * Ci, Ci, 2, 2), p + 'dconv.bias': (2 * Ci,),
+                         p + 'dconv.conv_offset.weight': (8, Ci, 2, 2), p + 'dconv.conv_offset.bias': (8,)})
+            keys.update({p + f'norm_layer.{n}': (2 * Ci,) for n in ('weight', 'bias', 'running_mean', 'running_var')})
+            keys[p + 'norm_layer.num_batches_tracked'] = ()
+    keys.update({'norm.weight': (8 * C,), 'norm.bias': (8 * C,), 'head.weight': (1000, 8 * C), 'head.bias': (1000,)})
+    return keys
+
+
+@pytest.mark.parametrize('variant', ['lit_s', 'lit_m', 'lit_b'])
+def test_swin_style_keys_follow_spec_table(variant):
+    model = timm.create_model(variant)
+    spec = _spec_manifest(variant)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == spec
+    # A state dict built from the spec's key list alone loads strictly.
+    sd = {k: torch.zeros(s, dtype=torch.long if 'index' in k or 'num_batches' in k else torch.float32)
+          for k, s in spec.items()}
+    model.load_state_dict(sd, strict=True)
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_counts_match_spec(variant):
+    model = timm.create_model(variant)
+    assert len(model.state_dict()) == ENTRIES[variant]
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[variant]
+    assert sum(p.numel() for p in model.parameters()) - model.head.weight.numel() - model.head.bias.numel() \
+        == PARAMS_NO_HEAD[variant]
+
+
+def test_eps_and_structure_details():
+    ti = timm.create_model('lit_ti')
+    assert ti.patch_embed1.norm.eps == 1e-5
+    assert ti.block1[0].norm2.eps == 1e-6 and ti.block4[0].norm1.eps == 1e-6 and ti.norm.eps == 1e-6
+    assert not hasattr(ti.block1[0], 'norm1') and not hasattr(ti.block1[0], 'attn')
+    s = timm.create_model('lit_s')
+    assert all(m.eps == 1e-5 for m in s.modules() if isinstance(m, torch.nn.LayerNorm))
+    assert s.layers[3].downsample is None
+    assert s.layers[2].blocks[0].attn.relative_position_index.dtype == torch.int64
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_offset_conv_zero_at_init(variant):
+    model = timm.create_model(variant)
+    convs = [m.conv_offset for m in model.modules() if isinstance(m, DeformConv2x2)]
+    assert len(convs) == 3
+    assert all(c.weight.abs().sum() == 0 and c.bias.abs().sum() == 0 for c in convs)
+
+
+def test_stochastic_depth_linear_over_all_blocks():
+    model = timm.create_model('lit_ti', drop_path_rate=0.1)
+    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.
+             for i in range(4) for b in model.stage_blocks(i)]
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.1, 16))
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_contract_forward_backward_every_param_gets_grad(variant):
+    torch.manual_seed(0)
+    model = timm.create_model(variant, img_size=64, num_classes=7, drop_path_rate=0.1)
+    # Non-zero offsets so the offset convs are really in the graph beyond the zero-init state.
+    for m in model.modules():
+        if isinstance(m, DeformConv2x2):
+            torch.nn.init.normal_(m.conv_offset.weight, std=0.01)
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f'parameters without a finite gradient: {no_grad}'
+    # forward_features / pre_logits / reset_classifier
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    feats = model.forward_features(x)
+    assert feats.shape[-1] == model.num_features
+    assert model.forward_head(feats, pre_logits=True).shape == (1, model.num_features)
+    model.reset_classifier(0)
+    assert model(x).shape == (1, model.num_features)
+    model.reset_classifier(5)
+    assert model(x).shape == (1, 5) and model.get_classifier().out_features == 5
+
+
+@pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+def test_forward_intermediates_and_features_only(variant):
+    model = timm.create_model(variant).eval()
+    x = torch.randn(1, 3, 224, 256)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        feats = model.forward_features(x)
+        torch.testing.assert_close(final, feats)
+        assert [tuple(f.shape) for f in inter] == [
+            (1, c, 224 // r, 256 // r) for c, r in zip(model.embed_dims, (4, 8, 16, 32))]
+        last2 = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert len(last2) == 2 and last2[1].shape == inter[3].shape
+        fo = timm.create_model(variant, features_only=True).eval()
+        fo.model.load_state_dict(model.state_dict())
+        outs = fo(x)
+    assert fo.feature_info.reduction() == [4, 8, 16, 32]
+    assert fo.feature_info.channels() == list(model.embed_dims)
+    for a, b in zip(outs, inter):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+def test_fused_and_explicit_attention_agree_fp32(variant):
+    torch.manual_seed(0)
+    model = timm.create_model(variant, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _set_attention(model, True)
+        a = model(x)
+        _set_attention(model, False)
+        b = model(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_fused_attn_constructor_flag():
+    model = timm.create_model('lit_s', fused_attn=False, img_size=64)
+    assert not any(m.fused_attn for m in model.modules() if isinstance(m, Attention))
+
+
+@pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+@pytest.mark.parametrize('size', [(256, 256), (256, 320), (96, 64)])
+def test_other_input_sizes(variant, size):
+    model = timm.create_model(variant, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 3)
+
+
+@pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+def test_build_size_is_bit_exact_and_checkpoint_resamples(variant):
+    """A 224 checkpoint loaded into a model built for 384 equals running the 224 model at 384."""
+    from litcli.models import checkpoint_filter_fn
+    torch.manual_seed(0)
+    m224 = timm.create_model(variant).eval()
+    for p in m224.parameters():  # pos tables are zero-init for the S rel-pos bias; make them informative
+        p.data.add_(torch.randn_like(p) * 0.01)
+    m384 = timm.create_model(variant, img_size=384).eval()
+    m384.load_state_dict(checkpoint_filter_fn(m224.state_dict(), m384), strict=True)
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(m384(x), m224(x), rtol=1e-5, atol=1e-5)
+        # at its own build size the model uses its tables untouched
+        x224 = torch.randn(1, 3, 224, 224)
+        assert torch.equal(m224(x224), m224(x224))
+
+
+@pytest.mark.parametrize('shape, match', [((1, 3, 225, 224), 'divisible by 32'), ((1, 1, 224, 224), '3, H, W'),
+                                          ((3, 224, 224), '3, H, W')])
+def test_bad_input_raises_valueerror(shape, match):
+    model = timm.create_model('lit_s', img_size=64)
+    with pytest.raises(ValueError, match=re.escape(match) if ',' in match else match):
+        model(torch.randn(*shape))
+
+
+def test_no_weight_decay_and_group_matcher():
+    ti = timm.create_model('lit_ti', img_size=64)
+    assert ti.no_weight_decay() == {'cls_token'}  # official: pos_embeds *are* decayed
+    s = timm.create_model('lit_s', img_size=64)
+    assert s.no_weight_decay() == {n for n, _ in s.named_parameters() if n.endswith('relative_position_bias_table')}
+    from timm.models import group_parameters
+    for model in (ti, s):
+        for coarse in (True, False):
+            groups = group_parameters(model, model.group_matcher(coarse=coarse))
+            assert sorted(n for g in groups.values() for n in g) == sorted(n for n, _ in model.named_parameters())
+
+
+def test_grad_checkpointing_same_result():
+    torch.manual_seed(0)
+    model = timm.create_model('lit_s', img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    ref = model(x)
+    ref.sum().backward()
+    g_ref = x.grad.clone()
+    x.grad = None
+    model.set_grad_checkpointing(True)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(x.grad, g_ref)
+
+
+def test_cfgs_registered():
+    for v in VARIANTS:
+        model = timm.create_model(v, img_size=64)
+        assert isinstance(model, LITBase)
+        cfg = model.pretrained_cfg
+        assert cfg['crop_pct'] == 0.875 and cfg['interpolation'] == 'bicubic' and cfg['classifier'] == 'head'
+        assert cfg['mean'] == (0.485, 0.456, 0.406)
+    assert set(VARIANTS) <= set(timm.list_models('lit_*'))
+    assert timm.create_model('lit_s', num_classes=10, img_size=64).head.out_features == 10
+
+
+def test_bf16_autocast_cpu():
+    model = timm.create_model('lit_ti', img_size=64).eval()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(torch.randn(3, 3, 64, 64))
+    assert out.shape == (3, 1000) and torch.isfinite(out).all()

@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $(STAMP)
 
 demo: install
+	@# The full Fashion-MNIST (Debian package dataset-fashion-mnist) when root and apt are here; else the shipped mini set.
+	-@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/datasets/fashion-mnist ] && \
+	  (apt-get install -y --no-install-recommends dataset-fashion-mnist || true)
 	$(VENV)/bin/lit env
 	$(VENV)/bin/lit info --variant all --image assets/photos/chelsea.jpg
 

@@ -91,9 +91,15 @@ def load_checkpoint(path: PathLike, model, strict: bool = True) -> Dict:
     that does not fit raises CheckpointError naming the missing/unexpected/mismatched keys and, where it can
     tell, the variant the file belongs to.
     """
+    raw = read_checkpoint(path)
+    apply_checkpoint(raw, model, source=path, strict=strict)
+    return raw
+
+
+def apply_checkpoint(raw: Dict, model, source: PathLike = 'checkpoint', strict: bool = True):
+    """Load an already-read checkpoint dict into ``model`` (see ``load_checkpoint``)."""
     from litcli.models.lit import checkpoint_filter_fn
 
-    raw = read_checkpoint(path)
     state_dict = checkpoint_filter_fn(raw, model)
     target = model.state_dict()
     missing = set(target) - set(state_dict)
@@ -117,6 +123,30 @@ def load_checkpoint(path: PathLike, model, strict: bool = True) -> Dict:
             hint = 'the classifier has another number of classes: set --num-classes to match the file'
         else:
             hint = 'check that the file is a LIT checkpoint and matches --variant'
-        raise CheckpointError(f'{path} does not fit {model_name}: ' + '; '.join(parts) + f'; {hint}')
+        raise CheckpointError(f'{source} does not fit {model_name}: ' + '; '.join(parts) + f'; {hint}')
     model.load_state_dict({k: v for k, v in state_dict.items() if k not in mismatched}, strict=strict)
-    return raw
+
+
+def model_from_checkpoint(path: PathLike, variant: Optional[str] = None, **model_kwargs):
+    """Build the model a checkpoint belongs to and load it. Returns ``(model, raw_checkpoint)``.
+
+    The variant comes from ``variant`` (e.g. 'lit_s'), else from the file (``lit train`` checkpoints record it,
+    official files are recognised by their keys). The class count comes from the file's classifier, and a
+    ``lit train`` checkpoint's recorded ``model_kwargs`` are applied (explicit ``model_kwargs`` win).
+    """
+    import timm
+
+    import litcli.models  # noqa: F401  (registers the variants)
+    from litcli.models.lit import _unwrap_state_dict
+
+    raw = read_checkpoint(path)
+    state_dict = _unwrap_state_dict(raw)
+    name = variant or raw.get('variant') or detect_variant(state_dict)
+    if name is None:
+        raise CheckpointError(f'cannot tell which LIT variant {path} holds; pass --variant ti|s|m|b')
+    kwargs = {**(raw.get('model_kwargs') or {}), **model_kwargs}
+    if 'head.weight' in state_dict:
+        kwargs.setdefault('num_classes', state_dict['head.weight'].shape[0])
+    model = timm.create_model(name, **kwargs)
+    apply_checkpoint(raw, model, source=path)
+    return model, raw

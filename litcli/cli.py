@@ -8,6 +8,7 @@ import typer
 from typing_extensions import Annotated
 
 from litcli.errors import LitError
+from litcli.names import CLI_CHOICES, PAPER_VARIANTS, model_name
 
 app = typer.Typer(
     name='lit',
@@ -19,24 +20,9 @@ app = typer.Typer(
 )
 
 
-class Variant(str, Enum):
-    ti = 'ti'
-    s = 's'
-    m = 'm'
-    b = 'b'
-
-
-class VariantOrAll(str, Enum):
-    ti = 'ti'
-    s = 's'
-    m = 'm'
-    b = 'b'
-    all = 'all'
-
-
-def model_name(variant: str) -> str:
-    """CLI short name -> registered timm name ('s' -> 'lit_s')."""
-    return f'lit_{variant}'
+# ti/s/m/b and the paper's ablation models (litcli.names); Typer validates them (exit 2 with the choices).
+Variant = Enum('Variant', {name: name for name in CLI_CHOICES}, type=str)
+VariantOrAll = Enum('VariantOrAll', {name: name for name in (*CLI_CHOICES, 'all')}, type=str)
 
 
 def fail(message: str, code: int = 1):
@@ -73,6 +59,292 @@ def info(
 ):
     """Structure, exact parameter counts and a timed forward pass of each variant on a real photo."""
     from litcli.info import print_info
-    variants = [model_name(v.value) for v in Variant] if variant is VariantOrAll.all else [model_name(variant.value)]
+    variants = list(PAPER_VARIANTS) if variant.value == 'all' else [model_name(variant.value)]
     with user_errors():
         print_info(variants, image, img_size)
+
+
+@app.command(rich_help_panel='Inspect')
+def flops(
+    variant: Annotated[str, typer.Option('--variant', '-v', help='LIT variant (ti, s, m, b) or an ablation model '
+                                                                 '(lit_ti_star, lit_s_star, pvt_s_msa, pvt_s_dtm, '
+                                                                 'swin_t_dtm).')] = 's',
+    remove_msa: Annotated[Optional[str], typer.Option('--remove-msa', help='Stages to strip of attention, e.g. 1,2 '
+                                                      '(Table 5: pvt_s_msa w/o MSA in those stages).')] = None,
+    img_size: Annotated[str, typer.Option('--img-size', help='N or HxW, multiples of 32; a comma list is a sweep '
+                                                             '(e.g. 224,512,800x1344).')] = '224',
+    batch: Annotated[int, typer.Option(help='Batch size (MACs scale linearly).')] = 1,
+    compare: Annotated[Optional[str], typer.Option(help='timm model names to count alongside, comma-separated '
+                                                        '(e.g. swin_tiny_patch4_window7_224,resnet50).')] = None,
+    two_x: Annotated[bool, typer.Option('--two-x', help='Print 2 x MAC (FLOPs as torch counts them) instead of '
+                                                        'MACs (the papers\' "FLOPs").')] = False,
+    depth: Annotated[int, typer.Option(min=0, help='Also print the per-module table to this depth (0: off).')] = 0,
+    counter: Annotated[str, typer.Option(help="auto (fvcore if installed), fvcore, or torch (FlopCounterMode/2).")] = 'auto',
+    json_out: Annotated[bool, typer.Option('--json', help='Print machine-readable JSON instead of tables.')] = False,
+    json_file: Annotated[Optional[Path], typer.Option('--json-file', dir_okay=False,
+                                                      help='Also write the JSON to this file.')] = None,
+    plot: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Save GMACs against input size as a PNG.')] = None,
+):
+    """Parameters and FLOPs (as MACs, the papers' convention), per stage: MLP / attention / DTM."""
+    from litcli.flops import run_flops_command
+    with user_errors():
+        run_flops_command(variant, img_size, batch, compare, two_x, depth, counter, json_out, json_file, plot,
+                          remove_msa)
+
+
+
+@app.command(rich_help_panel='Inspect')
+def bench(
+    variant: Annotated[str, typer.Option('--variant', '-v', help='LIT variant (ti, s, m, b) or an ablation model.')] = 's',
+    compare: Annotated[Optional[str], typer.Option(help='timm models to time alongside, comma-separated '
+                                                        '(e.g. swin_tiny_patch4_window7_224,pvt_v2_b2).')] = None,
+    mode: Annotated[str, typer.Option(help='infer (forward) or train (forward + backward + AdamW step).')] = 'infer',
+    batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 16,
+    img_size: Annotated[str, typer.Option('--img-size', help='Size, or a comma list for a sweep (224,384,512).')] = '224',
+    amp: Annotated[Optional[str], typer.Option(help='bf16 or fp16 autocast (default: fp32).')] = None,
+    compile: Annotated[bool, typer.Option('--compile', help='torch.compile each model.')] = False,
+    channels_last: Annotated[bool, typer.Option('--channels-last')] = False,
+    device: Annotated[str, typer.Option(help='cpu or cuda.')] = 'cpu',
+    threads: Annotated[Optional[int], typer.Option(min=1, help='CPU threads (torch.set_num_threads).')] = None,
+    warmup: Annotated[int, typer.Option(min=0)] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help='Interleaved timed repeats per model.')] = 7,
+    memory: Annotated[bool, typer.Option(help='Measure peak memory (on CPU: one fresh process per model).')] = True,
+    json_out: Annotated[bool, typer.Option('--json', help='Print JSON instead of tables.')] = False,
+    csv: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Also write a CSV.')] = None,
+    plot: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Throughput and memory against input size (PNG).')] = None,
+):
+    """Images/s, ms/step, peak memory and share of the device's GEMM rate, models timed interleaved."""
+    from litcli.bench import run_bench_command
+    with user_errors():
+        run_bench_command(variant, compare, mode, batch_size, img_size, amp, compile, channels_last, device, threads,
+                          warmup, repeats, memory, json_out, csv, plot)
+
+# ---- Train ----
+_H = 'Hyperparameters (default: the recipe of --variant)'
+
+
+@app.command(rich_help_panel='Train')
+def train(
+    variant: Annotated[Optional[Variant], typer.Option(
+        '--variant', '-v',
+        help='LIT variant; its official recipe is the default config (none: the small built-in demo config on '
+             'built-in data, else ti).')] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help='ImageFolder root (train/ and val/ class subfolders) or a built-in set '
+             '(fashion-mnist, fashion-mnist-mini). Default: built-in.')] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        '--data-dir',
+        help='Folder holding a built-in set\'s files.')] = None,
+    num_classes: Annotated[Optional[int], typer.Option(
+        '--num-classes', min=1,
+        help='Must match the data (checked).')] = None,
+    img_size: Annotated[Optional[int], typer.Option('--img-size', min=32, help='Input size, a multiple of 32.')] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        '--config',
+        help='YAML config (e.g. litcli/recipes/lit_s.yaml); recipe < file < flags.', dir_okay=False)] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        help='Continue a run: PATH to its checkpoints/last.pt, or auto.')] = None,
+    initial_checkpoint: Annotated[Optional[Path], typer.Option(
+        '--initial-checkpoint',
+        help='Start from these weights only (official .pth too); the classifier is dropped when the class count '
+             'differs.', dir_okay=False)] = None,
+    name: Annotated[Optional[str], typer.Option(help='Run name (default VARIANT-DATA; -2, -3... if taken).')] = None,
+    output: Annotated[Path, typer.Option(help='Parent folder of run directories.')] = Path('runs/train'),
+    exist_ok: Annotated[bool, typer.Option(
+        '--exist-ok',
+        help='Write into an existing run directory of that name.')] = False,
+    strict_data: Annotated[Optional[bool], typer.Option(
+        '--strict-data',
+        help='Stop at the first unreadable image instead of skipping it.')] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=_H, help='Epochs (300).')] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        '--batch-size', '-b', min=1, rich_help_panel=_H,
+        help='Per-device batch (128).')] = None,
+    grad_accum_steps: Annotated[Optional[int], typer.Option(
+        '--grad-accum-steps', min=1, rich_help_panel=_H,
+        help='Batches per optimizer update (1).')] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        min=0.0, rich_help_panel=_H,
+        help='Absolute peak LR. Default: --lr-base x global batch / 512 (global = batch x processes x accum): 1e-3'
+             ' at 1024.')] = None,
+    lr_base: Annotated[Optional[float], typer.Option(
+        '--lr-base', min=0.0, rich_help_panel=_H,
+        help='LR at global batch 512, scaled linearly (5e-4).')] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option(
+        '--warmup-epochs', min=0, rich_help_panel=_H,
+        help='Linear warmup epochs (Ti 5, S/M/B 20).')] = None,
+    warmup_lr: Annotated[Optional[float], typer.Option(
+        '--warmup-lr', min=0.0, rich_help_panel=_H,
+        help='Warmup start LR. Ti: absolute 1e-6; S/M/B: 5e-7 scaled by global batch/512 (1e-6 at 1024).')] = None,
+    min_lr: Annotated[Optional[float], typer.Option(
+        '--min-lr', min=0.0, rich_help_panel=_H,
+        help='Cosine floor, shared by all groups (so the offset group stays at it). Ti: absolute 1e-5; S/M/B: 5e-6'
+             ' scaled by global batch/512 (1e-5 at 1024).')] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        '--weight-decay', min=0.0, rich_help_panel=_H,
+        help='AdamW weight decay (0.05; none on 1-D params, biases, cls token, rel-pos tables).')] = None,
+    drop_path: Annotated[Optional[float], typer.Option(
+        '--drop-path', min=0.0, max=1.0, rich_help_panel=_H,
+        help='Stochastic depth (Ti .1, S .2, M .3, B .5).')] = None,
+    clip_grad: Annotated[Optional[float], typer.Option(
+        '--clip-grad', min=0.0, rich_help_panel=_H,
+        help='Global grad-norm clip (S/M/B 5.0, Ti none; 0 = off).')] = None,
+    aa: Annotated[Optional[str], typer.Option(
+        rich_help_panel=_H,
+        help="timm auto-augment policy (rand-m9-mstd0.5-inc1; 'none' = off).")] = None,
+    reprob: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, rich_help_panel=_H,
+        help='Random-erasing probability (0.25).')] = None,
+    mixup: Annotated[Optional[float], typer.Option(
+        min=0.0, rich_help_panel=_H,
+        help='Mixup alpha (0.8; 0 = off).')] = None,
+    cutmix: Annotated[Optional[float], typer.Option(
+        min=0.0, rich_help_panel=_H,
+        help='CutMix alpha (1.0; 0 = off).')] = None,
+    smoothing: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, rich_help_panel=_H,
+        help='Label smoothing (0.1).')] = None,
+    amp: Annotated[Optional[bool], typer.Option(
+        '--amp/--no-amp', rich_help_panel=_H,
+        help='Autocast (default: on for CUDA, off on CPU).')] = None,
+    amp_dtype: Annotated[Optional[str], typer.Option(
+        '--amp-dtype', rich_help_panel=_H,
+        help='bfloat16 (default where supported) or float16 (with a grad scaler).')] = None,
+    model_ema: Annotated[Optional[bool], typer.Option(
+        '--model-ema', rich_help_panel=_H,
+        help='Keep an EMA of the weights (timm ModelEmaV3) and evaluate it.')] = None,
+    channels_last: Annotated[Optional[bool], typer.Option(
+        '--channels-last', rich_help_panel=_H,
+        help='channels_last memory format.')] = None,
+    torchcompile: Annotated[Optional[bool], typer.Option(
+        '--torchcompile', rich_help_panel=_H,
+        help='torch.compile the model.')] = None,
+    grad_checkpointing: Annotated[Optional[bool], typer.Option(
+        '--grad-checkpointing', rich_help_panel=_H,
+        help='Activation checkpointing (on for B).')] = None,
+    seed: Annotated[Optional[int], typer.Option(rich_help_panel=_H, help='Random seed (0).')] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        '--workers', '-j', min=0,
+        help='DataLoader worker processes (4).')] = None,
+    device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
+    log_interval: Annotated[Optional[int], typer.Option(
+        '--log-interval', min=1,
+        help='Updates between log lines when not on a terminal (50).')] = None,
+):
+    """Train LIT with the paper's recipe (or the fast built-in demo): config, metrics, curves, checkpoints."""
+    from litcli.train import train as run_train
+    overrides = dict(
+        data=data, data_dir=str(data_dir) if data_dir else None, num_classes=num_classes, img_size=img_size,
+        strict_data=strict_data, epochs=epochs, batch_size=batch_size, grad_accum_steps=grad_accum_steps, lr=lr,
+        lr_base=lr_base, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, min_lr=min_lr, weight_decay=weight_decay,
+        drop_path=drop_path, aa=aa, reprob=reprob, mixup=mixup, cutmix=cutmix, smoothing=smoothing, amp=amp,
+        amp_dtype=amp_dtype, model_ema=model_ema, channels_last=channels_last, torchcompile=torchcompile,
+        grad_checkpointing=grad_checkpointing, seed=seed, workers=workers, device=device, log_interval=log_interval)
+    overrides['clip_grad'] = clip_grad  # 0 turns clipping off
+    if aa is not None and aa.lower() in ('none', 'off', ''):
+        overrides['aa'] = ''
+    if img_size is not None and img_size % 32:
+        fail(f'--img-size {img_size} is not a multiple of 32; use e.g. {img_size // 32 * 32 or 32}', 2)
+    with user_errors():
+        run_train(model_name(variant.value) if variant else None, config, overrides, resume=resume,
+                  initial_checkpoint=initial_checkpoint, name=name, output=output, exist_ok=exist_ok)
+
+
+@app.command('eval', rich_help_panel='Train')
+def eval_(
+    checkpoint: Annotated[Path, typer.Option(help='lit train checkpoint or official .pth.', dir_okay=False)],
+    variant: Annotated[Optional[Variant], typer.Option(
+        '--variant', '-v',
+        help='Needed for official files (lit train checkpoints carry it).')] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help='Folder of class subfolders (or a root with val/), or a built-in set name. '
+             'Default: the checkpoint\'s training data.')] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        '--data-dir',
+        help='Folder holding a built-in set\'s files.')] = None,
+    img_size: Annotated[Optional[int], typer.Option(
+        '--img-size', min=32,
+        help='Input size (default: the checkpoint\'s, 224 for official files).')] = None,
+    crop_pct: Annotated[Optional[float], typer.Option(
+        '--crop-pct', min=0.1, max=1.0,
+        help='Resize to size/crop_pct, then center crop (0.875).')] = None,
+    batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 64,
+    workers: Annotated[Optional[int], typer.Option(
+        '--workers', '-j', min=0,
+        help='DataLoader workers (default: min(4, CPU cores)).')] = None,
+    device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help='Folder for eval.json (default runs/eval/VARIANT-DATA[-N]).')] = None,
+    strict_data: Annotated[bool, typer.Option('--strict-data', help='Stop at the first unreadable image.')] = False,
+):
+    """Top-1/top-5, loss and images/s of a checkpoint on a dataset; writes eval.json."""
+    from litcli.evaluate import print_eval, run_eval
+    with user_errors():
+        result = run_eval(checkpoint, model_name(variant.value) if variant else None, data, data_dir, img_size,
+                          crop_pct, batch_size, workers, device, out, strict_data)
+    print_eval(result)
+
+
+@app.command('viz-offsets', rich_help_panel='Figures')
+def viz_offsets(
+    image: Annotated[Path, typer.Argument(help='Any image PIL reads; resized to --img-size.', exists=True,
+                                          dir_okay=False)],
+    variant: Annotated[Optional[Variant], typer.Option('--variant', '-v',
+                                                       help='LIT variant (default: from the checkpoint, else ti).')] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help='Official .pth or lit checkpoint.', exists=True,
+                                                       dir_okay=False)] = None,
+    img_size: Annotated[int, typer.Option('--img-size', min=32, help='Input size, a multiple of 32.')] = 224,
+    tokens: Annotated[str, typer.Option(help="Per-token figures: 'all', 'center' or 'ROW,COL;ROW,COL'.")] = 'all',
+    step: Annotated[Optional[int], typer.Option(min=1, help='Overview shows every STEP-th token row/col.')] = None,
+    output: Annotated[Path, typer.Option(help='Parent folder of the output folder.')] = Path('runs/viz-offsets'),
+    name: Annotated[Optional[str], typer.Option(help='Output folder name (default IMAGE-VARIANT; -2, -3... if taken).')] = None,
+    exist_ok: Annotated[bool, typer.Option('--exist-ok', help='Write into an existing folder of that name.')] = False,
+    normalize: Annotated[bool, typer.Option(help='ImageNet mean/std normalisation (the official script had none).')] = True,
+    json_out: Annotated[bool, typer.Option('--json', help='Also write points.json (sampling points, stats).')] = False,
+    save_npy: Annotated[bool, typer.Option('--save-npy', help='Also write offsets.npz (raw offsets, points).')] = False,
+    summary: Annotated[bool, typer.Option(help='Print per-DTM offset statistics.')] = False,
+):
+    """Where Deformable Token Merging looks: sampling points traced back onto the image (paper Fig. 2)."""
+    from litcli.viz.offsets import run_viz_offsets
+    with user_errors():
+        run_viz_offsets(image, model_name(variant.value) if variant else None, checkpoint, output, name, exist_ok,
+                        summary=summary, img_size=img_size, tokens=tokens, normalize=normalize, step=step,
+                        save_json=json_out, save_npy=save_npy)
+
+
+@app.command('attn-maps', rich_help_panel='Figures')
+def attn_maps(
+    stage: Annotated[str, typer.Option(help='Stage with attention (LIT: 3 or 4), or all.')] = 'all',
+    variant: Annotated[Optional[Variant], typer.Option('--variant', '-v',
+                                                       help='LIT variant (default: from the checkpoint, else s).')] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help='Official .pth or lit checkpoint.', exists=True,
+                                                       dir_okay=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(help='ImageFolder tree (its val/ split) or a flat folder of images '
+                                                      '(default: the photos in assets/).')] = None,
+    num_images: Annotated[int, typer.Option('--num-images', help='Images to average over.')] = 100,
+    batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 25,
+    img_size: Annotated[int, typer.Option('--img-size', min=32, help='Input size, a multiple of 32.')] = 224,
+    query: Annotated[Optional[str], typer.Option(help='Query token ROW,COL (default: the centre of each stage).')] = None,
+    per_head: Annotated[bool, typer.Option('--per-head', help='Also one PNG per block and head.')] = False,
+    save_npy: Annotated[bool, typer.Option('--save-npy', help='Save the mean maps [block, head, N, N] per stage.')] = False,
+    json_out: Annotated[bool, typer.Option('--json', help='Print the statistics as JSON.')] = False,
+    msa_stages: Annotated[Optional[str], typer.Option('--msa-stages', help='Build the model with attention in these '
+                                                      'stages, e.g. 1,2,3,4 (ablation models).')] = None,
+    output: Annotated[Path, typer.Option(help='Parent folder of the output folder.')] = Path('runs/attn-maps'),
+    name: Annotated[Optional[str], typer.Option(help='Output folder name (-2, -3... if taken).')] = None,
+    exist_ok: Annotated[bool, typer.Option('--exist-ok', help='Write into an existing folder of that name.')] = False,
+    device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
+):
+    """Attention of a query token averaged over images, per block and head (paper Fig. 3), with mean
+    attention distance and entropy."""
+    from litcli.viz.attention import run_attn_maps
+    with user_errors():
+        stages = None
+        if msa_stages:
+            try:
+                stages = [int(s) for s in msa_stages.split(',')]
+            except ValueError:
+                fail(f"bad --msa-stages {msa_stages!r}: use stage numbers like 1,2,3,4", 2)
+        run_attn_maps(stage, model_name(variant.value) if variant else None, checkpoint, data, num_images,
+                      batch_size, img_size, query, per_head, save_npy, json_out, output, name, exist_ok, device,
+                      stages)

@@ -9,3 +9,9 @@ class LitError(Exception):
 
 class CheckpointError(LitError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+class UsageError(LitError):
+    """A bad command-line value (exit code 2, like Typer's own usage errors)."""
+
+    exit_code = 2

@@ -29,6 +29,8 @@ from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from timm.models.pvt_v2 import Attention as SpatialReductionAttention
+from timm.models.swin_transformer import PatchMerging
 
 from .dtm import DeformableTokenMerging
 
@@ -158,10 +160,19 @@ class TransformerBlock(nn.Module):
             qkv_bias: bool = True,
             rel_pos_grid: Optional[Tuple[int, int]] = None,
             fused_attn: Optional[bool] = None,
+            sr_ratio: int = 1,
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_grid=rel_pos_grid, fused_attn=fused_attn)
+        if sr_ratio > 1:
+            # PVT's spatial-reduction attention (keys/values from an sr_ratio-strided conv + LN), reused from
+            # timm's PVT-v2 (identical to PVT v1's, same q/kv/sr/norm keys); only the PVT-S + DTM ablation uses it.
+            self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio=sr_ratio, qkv_bias=qkv_bias)
+            if fused_attn is not None:
+                self.attn.fused_attn = fused_attn
+        else:
+            self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_grid=rel_pos_grid,
+                                  fused_attn=fused_attn)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -169,6 +180,35 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), grid_size))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ConvMerge(nn.Module):
+    """PVT-style uniform merge (the paper's LIT-Ti* and PVT-S): Conv2d(2x2, stride 2) + LayerNorm, NCHW in/out.
+    Keys ``proj.*``, ``norm.*`` as PVT's patch embedding."""
+
+    def __init__(self, in_chs: int, out_chs: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size=2, stride=2)
+        self.norm = nn.LayerNorm(out_chs)
+
+    def forward(self, x):
+        x = self.proj(x).permute(0, 2, 3, 1)  # B, h/2, w/2, C_out
+        return self.norm(x).permute(0, 3, 1, 2)
+
+
+class LinearMerge(nn.Module):
+    """Swin-style uniform merge (the paper's LIT-S*): timm's PatchMerging (2x2 concat, LayerNorm, Linear), NCHW
+    in/out."""
+
+    def __init__(self, in_chs: int, out_chs: int):
+        super().__init__()
+        self.merge = PatchMerging(in_chs, out_chs)
+
+    def forward(self, x):
+        return self.merge(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # NCHW -> NHWC -> merge -> NCHW
+
+
+MERGES = ('dtm', 'conv', 'linear')
 
 
 class LITBase(nn.Module):
@@ -195,11 +235,16 @@ class LITBase(nn.Module):
             drop_path_rate: float = 0.,
             norm_eps: float = 1e-5,
             fused_attn: Optional[bool] = None,
+            merge: str = 'dtm',
+            sr_ratios: Sequence[int] = (1, 1, 1, 1),
             dtm_backend: str = 'auto',
     ):
         super().__init__()
         assert len(embed_dims) == len(depths) == len(num_heads) == len(mlp_ratios) == 4
         assert global_pool in ('', 'avg', 'token')
+        if merge not in MERGES:
+            raise ValueError(f"unknown merge {merge!r}; choose one of {', '.join(MERGES)}")
+        self.merge = merge
         self.img_size = to_2tuple(img_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -221,6 +266,7 @@ class LITBase(nn.Module):
                  qkv_bias=qkv_bias, fused_attn=fused_attn)
             for i in range(4)
         ]
+        self.sr_ratios = tuple(sr_ratios)
         self.dtm_backend = dtm_backend
         self.feature_info = []
 
@@ -234,14 +280,19 @@ class LITBase(nn.Module):
     def _make_blocks(self, i: int, rel_pos: bool) -> nn.ModuleList:
         msa = (i + 1) in self.msa_stages
         block_cls = TransformerBlock if msa else MlpBlock
-        extra = dict(rel_pos_grid=self.stage_grids[i] if rel_pos else None) if msa else {}
+        extra = dict(rel_pos_grid=self.stage_grids[i] if rel_pos else None, sr_ratio=self.sr_ratios[i]) if msa else {}
         return nn.ModuleList([
             block_cls(drop_path=dp, **self.block_kwargs[i], **extra) for dp in self.block_drop_path[i]
         ])
 
-    def _make_merge(self, i: int) -> DeformableTokenMerging:
-        """The merge from stage i to stage i + 1."""
-        return DeformableTokenMerging(self.embed_dims[i], self.embed_dims[i + 1], backend=self.dtm_backend)
+    def _make_merge(self, i: int) -> nn.Module:
+        """The merge from stage i to stage i + 1: (B, C_i, h, w) -> (B, C_i+1, h/2, w/2)."""
+        c_in, c_out = self.embed_dims[i], self.embed_dims[i + 1]
+        if self.merge == 'conv':
+            return ConvMerge(c_in, c_out)
+        if self.merge == 'linear':
+            return LinearMerge(c_in, c_out)
+        return DeformableTokenMerging(c_in, c_out, backend=self.dtm_backend)
 
     def _make_head(self):
         self.norm = self.norm_layer(self.num_features)
@@ -515,6 +566,11 @@ def checkpoint_filter_fn(state_dict: Dict, model: LITBase) -> Dict[str, torch.Te
             elif k.endswith('relative_position_index'):
                 v = target[k]  # derived from the grid; keep the model's own
         out[k] = v
+    # Integer buffers are derived (the index from the grid) or bookkeeping (BN's counter): a file without them
+    # is complete, so take the model's own.
+    for k, v in target.items():
+        if k not in out and (k.endswith('relative_position_index') or k.endswith('num_batches_tracked')):
+            out[k] = v
     return out
 
 
@@ -535,6 +591,11 @@ default_cfgs = generate_default_cfgs({
     'lit_s.in1k': _cfg(),
     'lit_m.in1k': _cfg(),
     'lit_b.in1k': _cfg(),
+    # The paper's ablations (section 4.2); no released weights.
+    'lit_ti_star.untrained': _cfg(first_conv='patch_embed1.proj'),
+    'lit_s_star.untrained': _cfg(),
+    'pvt_s_msa.untrained': _cfg(first_conv='patch_embed1.proj'),
+    'pvt_s_dtm.untrained': _cfg(first_conv='patch_embed1.proj'),
 })
 
 # The variants, as data (lit-architecture.md section 1). Stage-1/2 head counts are unused by MLP blocks but
@@ -549,6 +610,19 @@ LIT_ARCHS = {
     'lit_b': dict(layout=LITSwinStyle, embed_dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2),
                   num_heads=(4, 8, 16, 32), mlp_ratios=(4, 4, 4, 4)),
 }
+# The paper's ablations as configurations of the same family (Tables 3-5, Figure 3).
+_PVT_S = dict(layout=LITPvtStyle, embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), num_heads=(1, 2, 5, 8),
+              mlp_ratios=(8, 8, 4, 4), norm_eps=1e-6)
+LIT_ARCHS.update({
+    # Table 3: LIT's architecture with uniform merging: PVT-S's strided conv (Ti*), Swin-Ti's patch merging (S*).
+    'lit_ti_star': dict(LIT_ARCHS['lit_ti'], merge='conv'),
+    'lit_s_star': dict(LIT_ARCHS['lit_s'], merge='linear'),
+    # Table 5 / Figure 3: PVT-S with full MSA in every stage (no spatial reduction), conv merging. Remove MSA from
+    # stages with msa_stages=..., e.g. msa_stages=(3, 4) is the paper's "w/o MSA in stages 1, 2" (= LIT-Ti*).
+    'pvt_s_msa': dict(_PVT_S, msa_stages=(1, 2, 3, 4), merge='conv'),
+    # Table 4: PVT-S (spatial-reduction attention, ratios 8/4/2/1) with DTM instead of its patch embeddings.
+    'pvt_s_dtm': dict(_PVT_S, msa_stages=(1, 2, 3, 4), sr_ratios=(8, 4, 2, 1), merge='dtm'),
+})
 
 
 def _create_lit(variant: str, pretrained: bool = False, **kwargs) -> LITBase:
@@ -585,3 +659,27 @@ def lit_m(pretrained: bool = False, **kwargs) -> LITBase:
 def lit_b(pretrained: bool = False, **kwargs) -> LITBase:
     """LIT-B: 87.3M params (86.3M without head), 15.0 GMACs at 224."""
     return _create_lit('lit_b', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lit_ti_star(pretrained: bool = False, **kwargs) -> LITBase:
+    """LIT-Ti* (Table 3): LIT-Ti with PVT-S's uniform conv merging instead of DTM."""
+    return _create_lit('lit_ti_star', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def lit_s_star(pretrained: bool = False, **kwargs) -> LITBase:
+    """LIT-S* (Table 3): LIT-S with Swin-Ti's uniform patch merging instead of DTM."""
+    return _create_lit('lit_s_star', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def pvt_s_msa(pretrained: bool = False, **kwargs) -> LITBase:
+    """PVT-S w/ MSA (Table 5, Figure 3): full self-attention in all stages; pass msa_stages to remove some."""
+    return _create_lit('pvt_s_msa', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def pvt_s_dtm(pretrained: bool = False, **kwargs) -> LITBase:
+    """PVT-S + DTM (Table 4): PVT-S's spatial-reduction attention with DTM merging."""
+    return _create_lit('pvt_s_dtm', pretrained=pretrained, **kwargs)

@@ -1,0 +1,375 @@
+"""``lit bench``: throughput and memory of LIT against other timm models, measured side by side.
+
+Method (timm's benchmark method, made robust to shared machines): every model is built, warmed up, then timed
+*interleaved* (A B C A B C ...) so a slow spell of the machine hits all models alike; each model's figure is the
+median over repeats, with the min-max spread. Train mode times forward + backward + optimizer step (AdamW).
+Peak memory is ``torch.cuda.max_memory_allocated`` during one step on CUDA; on CPU it is the growth of the peak
+resident set during one step (sampled every millisecond), in a fresh process per model so that no other
+model's memory or allocator cache is counted. The device's matmul rate is measured by the same command (a large GEMM), so the share of it each model
+achieves is comparable within one run.
+"""
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from litcli.errors import LitError
+
+AMP_DTYPES = ('bf16', 'fp16')
+
+
+@dataclass
+class BenchConfig:
+    mode: str = 'infer'  # infer | train
+    batch_size: int = 16
+    img_size: int = 224
+    device: str = 'cpu'
+    amp: Optional[str] = None  # None | bf16 | fp16
+    compile: bool = False
+    channels_last: bool = False
+    threads: Optional[int] = None
+    warmup: int = 2
+    repeats: int = 7
+    memory: bool = True
+    gemm_size: int = 2048
+
+
+@dataclass
+class ModelBench:
+    name: str
+    batch_size: int
+    times: List[float] = field(default_factory=list)
+    error: Optional[str] = None
+    gmacs: Optional[float] = None  # per image, forward
+    peak_mem_mb: Optional[float] = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+    def summary(self, gemm_gflops: Optional[float], mode: str) -> Dict:
+        if self.error:
+            return {'model': self.name, 'batch_size': self.batch_size, 'error': self.error}
+        med = self.median_s
+        row = {'model': self.name, 'batch_size': self.batch_size, 'img_per_s': self.batch_size / med,
+               'img_per_s_min': self.batch_size / max(self.times), 'img_per_s_max': self.batch_size / min(self.times),
+               'ms_per_step': 1000 * med, 'repeats': len(self.times), 'peak_mem_mb': self.peak_mem_mb,
+               'gmacs_per_img': self.gmacs}
+        if self.gmacs is not None:
+            # forward = 2 x MACs FLOPs; backward costs about twice the forward (the usual 3x rule for training)
+            flops = 2 * self.gmacs * 1e9 * self.batch_size * (3 if mode == 'train' else 1)
+            row['achieved_gflops'] = flops / med / 1e9
+            row['share_of_gemm'] = row['achieved_gflops'] / gemm_gflops if gemm_gflops else None
+        return row
+
+
+def interleaved_times(steps: Sequence[Callable[[], None]], warmup: int, repeats: int,
+                      clock: Callable[[], float] = time.perf_counter) -> List[List[float]]:
+    """Warm every step up, then time them A B C A B C ...; returns one list of seconds per step."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times = [[] for _ in steps]
+    for _ in range(repeats):
+        for i, step in enumerate(steps):
+            t0 = clock()
+            step()
+            times[i].append(clock() - t0)
+    return times
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and 'out of memory' in str(exc).lower())
+
+
+def _autocast(cfg: BenchConfig):
+    import torch
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
+    return torch.autocast(torch.device(cfg.device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def build_model(name: str, cfg: BenchConfig, img_size: int):
+    """A timm model at ``img_size`` (when its constructor takes one) on the bench device."""
+    import timm
+    import torch
+
+    import litcli.models  # noqa: F401
+    try:
+        model = timm.create_model(name, img_size=img_size)
+    except TypeError:  # CNNs take any size as they are
+        model = timm.create_model(name)
+    model = model.to(cfg.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_step(model, cfg: BenchConfig, batch_size: int, img_size: int) -> Callable[[], None]:
+    """One timed unit: an inference forward, or forward + backward + AdamW step."""
+    import torch
+    dev = torch.device(cfg.device)
+    x = torch.randn(batch_size, 3, img_size, img_size, device=dev)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    if cfg.mode == 'infer':
+        model.eval()
+        fn = torch.compile(model) if cfg.compile else model
+
+        def step():
+            with torch.inference_mode(), _autocast(cfg):
+                fn(x)
+            sync()
+        return step
+    model.train()
+    fn = torch.compile(model) if cfg.compile else model
+    target = torch.randint(0, model.num_classes, (batch_size,), device=dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == 'fp16')
+
+    def step():
+        with _autocast(cfg):
+            loss = torch.nn.functional.cross_entropy(fn(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        sync()
+    return step
+
+
+def gemm_gflops(cfg: BenchConfig, repeats: int = 5) -> float:
+    """The device's dense matmul rate: an n^3 GEMM in the bench precision (fp32, or bf16/fp16 with --amp)."""
+    import torch
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp, torch.float32)
+    n = cfg.gemm_size
+    a = torch.randn(n, n, device=cfg.device, dtype=dtype)
+    b = torch.randn(n, n, device=cfg.device, dtype=dtype)
+    sync = torch.cuda.synchronize if torch.device(cfg.device).type == 'cuda' else (lambda: None)
+
+    def step():
+        torch.mm(a, b)
+        sync()
+    times = interleaved_times([step], warmup=2, repeats=repeats)[0]
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _rss_mb() -> float:
+    import os
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def _cpu_peak_rss_worker(name, cfg, batch_size, img_size, queue):
+    """In a fresh process: resident memory sampled every millisecond during one step, minus the level before."""
+    import threading
+
+    import torch
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = build_model(name, cfg, img_size)
+    step = make_step(model, cfg, batch_size, img_size)
+    before = peak = _rss_mb()
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_mb())
+            done.wait(0.001)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    step()
+    done.set()
+    sampler.join()
+    queue.put(max(peak, _rss_mb()) - before)
+
+
+def peak_memory_mb(name: str, model, step, cfg: BenchConfig, batch_size: int, img_size: int) -> Optional[float]:
+    """Peak memory of one step: CUDA max_memory_allocated, or CPU peak-RSS growth in a fresh process."""
+    import torch
+    if torch.device(cfg.device).type == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    import multiprocessing as mp
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_cpu_peak_rss_worker, args=(name, cfg, batch_size, img_size, queue))
+    proc.start()
+    proc.join()
+    return queue.get() if proc.exitcode == 0 and not queue.empty() else None
+
+
+def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int] = None,
+                 count_macs: bool = True, log: Callable[[str], None] = lambda s: None) -> Dict:
+    """Build, warm up and time ``names`` interleaved at one input size; OOM halves a model's batch (down to 1)
+    and is recorded instead of crashing."""
+    import gc
+
+    import torch
+    img_size = img_size or cfg.img_size
+    entries, steps = [], []
+    for name in names:
+        entry = ModelBench(name, cfg.batch_size)
+        while True:
+            try:
+                model = build_model(name, cfg, img_size)
+                step = make_step(model, cfg, entry.batch_size, img_size)
+                step()  # fails fast here on OOM / unsupported size
+                break
+            except Exception as e:  # noqa: BLE001 (reported per model, never fatal for the comparison)
+                model = step = None
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if is_oom(e) and entry.batch_size > 1:
+                    entry.batch_size //= 2
+                    log(f'{name}: out of memory at {img_size}, retrying with batch {entry.batch_size}')
+                    continue
+                entry.error = 'OOM' if is_oom(e) else str(e).strip().splitlines()[0][:200]
+                break
+        entries.append((entry, model, step))
+    live = [(e, m, s) for e, m, s in entries if e.error is None]
+    log(f'timing {len(live)} models at {img_size}x{img_size}: {cfg.warmup} warm-up, {cfg.repeats} interleaved repeats')
+    for (entry, _, _), times in zip(live, interleaved_times([s for _, _, s in live], cfg.warmup, cfg.repeats)):
+        entry.times = times
+    if cfg.memory:
+        for entry, model, step in live:
+            entry.peak_mem_mb = peak_memory_mb(entry.name, model, step, cfg, entry.batch_size, img_size)
+    if count_macs:
+        from litcli.flops import analyse_model
+        for entry, _, _ in live:
+            try:
+                entry.gmacs = analyse_model(entry.name, (img_size, img_size), keep_analysis=False)['macs'] / 1e9
+            except Exception:  # noqa: BLE001 (a model fvcore cannot trace gets no MAC figure)
+                entry.gmacs = None
+    return {'img_size': img_size, 'entries': [e for e, _, _ in entries]}
+
+
+def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig, sizes: Sequence[int] = (),
+              count_macs: bool = True, log: Callable[[str], None] = print) -> Dict:
+    """Everything ``lit bench`` reports, as plain data."""
+    import torch
+    if cfg.mode not in ('infer', 'train'):
+        raise LitError(f"--mode must be infer or train, got {cfg.mode!r}")
+    if cfg.amp is not None and cfg.amp not in AMP_DTYPES:
+        raise LitError(f"--amp must be bf16 or fp16, got {cfg.amp!r}")
+    if torch.device(cfg.device).type == 'cuda' and not torch.cuda.is_available():
+        raise LitError('--device cuda but no CUDA device is available; use --device cpu')
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    names = [variant, *compare]
+    gemm = gemm_gflops(cfg)
+    log(f'device matmul rate: {gemm:.1f} GFLOP/s ({cfg.gemm_size}^3 GEMM, '
+        f'{cfg.amp or "fp32"}, {torch.get_num_threads()} threads)')
+    results = []
+    for size in (sizes or [cfg.img_size]):
+        block = bench_models(names, cfg, size, count_macs, log)
+        rows = [e.summary(gemm, cfg.mode) for e in block['entries']]
+        first = rows[0].get('img_per_s')
+        for row in rows:
+            if first and row.get('img_per_s'):
+                row['ratio_to_first'] = row['img_per_s'] / first
+        results.append({'img_size': size, 'rows': rows})
+    return {'mode': cfg.mode, 'device': cfg.device, 'amp': cfg.amp or 'fp32', 'threads': torch.get_num_threads(),
+            'batch_size': cfg.batch_size, 'gemm_gflops': gemm, 'warmup': cfg.warmup, 'repeats': cfg.repeats,
+            'compile': cfg.compile, 'channels_last': cfg.channels_last, 'results': results}
+
+
+def print_bench(report: Dict, console=None):
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    for block in report['results']:
+        table = Table(title=f"{report['mode']} @ {block['img_size']}x{block['img_size']}, {report['device']}, "
+                            f"{report['amp']}, {report['threads']} threads, batch {report['batch_size']}, "
+                            f"median of {report['repeats']} interleaved")
+        for col in ('model', 'img/s (min-max)', 'ms/step', 'peak MB', 'GMACs', 'GFLOP/s', '% of GEMM', 'ratio'):
+            table.add_column(col, justify='left' if col == 'model' else 'right')
+        for r in block['rows']:
+            if 'error' in r:
+                table.add_row(r['model'], r['error'], *[''] * 6)
+                continue
+            fmt = lambda v, f: (f.format(v) if v is not None else '-')  # noqa: E731
+            table.add_row(r['model'] + (f" (batch {r['batch_size']})" if r['batch_size'] != report['batch_size'] else ''),
+                          f"{r['img_per_s']:.1f} ({r['img_per_s_min']:.1f}-{r['img_per_s_max']:.1f})",
+                          f"{r['ms_per_step']:.0f}", fmt(r['peak_mem_mb'], '{:.0f}'), fmt(r['gmacs_per_img'], '{:.2f}'),
+                          fmt(r.get('achieved_gflops'), '{:.1f}'),
+                          fmt(100 * r['share_of_gemm'] if r.get('share_of_gemm') else None, '{:.0f}%'),
+                          fmt(r.get('ratio_to_first'), '{:.2f}x'))
+        console.print(table)
+    console.print(f"device GEMM rate: {report['gemm_gflops']:.1f} GFLOP/s; GFLOP/s = 2 x MACs x images (x3 in train "
+                  f"mode) / step time.")
+
+
+def plot_sweep(report: Dict, path) -> str:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    sizes = [b['img_size'] for b in report['results']]
+    models = [r['model'] for r in report['results'][0]['rows']]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for m in models:
+        rows = [next(r for r in b['rows'] if r['model'] == m) for b in report['results']]
+        ax1.plot(sizes, [r.get('img_per_s', math.nan) for r in rows], marker='o', label=m)
+        ax2.plot(sizes, [r.get('peak_mem_mb') or math.nan for r in rows], marker='o', label=m)
+    ax1.set(xlabel='input size (px)', ylabel='images / s', title=f"{report['mode']} throughput")
+    ax2.set(xlabel='input size (px)', ylabel='peak memory (MB)', title='peak memory per step')
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def write_csv(report: Dict, path) -> str:
+    import csv
+    cols = ['img_size', 'model', 'batch_size', 'img_per_s', 'img_per_s_min', 'img_per_s_max', 'ms_per_step',
+            'peak_mem_mb', 'gmacs_per_img', 'achieved_gflops', 'share_of_gemm', 'ratio_to_first', 'error']
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore')
+        writer.writeheader()
+        for block in report['results']:
+            for row in block['rows']:
+                writer.writerow({'img_size': block['img_size'], **row})
+    return str(path)
+
+
+def run_bench_command(variant: str, compare: Optional[str], mode: str, batch_size: int, img_size: str,
+                      amp: Optional[str], compile: bool, channels_last: bool, device: str, threads: Optional[int],
+                      warmup: int, repeats: int, memory: bool, as_json: bool, csv_path=None, plot=None) -> Dict:
+    """``lit bench``: validate, measure, print / write."""
+    import json
+    import sys
+
+    from litcli.flops import resolve_model_names, resolve_variant
+    name = resolve_variant(variant)
+    compared = [c.strip() for c in (compare or '').split(',') if c.strip()]
+    resolve_model_names(compared)  # unknown names fail now, with a suggestion
+    try:
+        sizes = [int(s) for s in img_size.split(',')]
+    except ValueError:
+        raise LitError(f"--img-size {img_size!r}: give sizes like 224 or 224,384,512")
+    from litcli.models.lit import LITBase
+    for s in sizes:
+        LITBase._check_size((s, s))
+    cfg = BenchConfig(mode=mode, batch_size=batch_size, img_size=sizes[0], device=device, amp=amp, compile=compile,
+                      channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats, memory=memory)
+    log = (lambda s: print(s, file=sys.stderr)) if as_json else print
+    report = run_bench(name, compared, cfg, sizes, log=log)
+    if as_json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_bench(report)
+    if csv_path:
+        log(f'CSV written to {write_csv(report, csv_path)}')
+    if plot:
+        log(f'plot written to {plot_sweep(report, plot)}')
+    return report

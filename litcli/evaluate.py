@@ -1,0 +1,119 @@
+"""``lit eval``: top-1/top-5/loss and throughput of a checkpoint (official ``.pth`` or ``lit train``) on a dataset."""
+import json
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+from litcli.errors import CheckpointError, LitError
+
+
+def _file_num_classes(state_dict: Dict) -> Optional[int]:
+    head = state_dict.get('head.weight')
+    return int(head.shape[0]) if head is not None and head.ndim == 2 else None
+
+
+def run_eval(checkpoint, variant: Optional[str] = None, data: Optional[str] = None, data_dir=None,
+             img_size: Optional[int] = None, crop_pct: Optional[float] = None, batch_size: int = 64,
+             workers: Optional[int] = None, device: Optional[str] = None, out=None, strict_data: bool = False) -> Dict:
+    """Evaluate ``checkpoint`` and write ``eval.json`` into ``out`` (default ``runs/eval/<name>``); returns the result.
+
+    A ``lit train`` checkpoint carries its variant, model kwargs, classes and input size, so ``variant`` is
+    optional; an official file needs it. The eval transform is the variant's (resize by crop_pct, bicubic,
+    center crop, ImageNet mean/std) at the checkpoint's training size, with ``img_size``/``crop_pct`` overrides.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from litcli.checkpoint import detect_variant, load_checkpoint, read_checkpoint
+    from litcli.data import build_eval_dataset, resolve_data
+    from litcli.engine import autocast_context, evaluate
+    from litcli.info import param_counts
+    from litcli.names import model_name
+    from litcli.models.lit import _unwrap_state_dict
+    from litcli.recipes import recipe
+    from litcli.rundir import new_run_dir
+    from litcli.train import (batch_transforms, build_model, data_statistics, dataset_label, resolve_amp,
+                              resolve_device, transforms)
+
+    raw = read_checkpoint(checkpoint)
+    own = isinstance(raw.get('config'), dict) and isinstance(raw.get('model'), dict) and 'variant' in raw
+    wanted = None if variant is None else model_name(variant)
+    if own:
+        cfg = dict(raw['config'])
+        if wanted is not None and wanted != raw['variant']:
+            raise CheckpointError(f'{checkpoint} is a {raw["variant"]} checkpoint, not {wanted}; '
+                                  f'drop --variant or pass --variant {raw["variant"].removeprefix("lit_")}')
+        num_classes = raw['num_classes']
+        class_names = raw.get('class_names')
+    else:
+        guess = detect_variant(raw)
+        if wanted is None:
+            hint = f'it looks like {guess}: pass --variant {guess.removeprefix("lit_")}' if guess else \
+                'pass --variant ti|s|m|b'
+            raise LitError(f'{checkpoint} is an official-format file without its variant; {hint}')
+        cfg = recipe(wanted)
+        num_classes = _file_num_classes(_unwrap_state_dict(raw)) or 1000
+        class_names = None
+    cfg['drop_path'] = 0.0
+    if img_size is not None:
+        if img_size % 32:
+            raise LitError(f'--img-size {img_size} is not a multiple of 32; use e.g. {max(32, img_size // 32 * 32)}')
+        cfg['img_size'] = img_size
+    if crop_pct is not None:
+        cfg['crop_pct'] = crop_pct
+    if data is None and not own:
+        raise LitError('an official checkpoint needs --data (an ImageFolder with one subfolder per class)')
+    if data is None:
+        data, data_dir = cfg.get('data'), data_dir or cfg.get('data_dir')
+
+    # The model is built at the eval size; load_checkpoint resamples position tables trained at another size.
+    model = build_model(cfg, num_classes)
+    load_checkpoint(checkpoint, model, strict=True)
+    kind, _ = resolve_data(data, data_dir)
+    fast = kind != 'folder' and bool(cfg.get('fast_tensors'))  # as in training: tensors normalised on the batch
+    _, eval_tf = transforms(cfg, *data_statistics(kind))
+    _, batch_tf = batch_transforms(cfg, fast)
+    ds, spec = build_eval_dataset(data, data_dir=data_dir, transform=eval_tf, strict_data=strict_data,
+                                  fast_tensors=fast, img_size=cfg['img_size'])
+    if spec.num_classes != num_classes:
+        raise CheckpointError(f'{checkpoint} has {num_classes} classes but {spec.root} has {spec.num_classes}; '
+                              f'evaluate on the data it was trained for')
+    if class_names is not None and list(class_names) != list(spec.class_names):
+        raise CheckpointError(f'the class folders of {spec.root} differ from the classes {checkpoint} was trained '
+                              f'on; evaluate on matching data')
+
+    dev = resolve_device({'device': device})
+    amp_dtype = resolve_amp({'amp': None, 'amp_dtype': None}, dev)
+    model.to(dev)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=dev.type == 'cuda')
+    metrics = evaluate(model, loader, dev, autocast_context(dev, amp_dtype), batch_transform=batch_tf)
+    result = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], img_per_s=metrics['img_per_s'],
+                  num_images=metrics['num_images'], img_size=cfg['img_size'], crop_pct=cfg['crop_pct'],
+                  interpolation=cfg['interpolation'], param_count=param_counts(model)['params'],
+                  checkpoint=str(checkpoint), variant=cfg['variant'], data=dataset_label(spec), device=str(dev),
+                  amp_dtype=str(amp_dtype).removeprefix('torch.') if amp_dtype else None)
+    out_dir = Path(out) if out is not None else new_run_dir('runs/eval', f'{cfg["variant"]}-{dataset_label(spec)}')
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / 'eval.json').write_text(json.dumps(result, indent=2) + '\n')
+    except OSError as e:
+        raise LitError(f'cannot write {out_dir / "eval.json"} ({e.strerror}); pass a writable --out')
+    result['path'] = str(out_dir / 'eval.json')
+    return result
+
+
+def print_eval(result: Dict):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f'lit eval: {result["variant"]} on {result["data"]}', show_header=False)
+    table.add_row('top-1', f'{result["top1"]:.2f}%')
+    table.add_row('top-5', f'{result["top5"]:.2f}%')
+    table.add_row('loss', f'{result["loss"]:.4f}')
+    table.add_row('images/s', f'{result["img_per_s"]:.1f} ({result["num_images"]} images, {result["device"]})')
+    table.add_row('input', f'{result["img_size"]} px, crop_pct {result["crop_pct"]}, {result["interpolation"]}')
+    table.add_row('params', f'{result["param_count"]:,}')
+    table.add_row('written', result['path'])
+    Console().print(table)

@@ -1,0 +1,170 @@
+"""The official LIT training recipes as data, and config resolution for ``lit train``.
+
+A config is a flat dict of plain types (it is written to ``config.yaml`` and into every checkpoint).
+Resolution order: the recipe of the variant < ``--config FILE.yaml`` < explicit command-line flags.
+The four official recipes also ship as YAML next to this module (``litcli/recipes/lit_*.yaml``); a test keeps
+them equal to the dicts below.
+
+Learning rates (training-recipe.md sections 1 and 2): ``lr`` is absolute; when it is None it is
+``lr_base x global_batch / 512`` with global batch = per-device batch x world size x grad-accum steps.
+``warmup_lr`` and ``min_lr`` are absolute for LIT-Ti (1e-6, 1e-5) and, for the Swin-style S/M/B recipe, base
+values scaled the same way (``scale_lr_bounds``: 5e-7 and 5e-6, i.e. 1e-6 and 1e-5 at batch 1024).
+"""
+import copy
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from litcli.errors import LitError
+
+RECIPE_DIR = Path(__file__).parent / 'recipes'
+
+# Settings shared by both official trainers (training-recipe.md section 1).
+_COMMON = dict(
+    variant=None,             # registered timm name, e.g. 'lit_s'
+    model_kwargs={},          # extra timm.create_model kwargs (embed_dims, depths, ...), for non-paper sizes
+    num_classes=None,         # None: from the dataset
+    img_size=224,
+    crop_pct=0.875,           # eval: resize 256, center crop 224
+    interpolation='bicubic',
+    epochs=300,
+    batch_size=128,           # per device
+    grad_accum_steps=1,
+    opt='adamw',
+    opt_eps=1e-8,
+    opt_betas=[0.9, 0.999],
+    lr=None,                  # absolute; None -> lr_base x global_batch / 512
+    lr_base=5e-4,
+    lr_base_size=512,
+    offset_lr_mult=0.01,      # DTM conv_offset.weight group: its own absolute lr = lr x 0.01
+    weight_decay=0.05,
+    sched='cosine',
+    drop_path=0.1,
+    clip_grad=None,
+    aa='rand-m9-mstd0.5-inc1',
+    hflip=0.5,
+    reprob=0.25,
+    remode='pixel',
+    recount=1,
+    mixup=0.8,
+    cutmix=1.0,
+    mixup_prob=1.0,
+    mixup_switch_prob=0.5,
+    mixup_mode='batch',
+    smoothing=0.1,
+    aug_repeats=0,
+    grad_checkpointing=False,
+    amp=None,                 # None: on for CUDA, off for CPU
+    amp_dtype=None,           # None: bfloat16 where supported, else float16 (with a grad scaler)
+    model_ema=False,
+    model_ema_decay=0.9998,
+    channels_last=False,
+    torchcompile=False,
+    seed=0,
+    workers=4,
+    device=None,              # None: cuda if available, else cpu
+    log_interval=50,
+    data=None,
+    data_dir=None,
+    fast_tensors=False,       # built-in sets only: batched uint8 tensors, crop+flip on the batch (no timm transforms)
+    strict_data=False,
+)
+
+RECIPES: Dict[str, Dict[str, Any]] = {
+    # DeiT/PVT-style trainer: per-epoch cosine, 5 warmup epochs, absolute warmup/min LR, repeated augmentation.
+    'lit_ti': {**_COMMON, 'variant': 'lit_ti', 'warmup_epochs': 5, 'warmup_lr': 1e-6, 'min_lr': 1e-5,
+               'scale_lr_bounds': False, 'sched_on_epochs': True, 'drop_path': 0.1, 'clip_grad': None,
+               'aug_repeats': 3},
+}
+for _name, _drop_path in (('lit_s', 0.2), ('lit_m', 0.3), ('lit_b', 0.5)):
+    # Swin-style trainer: per-iteration cosine, 20 warmup epochs, warmup/min LR scaled with the batch, clip 5.0.
+    RECIPES[_name] = {**_COMMON, 'variant': _name, 'warmup_epochs': 20, 'warmup_lr': 5e-7, 'min_lr': 5e-6,
+                      'scale_lr_bounds': True, 'sched_on_epochs': False, 'drop_path': _drop_path, 'clip_grad': 5.0,
+                      'aug_repeats': 0, 'grad_checkpointing': _name == 'lit_b'}
+
+# The paper's ablation models train with the recipe of the trainer their family used: the DeiT/PVT-style one
+# for the PVT-layout models, the Swin-style one for LIT-S* and Swin-Ti + DTM.
+for _name, _base in (('lit_ti_star', 'lit_ti'), ('pvt_s_msa', 'lit_ti'), ('pvt_s_dtm', 'lit_ti'),
+                     ('lit_s_star', 'lit_s'), ('swin_t_dtm', 'lit_s')):
+    RECIPES[_name] = {**RECIPES[_base], 'variant': _name}
+
+CONFIG_KEYS = frozenset(RECIPES['lit_ti'])
+
+
+def recipe(variant: str) -> Dict[str, Any]:
+    """A fresh copy of the official recipe of ``variant`` ('lit_s' or 's')."""
+    name = _timm_name(variant)
+    if name not in RECIPES:
+        raise LitError(f'no recipe for variant {variant!r}; choose one of {", ".join(sorted(RECIPES))}')
+    return copy.deepcopy(RECIPES[name])
+
+
+def load_config_file(path) -> Dict[str, Any]:
+    """Read a YAML config; unknown keys are an error naming them (a typo must not be ignored silently)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise LitError(f'config file not found: {path}')
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LitError(f'{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file')
+    if not isinstance(cfg, dict):
+        raise LitError(f'{path} must hold a mapping of settings, not a {type(cfg).__name__}')
+    unknown = sorted(set(cfg) - CONFIG_KEYS)
+    if unknown:
+        raise LitError(f'{path}: unknown setting(s) {", ".join(unknown)}; valid keys are those in config.yaml '
+                       f'of a run or in litcli/recipes/lit_ti.yaml')
+    if cfg.get('variant') is not None:
+        cfg['variant'] = _timm_name(cfg['variant'])
+    return cfg
+
+
+def _timm_name(variant: str) -> str:
+    from litcli.names import model_name
+    return model_name(variant)
+
+
+def resolve_config(variant: Optional[str] = None, config_file=None, overrides: Optional[Dict[str, Any]] = None,
+                   base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """recipe(variant) < config file < overrides (None values in ``overrides`` mean "not given").
+
+    ``base`` replaces the official recipe as the lowest layer (the built-in small demo config). The variant is
+    taken from the flags, else the file, else ``base``, else LIT-Ti.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - CONFIG_KEYS)
+    if unknown:
+        raise LitError(f'unknown setting(s) {", ".join(unknown)}')
+    file_cfg = load_config_file(config_file) if config_file is not None else {}
+    name = variant or overrides.get('variant') or file_cfg.get('variant') or (base or {}).get('variant') or 'lit_ti'
+    name = _timm_name(name)
+    if base is not None and base.get('variant') == name:
+        cfg = copy.deepcopy(base)
+    else:
+        cfg = recipe(name)
+    cfg.update(copy.deepcopy(file_cfg))
+    cfg.update(copy.deepcopy(overrides))
+    cfg['variant'] = name
+    return cfg
+
+
+def scaled_lrs(cfg: Dict[str, Any], world_size: int = 1) -> Dict[str, float]:
+    """The absolute learning rates a run uses: lr, warmup_lr, min_lr and the offset-group lr, plus the global batch."""
+    global_batch = cfg['batch_size'] * world_size * cfg['grad_accum_steps']
+    scale = global_batch / cfg['lr_base_size']
+    lr = cfg['lr'] if cfg['lr'] is not None else cfg['lr_base'] * scale
+    bound_scale = scale if cfg['scale_lr_bounds'] else 1.0
+    return dict(lr=lr, warmup_lr=cfg['warmup_lr'] * bound_scale, min_lr=cfg['min_lr'] * bound_scale,
+                offset_lr=lr * cfg['offset_lr_mult'], global_batch=global_batch)
+
+
+def write_recipe_yamls(folder: Path = RECIPE_DIR):
+    """Regenerate the shipped YAML files from RECIPES (used once by the maintainers; a test checks they agree)."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, cfg in RECIPES.items():
+        header = (f'# Official {name} ImageNet-1K recipe (training-recipe.md section 1). '
+                  f'Use: lit train --config {name}.yaml\n')
+        (folder / f'{name}.yaml').write_text(header + yaml.safe_dump(cfg, sort_keys=False))

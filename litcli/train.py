@@ -1,0 +1,559 @@
+"""One ``lit train`` run: config, data, model, optimizer, run directory, resume, metrics, plots, checkpoints.
+
+The loops themselves are in engine.py. Only rank 0 writes files or prints (torchrun's RANK/WORLD_SIZE are
+read so that single-process runs stay clean; multi-process DDP wrapping is not implemented yet).
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from litcli.errors import CheckpointError, LitError
+from litcli.recipes import resolve_config, scaled_lrs
+
+METRIC_FIELDS = ('epoch', 'step', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'img_per_s',
+                 'epoch_time_s')
+
+
+def world_info() -> Dict[str, int]:
+    """rank / world_size / local_rank from torchrun's environment variables (1 process when absent)."""
+    return dict(rank=int(os.environ.get('RANK', 0)), world_size=int(os.environ.get('WORLD_SIZE', 1)),
+                local_rank=int(os.environ.get('LOCAL_RANK', 0)))
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the source tree lit runs from, if it is a git checkout."""
+    try:
+        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def data_config(cfg: Dict, mean=None, std=None) -> Dict:
+    """timm data config of the variant's registered cfg (mean/std unless given) with the run's size and crop."""
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    import litcli.models  # noqa: F401  (registers lit_* in timm)
+
+    pretrained_cfg = get_pretrained_cfg(cfg['variant'])
+    data_cfg = resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {})
+    data_cfg['input_size'] = (3, cfg['img_size'], cfg['img_size'])
+    data_cfg['crop_pct'] = cfg['crop_pct']
+    data_cfg['interpolation'] = cfg['interpolation']
+    if mean is not None:
+        data_cfg['mean'], data_cfg['std'] = tuple(mean), tuple(std)
+    return data_cfg
+
+
+def transforms(cfg: Dict, mean=None, std=None):
+    """timm train transform (RandomResizedCrop, RandAugment, random erasing) and eval transform."""
+    from timm.data import create_transform
+
+    dc = data_config(cfg, mean, std)
+    train_tf = create_transform(
+        dc['input_size'], is_training=True, auto_augment=cfg['aa'] or None, interpolation=dc['interpolation'],
+        hflip=cfg['hflip'], re_prob=cfg['reprob'], re_mode=cfg['remode'], re_count=cfg['recount'],
+        mean=dc['mean'], std=dc['std'])
+    eval_tf = create_transform(dc['input_size'], is_training=False, interpolation=dc['interpolation'],
+                               crop_pct=dc['crop_pct'], mean=dc['mean'], std=dc['std'])
+    return train_tf, eval_tf
+
+
+def resolve_device(cfg: Dict):
+    import torch
+
+    name = cfg['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LitError(f'unknown device {name!r}; use cpu, cuda or cuda:N')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise LitError('--device cuda was asked for but no CUDA device is available; use --device cpu')
+    return device
+
+
+def resolve_amp(cfg: Dict, device):
+    """The autocast dtype (None: full precision). CUDA: bf16 where supported, else fp16; CPU: fp32 by default."""
+    import torch
+
+    amp = cfg['amp'] if cfg['amp'] is not None else device.type == 'cuda'
+    if not amp:
+        return None
+    name = cfg['amp_dtype'] or ('bfloat16' if device.type != 'cuda' or torch.cuda.is_bf16_supported() else 'float16')
+    dtypes = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16}
+    if name not in dtypes:
+        raise LitError(f'unknown --amp-dtype {name!r}; use bfloat16 or float16')
+    if dtypes[name] is torch.float16 and device.type != 'cuda':
+        raise LitError('float16 autocast needs a CUDA device; use --amp-dtype bfloat16 or --no-amp on CPU')
+    return dtypes[name]
+
+
+def is_builtin(data: Optional[str]) -> bool:
+    from litcli.data import BUILTIN_DATASETS
+
+    return data is None or str(data) in BUILTIN_DATASETS
+
+
+def data_statistics(kind: str):
+    """Normalisation mean/std: the built-in gray sets' own, None (the model's ImageNet cfg) for folders."""
+    if kind == 'folder':
+        return None, None
+    from litcli.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    return (FASHION_MNIST_MEAN,) * 3, (FASHION_MNIST_STD,) * 3
+
+
+def batch_transforms(cfg: Dict, fast: bool):
+    """On-device batch augmentation/normalisation for the built-ins' tensor path (None: per-image transforms)."""
+    if not fast:
+        return None, None
+    from litcli.data import augment_batch, normalize_batch
+
+    return (lambda x: normalize_batch(augment_batch(x, hflip=cfg['hflip'] > 0))), normalize_batch
+
+
+def dataset_label(spec) -> str:
+    """Short name for run directories: the built-in's name, or the folder's own name."""
+    return Path(spec.root).name if spec.name == 'folder' else spec.name
+
+
+def small_base_config() -> Dict[str, Any]:
+    """The built-in demo configuration: the official recipe of its variant, overridden by data.py's small config."""
+    from litcli.data import default_small_config
+    from litcli.recipes import CONFIG_KEYS, recipe
+
+    small = dict(default_small_config())
+    model_kwargs = dict(small.pop('model_kwargs', None) or small.pop('model', None) or {})
+    variant = small.pop('variant', None) or model_kwargs.pop('variant', None) or 'lit_ti'
+    base = recipe(variant)
+    for key, value in small.items():
+        if key in CONFIG_KEYS:
+            base[key] = value
+        else:  # anything else is a timm.create_model kwarg (embed_dims, depths, ...)
+            model_kwargs[key] = value
+    base['model_kwargs'] = model_kwargs
+    return base
+
+
+def build_model(cfg: Dict, num_classes: int):
+    import timm
+
+    import litcli.models  # noqa: F401  (registers lit_* in timm)
+
+    kwargs = dict(cfg['model_kwargs'] or {})
+    kwargs.setdefault('img_size', cfg['img_size'])
+    try:
+        return timm.create_model(cfg['variant'], num_classes=num_classes, drop_path_rate=cfg['drop_path'], **kwargs)
+    except RuntimeError as e:  # timm: unknown model name
+        raise LitError(f'cannot build {cfg["variant"]}: {e}')
+
+
+def load_initial_weights(model, path, num_classes: int, log):
+    """Weights only (official .pth or a lit checkpoint); the classifier is dropped when the class count differs."""
+    from litcli.checkpoint import load_checkpoint, read_checkpoint
+    from litcli.models.lit import _unwrap_state_dict
+
+    state_dict = _unwrap_state_dict(read_checkpoint(path))
+    head = state_dict.get('head.weight')
+    file_classes = head.shape[0] if head is not None and head.ndim == 2 else None
+    if file_classes is not None and file_classes != num_classes:
+        # Load strictly into a head of the file's size (every other key must fit), then start a new classifier.
+        model.reset_classifier(file_classes)
+        load_checkpoint(path, model, strict=True)
+        model.reset_classifier(num_classes)
+        log(f'initial weights from {path} (classifier of {file_classes} classes dropped, new head of {num_classes})')
+    else:
+        load_checkpoint(path, model, strict=True)
+        log(f'initial weights from {path}')
+
+
+class Reporter:
+    """Per-epoch progress: a rich bar on a terminal, a plain log line every ``log_interval`` updates otherwise."""
+
+    def __init__(self, enabled: bool, log_interval: int):
+        from rich.console import Console
+
+        self.console = Console()
+        self.enabled = enabled
+        self.interactive = enabled and sys.stdout.isatty()
+        self.log_interval = max(1, log_interval)
+        self.progress, self.task = None, None
+
+    def log(self, message: str):
+        if self.enabled:
+            self.console.print(message, highlight=False, soft_wrap=True)
+
+    def start_epoch(self, epoch: int, total: int):
+        if not self.interactive:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        self.progress = Progress(
+            TextColumn(f'epoch {epoch}'), BarColumn(), MofNCompleteColumn(),
+            TextColumn('loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s'),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task('train', total=total, loss=float('nan'), lr=0.0, ips=0.0)
+
+    def step(self, s: Dict):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=s['batch'], loss=s['loss'], lr=s['lr'], ips=s['img_per_s'])
+        elif self.enabled and (s['batch'] % self.log_interval == 0 or s['batch'] == s['total']):
+            eta = s['elapsed'] / s['batch'] * (s['total'] - s['batch'])
+            self.log(f'epoch {s["epoch"]} [{s["batch"]}/{s["total"]}] step {s["step"]} loss {s["loss"]:.4f} '
+                     f'lr {s["lr"]:.3e} {s["img_per_s"]:.1f} img/s eta {eta:.0f}s')
+
+    def end_epoch(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def write_metrics(run_dir: Path, row: Dict):
+    """Append one epoch to metrics.csv and metrics.jsonl."""
+    csv_path = run_dir / 'metrics.csv'
+    new = not csv_path.exists()
+    with open(csv_path, 'a', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in METRIC_FIELDS})
+    with open(run_dir / 'metrics.jsonl', 'a') as f:
+        f.write(json.dumps({k: row[k] for k in METRIC_FIELDS}) + '\n')
+
+
+def read_metrics(run_dir: Path):
+    path = run_dir / 'metrics.jsonl'
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(run_dir: Path):
+    """curves.png: train/eval loss, eval top-1/top-5 and lr against epoch (written atomically)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    if not rows:
+        return
+    epochs = [r['epoch'] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [r['train_loss'] for r in rows], 'o-', label='train')
+    axes[0].plot(epochs, [r['eval_loss'] for r in rows], 'o-', label='eval')
+    axes[0].set(title='loss', xlabel='epoch')
+    axes[1].plot(epochs, [r['eval_top1'] for r in rows], 'o-', label='top-1')
+    axes[1].plot(epochs, [r['eval_top5'] for r in rows], 'o-', label='top-5')
+    axes[1].set(title='eval accuracy (%)', xlabel='epoch')
+    axes[2].plot(epochs, [r['lr'] for r in rows], 'o-')
+    axes[2].set(title='learning rate (end of epoch)', xlabel='epoch',
+                yscale='log' if all(r['lr'] > 0 for r in rows) else 'linear')
+    for ax in axes[:2]:
+        ax.legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = run_dir / '.curves.png.tmp'
+    fig.savefig(tmp, dpi=110, format='png')
+    plt.close(fig)
+    os.replace(tmp, run_dir / 'curves.png')
+
+
+SCHEDULE_KEYS = ('epochs', 'warmup_epochs', 'warmup_lr', 'min_lr', 'lr', 'lr_base', 'scale_lr_bounds', 'sched',
+                 'sched_on_epochs', 'batch_size', 'grad_accum_steps')
+
+
+def rng_state() -> Dict:
+    """torch / numpy / python RNG states as tensors and plain types (weights_only-loadable), for exact resume."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                    cached], python=_plain(random.getstate()))
+
+
+def set_rng_state(state: Dict):
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state['torch'])
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _plain(obj):
+    """Tuples -> lists, Paths -> str, so the config is plain YAML/JSON and safe under weights_only loading."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _resume_path(resume: str, output: Path, name: Optional[str]) -> Path:
+    """``auto``: the newest ``checkpoints/last.pt`` under ``output`` (of run ``name`` and its -N copies, if given)."""
+    if resume != 'auto':
+        return Path(resume)
+    candidates = [p for p in output.glob('*/checkpoints/last.pt')
+                  if name is None or p.parent.parent.name == name
+                  or p.parent.parent.name.removeprefix(name + '-').isdigit()]
+    if not candidates:
+        raise LitError(f'--resume auto found no {output}/{name or "*"}/checkpoints/last.pt; '
+                       f'pass --resume PATH, or --output/--name of the run')
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def train(variant: Optional[str] = None, config_file=None, overrides: Optional[Dict] = None,
+          resume: Optional[str] = None, initial_checkpoint=None, name: Optional[str] = None,
+          output='runs/train', exist_ok: bool = False) -> Path:
+    """Run one training and return its run directory. ``overrides`` are the explicit CLI flags (None = not given)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from timm.utils import random_seed
+
+    from litcli.checkpoint import read_checkpoint, save_checkpoint
+    from litcli.data import build_datasets, resolve_data
+    from litcli.engine import NonFiniteLossError, autocast_context, evaluate, train_one_epoch
+    from litcli.env import collect_env
+    from litcli.optim import create_optimizer, create_scheduler
+    from litcli.rundir import new_run_dir
+
+    world = world_info()
+    main_process = world['rank'] == 0
+    if world['world_size'] > 1:
+        raise LitError('multi-process (torchrun) training is not implemented yet; run a single process')
+    reporter = Reporter(main_process, (overrides or {}).get('log_interval') or 50)
+    log = reporter.log
+    output = Path(output)
+    overrides = dict(overrides or {})
+    if variant is not None:
+        overrides['variant'] = variant
+
+    # ---- config: recipe < --config file < flags; on resume the checkpoint's config replaces the recipe ----
+    checkpoint = None
+    if resume is not None:
+        resume_file = _resume_path(resume, output, name)
+        checkpoint = read_checkpoint(resume_file)
+        if not isinstance(checkpoint.get('config'), dict) or 'optimizer' not in checkpoint:
+            raise CheckpointError(f'{resume_file} is not a lit train checkpoint (no config/optimizer state); '
+                                  f'use --initial-checkpoint to start from its weights')
+        saved = checkpoint['config']
+        if overrides.get('variant') and overrides['variant'] != saved['variant']:
+            raise CheckpointError(f'{resume_file} is a {saved["variant"]} run, not {overrides["variant"]}; '
+                                  f'drop --variant or resume another run')
+        cfg = resolve_config(config_file=config_file, overrides=overrides, base=saved)
+        cfg['variant'] = saved['variant']
+    else:
+        base = small_base_config() if is_builtin(overrides.get('data')) and not overrides.get('variant') else None
+        cfg = resolve_config(config_file=config_file, overrides=overrides, base=base)
+
+    random_seed(cfg['seed'], world['rank'])  # torch, numpy and python RNGs (timm transforms/Mixup use the latter)
+    device = resolve_device(cfg)
+    amp_dtype = resolve_amp(cfg, device)
+
+    # ---- data: ImageFolder trees through timm transforms; built-ins optionally as batched tensors ----
+    kind, _ = resolve_data(cfg['data'], cfg['data_dir'])
+    fast = bool(cfg['fast_tensors']) and kind != 'folder'
+    train_tf, eval_tf = transforms(cfg, *data_statistics(kind))
+    train_ds, val_ds, spec = build_datasets(cfg['data'], data_dir=cfg['data_dir'], train_transform=train_tf,
+                                            eval_transform=eval_tf, strict_data=cfg['strict_data'],
+                                            fast_tensors=fast, img_size=cfg['img_size'])
+    train_batch_tf, eval_batch_tf = batch_transforms(cfg, fast)
+    if fast:
+        log('built-in data as in-memory tensors: random crop + flip on the batch; --aa/--reprob unused')
+    num_classes = spec.num_classes
+    if cfg['num_classes'] is not None and cfg['num_classes'] != num_classes:
+        raise LitError(f'--num-classes {cfg["num_classes"]} but the dataset {dataset_label(spec)} has '
+                       f'{num_classes} classes; drop --num-classes or use matching data')
+    cfg['num_classes'] = num_classes
+    if checkpoint is not None and checkpoint.get('num_classes') not in (None, num_classes):
+        raise CheckpointError(f'the checkpoint has {checkpoint["num_classes"]} classes but {dataset_label(spec)} has '
+                              f'{num_classes}; resume with the data it was trained on')
+
+    lrs = scaled_lrs(cfg, world['world_size'])
+    use_mixup = cfg['mixup'] > 0 or cfg['cutmix'] > 0
+    if use_mixup and cfg['batch_size'] % 2:
+        raise LitError(f'Mixup/CutMix needs an even --batch-size (got {cfg["batch_size"]}); '
+                       f'change it or pass --mixup 0 --cutmix 0')
+    if cfg['aug_repeats'] and world['world_size'] == 1:
+        log(f'repeated augmentation ({cfg["aug_repeats"]} repeats) needs several processes; off for this run')
+    generator = torch.Generator()
+    train_loader = DataLoader(train_ds, batch_size=cfg['batch_size'], shuffle=True, drop_last=True,
+                              num_workers=cfg['workers'], pin_memory=device.type == 'cuda', generator=generator,
+                              persistent_workers=cfg['workers'] > 0)
+    eval_loader = DataLoader(val_ds, batch_size=cfg['batch_size'], shuffle=False, num_workers=cfg['workers'],
+                             pin_memory=device.type == 'cuda', persistent_workers=cfg['workers'] > 0)
+    updates_per_epoch = len(train_loader) // cfg['grad_accum_steps']
+    if updates_per_epoch == 0:
+        raise LitError(f'the training set ({len(train_ds)} images) is smaller than one update of '
+                       f'{cfg["batch_size"]} x {cfg["grad_accum_steps"]} images; lower --batch-size or '
+                       f'--grad-accum-steps')
+
+    # ---- model, optimizer, schedule, AMP, EMA ----
+    model = build_model(cfg, num_classes)
+    if initial_checkpoint is not None and checkpoint is None:
+        load_initial_weights(model, initial_checkpoint, num_classes, log)
+    if cfg['grad_checkpointing']:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    if cfg['channels_last']:
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, lr=lrs['lr'], weight_decay=cfg['weight_decay'], offset_lr=lrs['offset_lr'],
+                                 opt=cfg['opt'], eps=cfg['opt_eps'], betas=cfg['opt_betas'])
+    scheduler = create_scheduler(optimizer, cfg['epochs'], cfg['warmup_epochs'], lrs['warmup_lr'], lrs['min_lr'],
+                                 updates_per_epoch, step_on_epochs=cfg['sched_on_epochs'], sched=cfg['sched'])
+    loss_scaler = None
+    if amp_dtype is torch.float16:
+        from timm.utils import NativeScaler
+        loss_scaler = NativeScaler(device=device.type)
+    model_ema = None
+    if cfg['model_ema']:
+        from timm.utils import ModelEmaV3
+        model_ema = ModelEmaV3(model, decay=cfg['model_ema_decay'])
+    mixup_fn = None
+    if use_mixup:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+        mixup_fn = Mixup(mixup_alpha=cfg['mixup'], cutmix_alpha=cfg['cutmix'], prob=cfg['mixup_prob'],
+                         switch_prob=cfg['mixup_switch_prob'], mode=cfg['mixup_mode'],
+                         label_smoothing=cfg['smoothing'], num_classes=num_classes)
+        loss_fn = SoftTargetCrossEntropy()
+    elif cfg['smoothing'] > 0:
+        from timm.loss import LabelSmoothingCrossEntropy
+        loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg['smoothing'])
+    else:
+        loss_fn = torch.nn.CrossEntropyLoss()
+    train_model = torch.compile(model) if cfg['torchcompile'] else model
+
+    start_epoch, num_updates, best_top1 = 0, 0, None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint['model'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        saved = checkpoint['config']
+        if all(saved.get(k) == cfg[k] for k in SCHEDULE_KEYS):
+            scheduler.load_state_dict(checkpoint['scheduler'])
+        else:  # e.g. a larger --epochs: keep the new plan (timm's way), positioned at the saved epoch/step below
+            log('schedule settings changed since the checkpoint: the LR schedule follows the new config')
+        if loss_scaler is not None and checkpoint.get('scaler'):
+            loss_scaler.load_state_dict(checkpoint['scaler'])
+        if model_ema is not None and checkpoint.get('ema'):
+            model_ema.load_state_dict(checkpoint['ema'])
+        start_epoch, num_updates = checkpoint['epoch'] + 1, checkpoint['step']
+        best_top1 = checkpoint.get('best_metric')
+        scheduler.step(start_epoch)  # the optimizer state carried the old lr: set the lr of this position
+        if not cfg['sched_on_epochs']:
+            scheduler.step_update(num_updates=num_updates)
+        if checkpoint.get('rng'):
+            set_rng_state(checkpoint['rng'])
+
+    # ---- run directory (rank 0): resuming a run's own last.pt continues in that folder ----
+    run_dir = None
+    if main_process:
+        resumed_dir = resume_file.parent.parent if checkpoint is not None else None
+        if resumed_dir is not None and (resumed_dir / 'config.yaml').exists() and name is None:
+            run_dir = resumed_dir
+        else:
+            run_dir = new_run_dir(output, name or f'{cfg["variant"]}-{dataset_label(spec)}', exist_ok=exist_ok)
+        (run_dir / 'checkpoints').mkdir(exist_ok=True)
+        if checkpoint is None:  # --exist-ok on a used name: a new run starts new metrics (asked for explicitly)
+            for stale in ('metrics.csv', 'metrics.jsonl', 'curves.png'):
+                (run_dir / stale).unlink(missing_ok=True)
+        import yaml
+        (run_dir / 'config.yaml').write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
+        env = {**collect_env(), **world, 'git_commit': git_commit(), 'device': str(device),
+               'amp_dtype': str(amp_dtype).removeprefix('torch.') if amp_dtype else None}
+        (run_dir / 'env.json').write_text(json.dumps(env, indent=2) + '\n')
+        log(f'run directory: {run_dir}')
+        log(f'data: {spec.description}')
+        log(f'{cfg["variant"]} on {dataset_label(spec)} ({spec.train_size} train / {spec.val_size} val images, '
+            f'{num_classes} classes), {device}{" " + str(amp_dtype).removeprefix("torch.") + " autocast" if amp_dtype else " fp32"}; '
+            f'global batch {lrs["global_batch"]}, lr {lrs["lr"]:.3g} (offset {lrs["offset_lr"]:.3g}), '
+            f'warmup lr {lrs["warmup_lr"]:.3g}, min lr {lrs["min_lr"]:.3g}, {cfg["epochs"]} epochs x '
+            f'{updates_per_epoch} updates' + (f'; resuming at epoch {start_epoch}, step {num_updates}'
+                                               if checkpoint is not None else ''))
+
+    def save(path, epoch):
+        save_checkpoint(dict(
+            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=_plain(scheduler.state_dict()),
+            scaler=loss_scaler.state_dict() if loss_scaler is not None else None,
+            ema=model_ema.state_dict() if model_ema is not None else None,
+            epoch=epoch, step=num_updates, best_metric=best_top1, config=_plain(cfg), variant=cfg['variant'],
+            model_kwargs=_plain({**(cfg['model_kwargs'] or {}), 'img_size': cfg['img_size']}),
+            class_names=list(spec.class_names), num_classes=num_classes, rng=rng_state()), path)
+
+    amp_autocast = autocast_context(device, amp_dtype)
+    run_start = time.perf_counter()
+    if start_epoch >= cfg['epochs']:
+        log(f'nothing to do: the checkpoint already finished {cfg["epochs"]} epochs (raise --epochs to go on)')
+    for epoch in range(start_epoch, cfg['epochs']):
+        generator.manual_seed(cfg['seed'] + epoch)  # the shuffle order depends on the epoch only: exact resume
+        epoch_start = time.perf_counter()
+        reporter.start_epoch(epoch, updates_per_epoch)
+        try:
+            stats = train_one_epoch(
+                train_model, train_loader, optimizer, loss_fn, device, epoch, num_updates, scheduler=scheduler,
+                step_scheduler_per_update=not cfg['sched_on_epochs'], mixup_fn=mixup_fn, amp_autocast=amp_autocast,
+                loss_scaler=loss_scaler, clip_grad=cfg['clip_grad'] or None, grad_accum_steps=cfg['grad_accum_steps'],
+                model_ema=model_ema, channels_last=cfg['channels_last'], batch_transform=train_batch_tf,
+                on_step=reporter.step)
+        except (NonFiniteLossError, KeyboardInterrupt):
+            reporter.end_epoch()
+            if run_dir is not None:
+                kept = run_dir / 'checkpoints' / 'last.pt'
+                kept = f'continue with --resume {kept}' if kept.exists() else 'no checkpoint yet'
+                log(f'stopped in epoch {epoch}; run directory: {run_dir} ({kept})')
+            raise
+        finally:
+            reporter.end_epoch()
+        num_updates = stats['num_updates']
+        scheduler.step(epoch + 1)  # per-epoch schedules advance here; per-update ones ignore it
+        eval_model = model_ema.module if model_ema is not None else model
+        metrics = evaluate(eval_model, eval_loader, device, amp_autocast, channels_last=cfg['channels_last'],
+                           batch_transform=eval_batch_tf)
+        skipped = [m for m in (getattr(d, 'skipped_message', lambda: None)() for d in (train_ds, val_ds)) if m]
+        for message in skipped:
+            log(f'warning: {message}')
+        is_best = best_top1 is None or metrics['top1'] > best_top1
+        best_top1 = max(best_top1 or 0.0, metrics['top1'])
+        row = dict(epoch=epoch, step=num_updates, train_loss=stats['train_loss'], eval_loss=metrics['loss'],
+                   eval_top1=metrics['top1'], eval_top5=metrics['top5'], lr=optimizer.param_groups[0]['lr'],
+                   img_per_s=stats['img_per_s'], epoch_time_s=time.perf_counter() - epoch_start)
+        if main_process:
+            write_metrics(run_dir, row)
+            plot_curves(run_dir)
+            save(run_dir / 'checkpoints' / 'last.pt', epoch)
+            if is_best:
+                save(run_dir / 'checkpoints' / 'best.pt', epoch)
+            log(f'epoch {epoch}: train loss {row["train_loss"]:.4f}, eval loss {row["eval_loss"]:.4f}, '
+                f'top-1 {row["eval_top1"]:.2f}%, top-5 {row["eval_top5"]:.2f}%, lr {row["lr"]:.3e}, '
+                f'{row["img_per_s"]:.1f} img/s, {row["epoch_time_s"]:.1f}s' + (' (best)' if is_best else ''))
+
+    if main_process:
+        from rich.table import Table
+        table = Table(title='lit train summary', show_header=False)
+        table.add_row('model', f'{cfg["variant"]} ({num_classes} classes, {cfg["img_size"]} px)')
+        table.add_row('data', dataset_label(spec))
+        table.add_row('best top-1', f'{best_top1:.2f}%' if best_top1 is not None else '-')
+        table.add_row('epochs', f'{cfg["epochs"]} ({cfg["epochs"] - start_epoch} this run, step {num_updates})')
+        table.add_row('time', f'{time.perf_counter() - run_start:.1f}s')
+        table.add_row('run directory', str(run_dir))
+        reporter.console.print(table)
+        log(f'run directory: {run_dir}')
+    return run_dir

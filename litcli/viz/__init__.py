@@ -1,0 +1,1 @@
+"""Figures: learned DTM offsets (offsets.py)."""

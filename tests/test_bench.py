@@ -1,0 +1,76 @@
+"""`lit bench`: interleaving, medians, OOM fallback, the JSON report."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from litcli import bench
+from litcli.cli import app
+
+
+def test_interleaved_order_and_warmup():
+    calls = []
+    steps = [lambda n=n: calls.append(n) for n in 'ABC']
+    ticks = iter(range(100))
+    times = bench.interleaved_times(steps, warmup=2, repeats=3, clock=lambda: next(ticks))
+    assert ''.join(calls) == 'AABBCC' + 'ABC' * 3  # warm-up per model, then interleaved
+    assert [len(t) for t in times] == [3, 3, 3] and all(v == 1 for t in times for v in t)
+
+
+def test_summary_uses_median_and_gemm_share():
+    entry = bench.ModelBench('m', batch_size=10, times=[1.0, 0.5, 2.0], gmacs=1.0, peak_mem_mb=5.0)
+    row = entry.summary(gemm_gflops=40.0, mode='infer')
+    assert row['img_per_s'] == 10.0 and row['ms_per_step'] == 1000.0  # the median step is 1.0 s
+    assert row['img_per_s_min'] == 5.0 and row['img_per_s_max'] == 20.0
+    assert row['achieved_gflops'] == pytest.approx(20.0) and row['share_of_gemm'] == pytest.approx(0.5)
+    assert entry.summary(40.0, 'train')['achieved_gflops'] == pytest.approx(60.0)  # fwd + bwd ~ 3x
+
+
+def test_oom_halves_batch_then_records(monkeypatch):
+    real_make_step = bench.make_step
+
+    def fake_make_step(model, cfg, batch_size, img_size):
+        if batch_size > 2:
+            raise RuntimeError('CUDA out of memory. Tried to allocate 1.00 GiB')
+        return real_make_step(model, cfg, batch_size, img_size)
+    monkeypatch.setattr(bench, 'make_step', fake_make_step)
+    cfg = bench.BenchConfig(batch_size=8, img_size=64, warmup=0, repeats=1, memory=False)
+    result = bench.bench_models(['lit_ti'], cfg, count_macs=False)
+    assert result['entries'][0].batch_size == 2 and result['entries'][0].error is None
+
+    def always_oom(*a, **k):
+        raise RuntimeError('out of memory')
+    monkeypatch.setattr(bench, 'make_step', always_oom)
+    result = bench.bench_models(['lit_ti'], cfg, count_macs=False)
+    assert result['entries'][0].error == 'OOM'
+
+
+def test_cli_json_every_field_positive(tmp_path):
+    args = ['bench', '-v', 'ti', '--compare', 'resnet18', '-b', '2', '--img-size', '64', '--repeats', '2',
+            '--warmup', '1', '--json', '--csv', str(tmp_path / 'b.csv')]
+    r = CliRunner().invoke(app, args, prog_name='lit')
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout[r.stdout.index('{'):])
+    assert report['gemm_gflops'] > 0 and report['mode'] == 'infer'
+    rows = report['results'][0]['rows']
+    assert [row['model'] for row in rows] == ['lit_ti', 'resnet18']
+    for row in rows:
+        for key in ('img_per_s', 'ms_per_step', 'peak_mem_mb', 'gmacs_per_img', 'achieved_gflops', 'share_of_gemm',
+                    'ratio_to_first'):
+            assert row[key] > 0, key
+    assert rows[0]['ratio_to_first'] == 1.0
+    assert (tmp_path / 'b.csv').read_text().count('\n') == 3
+
+
+@pytest.mark.parametrize('args, msg', [(['--mode', 'fast'], 'infer or train'), (['--amp', 'int8'], 'bf16 or fp16'),
+                                        (['--img-size', '100'], 'divisible by 32'),
+                                        (['--compare', 'swin_tinny'], 'did you mean'),
+                                        (['--device', 'cuda'], 'no CUDA device')])
+def test_cli_bad_inputs(args, msg):
+    import torch
+    if args[0] == '--device' and torch.cuda.is_available():
+        pytest.skip('has a CUDA device')
+    r = CliRunner().invoke(app, ['bench', '-v', 'ti', '--img-size', '64', *args][:-2] + args
+                           if args[0] == '--img-size' else ['bench', '-v', 'ti', '--img-size', '64', *args],
+                           prog_name='lit')
+    assert r.exit_code != 0 and msg in r.output, r.output

@@ -7,7 +7,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 from litcli.errors import CheckpointError
 
@@ -15,7 +15,11 @@ PathLike = Union[str, Path]
 
 
 def read_checkpoint(path: PathLike) -> Dict:
-    """Load a checkpoint file onto the CPU with ``weights_only=True``; any failure is a CheckpointError."""
+    """Load a checkpoint file onto the CPU with ``weights_only=True``; any failure is a CheckpointError.
+
+    A ``.safetensors`` file (``lit export``) is read with its JSON config into the same shape as a ``lit train``
+    checkpoint (``{'model': state_dict, 'variant': ..., ...}``), so every ``--checkpoint`` accepts it.
+    """
     import pickle
 
     import torch
@@ -23,6 +27,8 @@ def read_checkpoint(path: PathLike) -> Dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint not found: {path}')
+    if path.suffix == '.safetensors':
+        return read_safetensors(path)
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
@@ -41,13 +47,19 @@ def save_checkpoint(obj: Dict, path: PathLike):
     """Write ``obj`` with torch.save atomically: a reader sees the old file or the complete new one."""
     import torch
 
+    atomic_write(path, lambda name: torch.save(obj, name))
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None]):
+    """Create ``path`` atomically: ``write(name)`` fills a temporary file in the same folder, which is fsynced
+    and renamed over ``path``; on any failure the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

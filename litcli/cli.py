@@ -335,8 +335,7 @@ def attn_maps(
     exist_ok: Annotated[bool, typer.Option('--exist-ok', help='Write into an existing folder of that name.')] = False,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
 ):
-    """Attention of a query token averaged over images, per block and head (paper Fig. 3), with mean
-    attention distance and entropy."""
+    """Attention of a query token averaged over images per block and head (paper Fig. 3), distance, entropy."""
     from litcli.viz.attention import run_attn_maps
     with user_errors():
         stages = None

@@ -1,7 +1,9 @@
 """One ``lit train`` run: config, data, model, optimizer, run directory, resume, metrics, plots, checkpoints.
 
-The loops themselves are in engine.py. Only rank 0 writes files or prints (torchrun's RANK/WORLD_SIZE are
-read so that single-process runs stay clean; multi-process DDP wrapping is not implemented yet).
+The loops themselves are in engine.py. Under torchrun (or SLURM) every process trains a DistributedDataParallel
+replica on its shard of each batch (litcli/distributed.py); only rank 0 writes files or prints. Checkpoints are
+written every epoch, every ``save_interval`` optimizer steps and on SIGTERM/SIGINT, with the position inside the
+epoch, so a resumed run continues exactly where the checkpoint was taken (litcli/resume.py).
 """
 import csv
 import json
@@ -20,9 +22,21 @@ METRIC_FIELDS = ('epoch', 'step', 'train_loss', 'eval_loss', 'eval_top1', 'eval_
 
 
 def world_info() -> Dict[str, int]:
-    """rank / world_size / local_rank from torchrun's environment variables (1 process when absent)."""
-    return dict(rank=int(os.environ.get('RANK', 0)), world_size=int(os.environ.get('WORLD_SIZE', 1)),
-                local_rank=int(os.environ.get('LOCAL_RANK', 0)))
+    """rank / world_size / local_rank from torchrun's (or SLURM's, via timm) environment (1 process when absent)."""
+    from timm.utils.distributed import world_info_from_env
+
+    local_rank, rank, world_size = world_info_from_env()
+    return dict(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+class TrainingStopped(LitError):
+    """SIGTERM/SIGINT: a checkpoint was saved at a step boundary and the run stopped (the message says how to
+    resume). Exit code 143 for SIGTERM and 130 for SIGINT (128 + signal number), so a job script can tell a
+    preempted run (resume it) from a finished one (0)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def git_commit() -> Optional[str]:
@@ -278,8 +292,11 @@ def rng_state() -> Dict:
     import torch
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                    cached], python=_plain(random.getstate()))
+    state = dict(torch=torch.get_rng_state(), numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     cached], python=_plain(random.getstate()))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state()  # the current device's (one device per process)
+    return state
 
 
 def set_rng_state(state: Dict):
@@ -293,6 +310,8 @@ def set_rng_state(state: Dict):
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state['python']
     random.setstate((version, tuple(internal), gauss))
+    if state.get('cuda') is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
 
 
 def _plain(obj):
@@ -306,17 +325,32 @@ def _plain(obj):
     return obj
 
 
-def _resume_path(resume: str, output: Path, name: Optional[str]) -> Path:
-    """``auto``: the newest ``checkpoints/last.pt`` under ``output`` (of run ``name`` and its -N copies, if given)."""
-    if resume != 'auto':
-        return Path(resume)
-    candidates = [p for p in output.glob('*/checkpoints/last.pt')
-                  if name is None or p.parent.parent.name == name
-                  or p.parent.parent.name.removeprefix(name + '-').isdigit()]
-    if not candidates:
-        raise LitError(f'--resume auto found no {output}/{name or "*"}/checkpoints/last.pt; '
-                       f'pass --resume PATH, or --output/--name of the run')
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+def _resume_source(resume: str, output: Path, name: Optional[str], log):
+    """(path, contents) to resume from: the given file, or for ``auto`` the newest valid checkpoint of the run
+    under ``output`` (of ``name`` and its -N copies, if given) with the most recent checkpoint."""
+    from litcli.checkpoint import read_checkpoint
+    from litcli.resume import find_run_dir, is_train_checkpoint, newest_valid_checkpoint
+
+    if resume == 'auto':
+        return newest_valid_checkpoint(find_run_dir(output, name) / 'checkpoints', log)
+    path = Path(resume)
+    raw = read_checkpoint(path)
+    if not is_train_checkpoint(raw):
+        raise CheckpointError(f'{path} is not a lit train checkpoint (no config/optimizer state); '
+                              f'use --initial-checkpoint to start from its weights')
+    return path, raw
+
+
+def resume_hint(path: Path) -> str:
+    """The command that continues a run from ``path``, for the launch this process is part of."""
+    nproc = os.environ.get('LOCAL_WORLD_SIZE')
+    if 'TORCHELASTIC_RUN_ID' in os.environ and nproc:
+        nodes = int(os.environ.get('WORLD_SIZE', nproc)) // max(int(nproc), 1)
+        launcher = f'torchrun --nproc_per_node={nproc} -m litcli train' if nodes == 1 else \
+            f'torchrun --nnodes={nodes} --nproc_per_node={nproc} --rdzv_endpoint=HOST:PORT -m litcli train'
+    else:
+        launcher = 'lit train'
+    return f'{launcher} --resume {path}'
 
 
 def train(variant: Optional[str] = None, config_file=None, overrides: Optional[Dict] = None,

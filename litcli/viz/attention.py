@@ -166,16 +166,11 @@ def image_files(data: Optional[Path]) -> List[Path]:
 
 
 def parse_query(spec: Optional[str], grid: Tuple[int, int]) -> Tuple[int, int]:
+    """The query token of a stage: ROW,COL, or the centre token (as in the paper) when not given."""
+    from litcli.viz.tokens import parse_token
     if spec is None:
-        return grid[0] // 2, grid[1] // 2  # the centre token, as in the paper
-    try:
-        r, c = (int(v) for v in spec.split(','))
-    except ValueError:
-        raise LitError(f"bad --query {spec!r}: use ROW,COL (e.g. '7,7')")
-    if not (0 <= r < grid[0] and 0 <= c < grid[1]):
-        raise LitError(f'--query {r},{c} is outside the {grid[0]}x{grid[1]} token grid of this stage '
-                       f'(rows 0-{grid[0] - 1}, cols 0-{grid[1] - 1})')
-    return r, c
+        return grid[0] // 2, grid[1] // 2
+    return parse_token(spec, grid, what='--query')
 
 
 def draw_stage_grid(mean: np.ndarray, grid: Tuple[int, int], query: Tuple[int, int], blocks: Sequence[int],
@@ -256,6 +251,8 @@ def _distributed() -> Tuple[int, int]:
     import torch.distributed as dist
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))  # before NCCL init: one GPU per rank
         dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -270,6 +267,7 @@ def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint:
                   seed: int = 0) -> Dict:
     """The ``lit attn-maps`` command: mean attention maps of chosen stages over images, figures and stats."""
     import json
+    import os
     import random
 
     import timm
@@ -309,7 +307,7 @@ def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint:
     rank, world = _distributed()
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if dev.type == 'cuda' and world > 1:
-        dev = torch.device('cuda', int(__import__('os').environ.get('LOCAL_RANK', 0)))
+        dev = torch.device('cuda', torch.cuda.current_device())
     model = model.to(dev).eval()
     transform = eval_transform(model, img_size)
     my_files = files[rank::world]

@@ -216,16 +216,8 @@ def parse_tokens(spec: str, grid: Tuple[int, int]) -> Optional[np.ndarray]:
         return None
     if spec in ('center', 'centre'):
         return np.array([(grid[0] // 2, grid[1] // 2)], dtype=np.int64)
-    tokens = []
-    for part in filter(None, (p.strip() for p in spec.split(';'))):
-        try:
-            r, c = (int(v) for v in part.split(','))
-        except ValueError:
-            raise LitError(f"bad token {part!r}: use ROW,COL (e.g. '3,3'), several separated by ';', or 'all'")
-        if not (0 <= r < grid[0] and 0 <= c < grid[1]):
-            raise LitError(f'token ({r},{c}) is outside the {grid[0]}x{grid[1]} token grid '
-                           f'(rows 0-{grid[0] - 1}, cols 0-{grid[1] - 1})')
-        tokens.append((r, c))
+    from litcli.viz.tokens import parse_token
+    tokens = [parse_token(part, grid) for part in filter(None, (p.strip() for p in spec.split(';')))]
     if not tokens:
         raise LitError("no token given: use 'all', 'center' or ROW,COL[;ROW,COL...]")
     return np.array(tokens, dtype=np.int64)

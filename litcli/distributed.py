@@ -1,0 +1,247 @@
+"""Multi-process plumbing for ``lit train`` / ``lit eval``: process group, samplers, reductions, stop signals.
+
+Launch with PyTorch's own launcher (``torchrun`` = ``python -m torch.distributed.run``), single or multi node, or
+under SLURM (``srun``: SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, read by timm's ``world_info_from_env``, with
+MASTER_ADDR/MASTER_PORT set by the job script). Backend: NCCL for CUDA devices (one device per process, chosen
+by LOCAL_RANK), gloo on CPU.
+"""
+import itertools
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from litcli.errors import LitError
+
+
+@dataclass
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False  # a process group is up (also for a 1-process torchrun launch)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def as_dict(self):
+        return dict(rank=self.rank, world_size=self.world_size, local_rank=self.local_rank)
+
+
+def launched_distributed() -> bool:
+    """True under torchrun (even with one process, so `--nproc_per_node 1` exercises NCCL/DDP) or a multi-task
+    SLURM step."""
+    from timm.utils.distributed import is_distributed_env
+    return is_distributed_env() or 'TORCHELASTIC_RUN_ID' in os.environ
+
+
+def init_distributed(device: torch.device) -> World:
+    """Join the process group of a torchrun/SLURM launch (a no-op World for a plain single process).
+
+    timm's ``init_distributed_device_so`` would do most of this, but it only starts a group when WORLD_SIZE > 1
+    (we also want one for a 1-process torchrun launch) and asserts instead of explaining; the env parsing is
+    timm's. A group the caller already initialised (e.g. a test with a file:// store) is used as it is.
+    """
+    from timm.utils.distributed import world_info_from_env
+
+    if dist.is_available() and dist.is_initialized():
+        local_rank = world_info_from_env()[0]
+        world = World(dist.get_rank(), dist.get_world_size(), local_rank, True)
+    elif not launched_distributed():
+        return World()
+    else:
+        local_rank, rank, world_size = world_info_from_env()
+        if 'SLURM_PROCID' in os.environ and 'RANK' not in os.environ:  # srun without torchrun: env:// wants these
+            os.environ.update(LOCAL_RANK=str(local_rank), RANK=str(rank), WORLD_SIZE=str(world_size))
+            if 'MASTER_ADDR' not in os.environ or 'MASTER_PORT' not in os.environ:
+                raise LitError('a SLURM multi-task step needs MASTER_ADDR and MASTER_PORT in the environment; '
+                               'export them in the job script (or launch with torchrun)')
+        if device.type == 'cuda':
+            if local_rank >= torch.cuda.device_count():
+                raise LitError(f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s); '
+                               f'use --nproc_per_node <= the number of GPUs per node')
+            torch.cuda.set_device(local_rank)  # before NCCL init, so its communicator uses this device
+        backend = 'nccl' if device.type == 'cuda' else 'gloo'
+        dist.init_process_group(backend=backend, init_method='env://', rank=rank, world_size=world_size)
+        world = World(dist.get_rank(), dist.get_world_size(), local_rank, True)
+    return world
+
+
+def process_device(device: torch.device, world: World) -> torch.device:
+    """The device of this process: cuda:LOCAL_RANK under a launch (an explicit index is overridden), else as given."""
+    if world.distributed and device.type == 'cuda':
+        return torch.device('cuda', world.local_rank)
+    return device
+
+
+def shutdown():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World):
+    if world.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, world: World, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (pickled; small objects only: paths, messages)."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any, world: World) -> List[Any]:
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool, world: World, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is True on at least one (so all ranks stop at the same step)."""
+    if not world.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_reduce_sum(values: List[float], world: World, device: torch.device) -> List[float]:
+    """Element-wise sum over ranks, in float64 so counts stay exact (below 2**53)."""
+    if not world.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+class ShardSampler(Sampler):
+    """Rank r of W takes indices r, r + W, r + 2W, ... : disjoint shards that cover the dataset exactly once.
+
+    Hand-written because torch's DistributedSampler (and timm's OrderedDistributedSampler) pad the last shard
+    with repeated samples (or drop some), which would count images twice (or not at all) in an evaluation.
+    Shards differ in size by at most one; the metric sums are all-reduced, so that does not matter.
+    """
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class ResumableSampler(Sampler):
+    """A per-epoch training sampler (DistributedSampler / RepeatAugSampler) that can start part-way into an epoch.
+
+    The wrapped sampler's order depends only on its seed and epoch, so after ``set_epoch(epoch, skip)`` the
+    remaining indices are exactly those an uninterrupted run would still draw, without loading the skipped ones.
+    """
+
+    def __init__(self, sampler, batch_size: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0):
+        self.sampler.set_epoch(epoch)
+        self.skip = skip_batches * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def train_sampler(dataset, world: World, seed: int, aug_repeats: float):
+    """DistributedSampler (shuffled by seed + epoch, drop_last) on any world size, or timm's RepeatAugSampler for
+    repeated augmentation on several processes. One process uses the same sampler with 1 replica, so a run's
+    order does not depend on how it was launched."""
+    from torch.utils.data import DistributedSampler
+
+    if aug_repeats and world.world_size > 1:
+        from timm.data.distributed_sampler import RepeatAugSampler
+        return _SeededRepeatAug(RepeatAugSampler(dataset, num_replicas=world.world_size, rank=world.rank,
+                                                 num_repeats=aug_repeats), seed)
+    return DistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=seed,
+                              drop_last=True)
+
+
+class _SeededRepeatAug(Sampler):
+    """timm's RepeatAugSampler shuffles by the epoch alone; fold the run's seed in, as DistributedSampler does."""
+
+    def __init__(self, sampler, seed: int):
+        self.sampler, self.seed = sampler, seed
+
+    def set_epoch(self, epoch: int):
+        self.sampler.set_epoch(self.seed + epoch)
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stop signals
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the trainer saves at the next step boundary and exits (see ``exit_code``).
+
+    A second signal of the same kind restores the default handler's behaviour (a second Ctrl-C interrupts at
+    once). Handlers are installed only in the main thread (Python's rule) and restored by ``restore()``.
+    """
+
+    EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, the shell convention
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous = {}
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum in self.EXIT_CODES:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # second signal: stop now
+            self.restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+
+    def restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ''
+
+    @property
+    def exit_code(self) -> int:
+        return self.EXIT_CODES.get(self.signum, 1)

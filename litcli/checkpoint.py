@@ -3,6 +3,7 @@
 Every read uses ``torch.load(weights_only=True)``, so an untrusted file can never run code. Writes are atomic
 (temporary file in the same folder, fsync, rename), so a kill at any instant leaves the old or the new file.
 """
+import json
 import os
 import re
 import tempfile
@@ -57,8 +58,11 @@ def atomic_write(path: PathLike, write: Callable[[str], None]):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result gets a normal file's permissions
         with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -153,7 +157,11 @@ def model_from_checkpoint(path: PathLike, variant: Optional[str] = None, **model
 
     raw = read_checkpoint(path)
     state_dict = _unwrap_state_dict(raw)
-    name = variant or raw.get('variant') or detect_variant(state_dict)
+    recorded = raw.get('variant')
+    if variant is not None and recorded is not None and variant != recorded:
+        raise CheckpointError(f'{path} is a {recorded} checkpoint, not {variant}; '
+                              f'drop --variant or pass --variant {recorded.removeprefix("lit_")}')
+    name = variant or recorded or detect_variant(state_dict)
     if name is None:
         raise CheckpointError(f'cannot tell which LIT variant {path} holds; pass --variant ti|s|m|b')
     kwargs = {**(raw.get('model_kwargs') or {}), **model_kwargs}
@@ -162,3 +170,75 @@ def model_from_checkpoint(path: PathLike, variant: Optional[str] = None, **model
     model = timm.create_model(name, **kwargs)
     apply_checkpoint(raw, model, source=path)
     return model, raw
+
+
+def sidecar_path(path: PathLike) -> Path:
+    """The JSON config written next to an exported model: ``lit_s.safetensors`` -> ``lit_s.safetensors.json``
+    (the full name, so the ONNX and safetensors exports of one checkpoint do not share a config file)."""
+    path = Path(path)
+    return path.with_name(path.name + '.json')
+
+
+def read_safetensors(path: PathLike) -> Dict:
+    """A ``lit export`` safetensors file as a checkpoint dict: ``{'model': state_dict, **config}``.
+
+    The config comes from the JSON file next to it, else from the copy in the file's own header (so a file
+    moved without its sidecar still loads); a plain safetensors state dict without either loads as an
+    official-format file (pass --variant).
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        state_dict = load_file(path, device='cpu')
+        with safe_open(path, framework='pt') as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f'{path} is not a readable safetensors file (truncated or corrupt?): {e}')
+    sidecar = sidecar_path(path)
+    try:
+        if sidecar.is_file():
+            config = json.loads(sidecar.read_text())
+        else:
+            config = json.loads(header['lit_config']) if 'lit_config' in header else {}
+    except (json.JSONDecodeError, OSError) as e:
+        raise CheckpointError(f'cannot read the config of {path} ({sidecar}: {e}); re-export it with lit export')
+    if not isinstance(config, dict):
+        raise CheckpointError(f'{sidecar} is not a lit export config (a JSON object); re-export it with lit export')
+    return {**{k: v for k, v in config.items() if k != 'model'}, 'model': state_dict}
+
+
+def is_train_checkpoint(raw: Dict) -> bool:
+    """A ``lit train`` checkpoint (or an export of one): carries its training config, variant and weights."""
+    return isinstance(raw.get('config'), dict) and isinstance(raw.get('model'), dict) and 'variant' in raw
+
+
+def inference_data_config(raw: Dict, model, img_size: Optional[int] = None, crop_pct: Optional[float] = None) -> Dict:
+    """The eval preprocessing of a checkpoint's model, as timm data-config keys (input_size, interpolation,
+    crop_pct, crop_mode, mean, std).
+
+    An exported file records it; a ``lit train`` checkpoint gets the run's size, crop and normalisation (the
+    built-in gray sets have their own mean/std, exactly as ``lit eval`` uses them); official files get the
+    variant's registered cfg. ``img_size``/``crop_pct`` override.
+    """
+    from timm.data import resolve_model_data_config
+
+    if isinstance(raw.get('data_config'), dict):
+        dc = dict(raw['data_config'])
+    elif is_train_checkpoint(raw):
+        from litcli.train import data_config, data_statistics, is_builtin
+
+        cfg = raw['config']
+        dc = data_config(cfg, *data_statistics('builtin' if is_builtin(cfg.get('data')) else 'folder'))
+    else:
+        dc = resolve_model_data_config(model)
+    if img_size is not None:
+        dc['input_size'] = (3, img_size, img_size)
+    if crop_pct is not None:
+        dc['crop_pct'] = crop_pct
+    out = {k: dc.get(k) for k in ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')}
+    out['crop_mode'] = out['crop_mode'] or 'center'
+    for k in ('input_size', 'mean', 'std'):  # JSON gives lists
+        out[k] = tuple(out[k])
+    return out

@@ -143,7 +143,8 @@ def train(
         '--config',
         help='YAML config (e.g. litcli/recipes/lit_s.yaml); recipe < file < flags.', dir_okay=False)] = None,
     resume: Annotated[Optional[str], typer.Option(
-        help='Continue a run: PATH to its checkpoints/last.pt, or auto.')] = None,
+        help='Continue a run: PATH to a checkpoint of it, or auto (the newest valid checkpoint of the newest run '
+             'under --output, of --name if given).')] = None,
     initial_checkpoint: Annotated[Optional[Path], typer.Option(
         '--initial-checkpoint',
         help='Start from these weights only (official .pth too); the classifier is dropped when the class count '
@@ -230,9 +231,28 @@ def train(
     log_interval: Annotated[Optional[int], typer.Option(
         '--log-interval', min=1,
         help='Updates between log lines when not on a terminal (50).')] = None,
+    save_interval: Annotated[Optional[int], typer.Option(
+        '--save-interval', min=0, rich_help_panel='Distributed and fault tolerance',
+        help='Also checkpoint every N optimizer steps (checkpoints/step-N.pt; 0 = epoch ends only, the default).'
+             )] = None,
+    keep_last: Annotated[Optional[int], typer.Option(
+        '--keep-last', min=1, rich_help_panel='Distributed and fault tolerance',
+        help='Step checkpoints kept besides last.pt/best.pt (3).')] = None,
+    sync_bn: Annotated[Optional[bool], typer.Option(
+        '--sync-bn', rich_help_panel='Distributed and fault tolerance',
+        help='SyncBatchNorm for the DTM BatchNorms across processes (CUDA only).')] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option(
+        '--nproc-per-node', min=1, rich_help_panel='Distributed and fault tolerance',
+        help='Re-launch under torchrun --standalone with N processes on this machine.')] = None,
 ):
     """Train LIT with the paper's recipe (or the fast built-in demo): config, metrics, curves, checkpoints."""
-    from litcli.train import train as run_train
+    if nproc_per_node is not None:
+        import sys
+
+        from litcli.distributed import relaunch_with_torchrun
+        with user_errors():
+            relaunch_with_torchrun(nproc_per_node, sys.argv)
+    from litcli.train import TrainingStopped, train as run_train
     overrides = dict(
         data=data, data_dir=str(data_dir) if data_dir else None, num_classes=num_classes, img_size=img_size,
         strict_data=strict_data, epochs=epochs, batch_size=batch_size, grad_accum_steps=grad_accum_steps, lr=lr,
@@ -246,8 +266,12 @@ def train(
     if img_size is not None and img_size % 32:
         fail(f'--img-size {img_size} is not a multiple of 32; use e.g. {img_size // 32 * 32 or 32}', 2)
     with user_errors():
-        run_train(model_name(variant.value) if variant else None, config, overrides, resume=resume,
-                  initial_checkpoint=initial_checkpoint, name=name, output=output, exist_ok=exist_ok)
+        try:
+            run_train(model_name(variant.value) if variant else None, config, overrides, resume=resume,
+                      initial_checkpoint=initial_checkpoint, name=name, output=output, exist_ok=exist_ok,
+                      save_interval=save_interval, keep_last=keep_last, sync_bn=sync_bn)
+        except TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved, resume command already printed
+            raise typer.Exit(e.exit_code)
 
 
 @app.command('eval', rich_help_panel='Train')
@@ -282,7 +306,69 @@ def eval_(
     with user_errors():
         result = run_eval(checkpoint, model_name(variant.value) if variant else None, data, data_dir, img_size,
                           crop_pct, batch_size, workers, device, out, strict_data)
-    print_eval(result)
+    if result is not None:  # None on torchrun ranks other than 0
+        print_eval(result)
+
+
+# ---- Deploy ----
+class ExportFormat(str, Enum):
+    onnx = 'onnx'
+    safetensors = 'safetensors'
+    torchscript = 'torchscript'
+
+
+@app.command(rich_help_panel='Deploy')
+def predict(
+    images: Annotated[list[str], typer.Argument(help='Image files, folders (searched recursively) or glob patterns.',
+                                                show_default=False)],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help='Trained weights: official .pth, lit train checkpoint, or lit export .safetensors.',
+        dir_okay=False)] = None,
+    variant: Annotated[Optional[Variant], typer.Option(
+        '--variant', '-v',
+        help='Model variant (default: recorded in the checkpoint or recognised from its keys).')] = None,
+    topk: Annotated[int, typer.Option('--topk', '-k', min=1, help='Classes to show per image.')] = 5,
+    json_out: Annotated[bool, typer.Option('--json', help='Print JSON instead of tables.')] = False,
+    batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 16,
+    img_size: Annotated[Optional[int], typer.Option(
+        '--img-size', min=32,
+        help='Input size, a multiple of 32 (default: the checkpoint\'s, 224 for official files).')] = None,
+    device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
+):
+    """Top-k classes of images (ImageNet names for 1000-class weights, the run's classes for lit train)."""
+    if checkpoint is None:
+        fail('lit predict needs trained weights: pass --checkpoint PATH (random weights make meaningless '
+             'predictions)', 2)
+    from litcli.predict import predict as run_predict, print_predictions
+    with user_errors():
+        result = run_predict(images, checkpoint, model_name(variant.value) if variant else None, topk, batch_size,
+                             img_size, device)
+    print_predictions(result, as_json=json_out)
+
+
+@app.command(rich_help_panel='Deploy')
+def export(
+    checkpoint: Annotated[Path, typer.Option(help='Official .pth, lit train checkpoint or .safetensors export.',
+                                             dir_okay=False)],
+    fmt: Annotated[ExportFormat, typer.Option('--format', '-f', help='Output format.')],
+    out: Annotated[Optional[Path], typer.Option(
+        help='Output file (default: next to the checkpoint, e.g. lit_s.safetensors); its JSON config is written '
+             'beside it (lit_s.json).')] = None,
+    variant: Annotated[Optional[Variant], typer.Option(
+        '--variant', '-v',
+        help='Model variant (default: recorded in the checkpoint or recognised from its keys).')] = None,
+    force: Annotated[bool, typer.Option('--force', help='Overwrite an existing output.')] = False,
+    img_size: Annotated[Optional[int], typer.Option(
+        '--img-size', min=32,
+        help='Input size of the exported model, a multiple of 32 (default: the checkpoint\'s).')] = None,
+    opset: Annotated[int, typer.Option(min=1, help='ONNX opset (16+: GridSample).')] = 18,
+):
+    """Deployable model files: safetensors + JSON config, ONNX (checked with onnxruntime) or TorchScript."""
+    from litcli.export import export as run_export, print_export
+    with user_errors():
+        result = run_export(checkpoint, fmt.value, out, model_name(variant.value) if variant else None, force,
+                            img_size, opset)
+    print_export(result)
 
 
 @app.command('viz-offsets', rich_help_panel='Figures')

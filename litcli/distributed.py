@@ -245,3 +245,32 @@ class StopRequest:
     @property
     def exit_code(self) -> int:
         return self.EXIT_CODES.get(self.signum, 1)
+
+
+def relaunch_with_torchrun(nproc_per_node: int, argv):
+    """``lit train --nproc-per-node N ...`` -> ``python -m torch.distributed.run --standalone --nproc_per_node N
+    -m litcli train ...`` (the same arguments without --nproc-per-node), replacing this process so signals reach
+    torchrun directly. ``argv`` is sys.argv; returns only on a usage error (raises LitError)."""
+    import sys
+
+    args, i, found = [], 1, False
+    while i < len(argv):
+        a = argv[i]
+        if a == '--nproc-per-node':
+            found, i = True, i + 2
+            continue
+        if a.startswith('--nproc-per-node='):
+            found, i = True, i + 1
+            continue
+        args.append(a)
+        i += 1
+    if not found:
+        raise LitError('--nproc-per-node works from the command line only; launch with '
+                       'torchrun --nproc_per_node N -m litcli train ... instead')
+    if 'TORCHELASTIC_RUN_ID' in os.environ or int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        raise LitError('--nproc-per-node inside a torchrun/SLURM launch; drop it (the launcher sets the processes)')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc_per_node}',
+           '-m', 'litcli', *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)

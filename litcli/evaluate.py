@@ -17,6 +17,9 @@ def run_eval(checkpoint, variant: Optional[str] = None, data: Optional[str] = No
              workers: Optional[int] = None, device: Optional[str] = None, out=None, strict_data: bool = False) -> Dict:
     """Evaluate ``checkpoint`` and write ``eval.json`` into ``out`` (default ``runs/eval/<name>``); returns the result.
 
+    Under torchrun every process evaluates a disjoint shard and the sums are all-reduced (exact counts); rank 0
+    writes eval.json and returns the result, the other ranks return None.
+
     A ``lit train`` checkpoint carries its variant, model kwargs, classes and input size, so ``variant`` is
     optional; an official file needs it. The eval transform is the variant's (resize by crop_pct, bicubic,
     center crop, ImageNet mean/std) at the checkpoint's training size, with ``img_size``/``crop_pct`` overrides.
@@ -26,6 +29,7 @@ def run_eval(checkpoint, variant: Optional[str] = None, data: Optional[str] = No
 
     from litcli.checkpoint import detect_variant, load_checkpoint, read_checkpoint
     from litcli.data import build_eval_dataset, resolve_data
+    from litcli.distributed import ShardSampler, init_distributed, process_device, shutdown
     from litcli.engine import autocast_context, evaluate
     from litcli.info import param_counts
     from litcli.names import model_name
@@ -46,7 +50,12 @@ def run_eval(checkpoint, variant: Optional[str] = None, data: Optional[str] = No
         num_classes = raw['num_classes']
         class_names = raw.get('class_names')
     else:
-        guess = detect_variant(raw)
+        guess = raw.get('variant') or detect_variant(raw)  # a lit export of an official file records it
+        if wanted is None and raw.get('variant'):
+            wanted = raw['variant']
+        elif wanted is not None and raw.get('variant') not in (None, wanted):
+            raise CheckpointError(f'{checkpoint} is a {raw["variant"]} checkpoint, not {wanted}; '
+                                  f'drop --variant or pass --variant {raw["variant"].removeprefix("lit_")}')
         if wanted is None:
             hint = f'it looks like {guess}: pass --variant {guess.removeprefix("lit_")}' if guess else \
                 'pass --variant ti|s|m|b'
@@ -83,14 +92,25 @@ def run_eval(checkpoint, variant: Optional[str] = None, data: Optional[str] = No
                               f'on; evaluate on matching data')
 
     dev = resolve_device({'device': device})
-    amp_dtype = resolve_amp({'amp': None, 'amp_dtype': None}, dev)
-    model.to(dev)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=dev.type == 'cuda')
-    metrics = evaluate(model, loader, dev, autocast_context(dev, amp_dtype), batch_transform=batch_tf)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    world = init_distributed(dev)
+    try:
+        dev = process_device(dev, world)
+        amp_dtype = resolve_amp({'amp': None, 'amp_dtype': None}, dev)
+        model.to(dev)
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            sampler=ShardSampler(len(ds), world.rank, world.world_size), pin_memory=dev.type == 'cuda')
+        metrics = evaluate(model, loader, dev, autocast_context(dev, amp_dtype), batch_transform=batch_tf,
+                           world=world)
+    finally:
+        if owns_group:
+            shutdown()
+    if not world.is_main:
+        return None
     result = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], img_per_s=metrics['img_per_s'],
-                  num_images=metrics['num_images'], img_size=cfg['img_size'], crop_pct=cfg['crop_pct'],
+                  num_images=metrics['num_images'], top1_correct=metrics['top1_correct'],
+                  top5_correct=metrics['top5_correct'], world_size=world.world_size, img_size=cfg['img_size'], crop_pct=cfg['crop_pct'],
                   interpolation=cfg['interpolation'], param_count=param_counts(model)['params'],
                   checkpoint=str(checkpoint), variant=cfg['variant'], data=dataset_label(spec), device=str(dev),
                   amp_dtype=str(amp_dtype).removeprefix('torch.') if amp_dtype else None)

@@ -355,24 +355,20 @@ def resume_hint(path: Path) -> str:
 
 def train(variant: Optional[str] = None, config_file=None, overrides: Optional[Dict] = None,
           resume: Optional[str] = None, initial_checkpoint=None, name: Optional[str] = None,
-          output='runs/train', exist_ok: bool = False) -> Path:
-    """Run one training and return its run directory. ``overrides`` are the explicit CLI flags (None = not given)."""
-    import torch
-    from torch.utils.data import DataLoader
+          output='runs/train', exist_ok: bool = False, save_interval: Optional[int] = None,
+          keep_last: Optional[int] = None, sync_bn: Optional[bool] = None) -> Path:
+    """Run one training and return its run directory. ``overrides`` are the explicit CLI flags (None = not given).
 
-    from timm.utils import random_seed
+    ``save_interval``/``keep_last``/``sync_bn`` (None: the resumed checkpoint's, else 0 / 3 / off): a checkpoint
+    every N optimizer steps (0: epoch ends only), how many step checkpoints to keep, SyncBatchNorm (CUDA only).
+    Raises TrainingStopped after a SIGTERM/SIGINT (a checkpoint was saved at the next step boundary).
+    """
+    import torch.distributed as dist
 
-    from litcli.checkpoint import read_checkpoint, save_checkpoint
-    from litcli.data import build_datasets, resolve_data
-    from litcli.engine import NonFiniteLossError, autocast_context, evaluate, train_one_epoch
-    from litcli.env import collect_env
-    from litcli.optim import create_optimizer, create_scheduler
-    from litcli.rundir import new_run_dir
+    from litcli.distributed import init_distributed, shutdown
 
-    world = world_info()
-    main_process = world['rank'] == 0
-    if world['world_size'] > 1:
-        raise LitError('multi-process (torchrun) training is not implemented yet; run a single process')
+    env_world = world_info()  # before the process group exists: decides who prints
+    main_process = env_world['rank'] == 0
     reporter = Reporter(main_process, (overrides or {}).get('log_interval') or 50)
     log = reporter.log
     output = Path(output)
@@ -381,13 +377,9 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
         overrides['variant'] = variant
 
     # ---- config: recipe < --config file < flags; on resume the checkpoint's config replaces the recipe ----
-    checkpoint = None
+    checkpoint, resume_file = None, None
     if resume is not None:
-        resume_file = _resume_path(resume, output, name)
-        checkpoint = read_checkpoint(resume_file)
-        if not isinstance(checkpoint.get('config'), dict) or 'optimizer' not in checkpoint:
-            raise CheckpointError(f'{resume_file} is not a lit train checkpoint (no config/optimizer state); '
-                                  f'use --initial-checkpoint to start from its weights')
+        resume_file, checkpoint = _resume_source(resume, output, name, log)
         saved = checkpoint['config']
         if overrides.get('variant') and overrides['variant'] != saved['variant']:
             raise CheckpointError(f'{resume_file} is a {saved["variant"]} run, not {overrides["variant"]}; '
@@ -397,9 +389,49 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
     else:
         base = small_base_config() if is_builtin(overrides.get('data')) and not overrides.get('variant') else None
         cfg = resolve_config(config_file=config_file, overrides=overrides, base=base)
+    saved_options = (checkpoint or {}).get('run_options') or {}
+    save_interval = saved_options.get('save_interval', 0) if save_interval is None else save_interval
+    keep_last = saved_options.get('keep_last', 3) if keep_last is None else keep_last
+    sync_bn = saved_options.get('sync_bn', False) if sync_bn is None else sync_bn
 
-    random_seed(cfg['seed'], world['rank'])  # torch, numpy and python RNGs (timm transforms/Mixup use the latter)
     device = resolve_device(cfg)
+    if sync_bn and device.type != 'cuda':
+        raise LitError('--sync-bn needs CUDA devices (SyncBatchNorm cannot run on CPU); drop --sync-bn: on CPU the '
+                       'BatchNorm statistics are averaged across processes before each evaluation instead')
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    world = init_distributed(device)
+    try:
+        return _train(cfg=cfg, checkpoint=checkpoint, resume_file=resume_file, world=world, device=device,
+                      reporter=reporter, output=output, name=name, exist_ok=exist_ok,
+                      initial_checkpoint=initial_checkpoint, save_interval=save_interval, keep_last=keep_last,
+                      sync_bn=sync_bn)
+    finally:
+        if owns_group:
+            shutdown()
+
+
+def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, name, exist_ok, initial_checkpoint,
+           save_interval, keep_last, sync_bn):
+    """The body of ``train`` once the config is resolved and the process group is up."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from timm.utils import random_seed
+
+    from litcli.checkpoint import save_checkpoint
+    from litcli.data import build_datasets, resolve_data
+    from litcli.distributed import (ResumableSampler, ShardSampler, StopRequest, all_gather_object, all_reduce_sum,
+                                    any_rank, broadcast_object, process_device, train_sampler)
+    from litcli.engine import NonFiniteLossError, autocast_context, evaluate, train_one_epoch
+    from litcli.env import collect_env
+    from litcli.optim import create_optimizer, create_scheduler
+    from litcli.resume import remove_stale_temporaries, save_step_checkpoint, truncate_metrics
+    from litcli.rundir import new_run_dir
+
+    main_process = world.is_main
+    log = reporter.log
+    device = process_device(device, world)
+    random_seed(cfg['seed'], world.rank)  # torch, numpy and python RNGs (timm transforms/Mixup use the latter)
     amp_dtype = resolve_amp(cfg, device)
 
     # ---- data: ImageFolder trees through timm transforms; built-ins optionally as batched tensors ----
@@ -421,24 +453,29 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
         raise CheckpointError(f'the checkpoint has {checkpoint["num_classes"]} classes but {dataset_label(spec)} has '
                               f'{num_classes}; resume with the data it was trained on')
 
-    lrs = scaled_lrs(cfg, world['world_size'])
+    lrs = scaled_lrs(cfg, world.world_size)
     use_mixup = cfg['mixup'] > 0 or cfg['cutmix'] > 0
     if use_mixup and cfg['batch_size'] % 2:
         raise LitError(f'Mixup/CutMix needs an even --batch-size (got {cfg["batch_size"]}); '
                        f'change it or pass --mixup 0 --cutmix 0')
-    if cfg['aug_repeats'] and world['world_size'] == 1:
+    if cfg['aug_repeats'] and world.world_size == 1:
         log(f'repeated augmentation ({cfg["aug_repeats"]} repeats) needs several processes; off for this run')
-    generator = torch.Generator()
-    train_loader = DataLoader(train_ds, batch_size=cfg['batch_size'], shuffle=True, drop_last=True,
+    # The order of an epoch depends only on seed + epoch (DistributedSampler, also for one process), so a resumed
+    # run can skip exactly the batches its checkpoint had consumed. Evaluation: disjoint shards, no padding.
+    sampler = ResumableSampler(train_sampler(train_ds, world, cfg['seed'], cfg['aug_repeats']), cfg['batch_size'])
+    generator = torch.Generator()  # seeds the loader workers (reseeded every epoch)
+    train_loader = DataLoader(train_ds, batch_size=cfg['batch_size'], sampler=sampler, drop_last=True,
                               num_workers=cfg['workers'], pin_memory=device.type == 'cuda', generator=generator,
                               persistent_workers=cfg['workers'] > 0)
-    eval_loader = DataLoader(val_ds, batch_size=cfg['batch_size'], shuffle=False, num_workers=cfg['workers'],
-                             pin_memory=device.type == 'cuda', persistent_workers=cfg['workers'] > 0)
+    eval_loader = DataLoader(val_ds, batch_size=cfg['batch_size'], shuffle=False,
+                             sampler=ShardSampler(len(val_ds), world.rank, world.world_size),
+                             num_workers=cfg['workers'], pin_memory=device.type == 'cuda',
+                             persistent_workers=cfg['workers'] > 0)
     updates_per_epoch = len(train_loader) // cfg['grad_accum_steps']
     if updates_per_epoch == 0:
         raise LitError(f'the training set ({len(train_ds)} images) is smaller than one update of '
-                       f'{cfg["batch_size"]} x {cfg["grad_accum_steps"]} images; lower --batch-size or '
-                       f'--grad-accum-steps')
+                       f'{cfg["batch_size"]} x {world.world_size} process(es) x {cfg["grad_accum_steps"]} images; '
+                       f'lower --batch-size or --grad-accum-steps')
 
     # ---- model, optimizer, schedule, AMP, EMA ----
     model = build_model(cfg, num_classes)
@@ -449,6 +486,10 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
     model.to(device)
     if cfg['channels_last']:
         model.to(memory_format=torch.channels_last)
+    if sync_bn:  # CUDA only (checked in train); the DTM BatchNorms then normalise over the global batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if not world.distributed:
+            log('--sync-bn: a single process, so SyncBatchNorm acts as plain BatchNorm')
     optimizer = create_optimizer(model, lr=lrs['lr'], weight_decay=cfg['weight_decay'], offset_lr=lrs['offset_lr'],
                                  opt=cfg['opt'], eps=cfg['opt_eps'], betas=cfg['opt_betas'])
     scheduler = create_scheduler(optimizer, cfg['epochs'], cfg['warmup_epochs'], lrs['warmup_lr'], lrs['min_lr'],
@@ -474,9 +515,8 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
         loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg['smoothing'])
     else:
         loss_fn = torch.nn.CrossEntropyLoss()
-    train_model = torch.compile(model) if cfg['torchcompile'] else model
 
-    start_epoch, num_updates, best_top1 = 0, 0, None
+    start_epoch, start_batch, num_updates, best_top1, loss_totals = 0, 0, 0, None, (0.0, 0)
     if checkpoint is not None:
         model.load_state_dict(checkpoint['model'])
         optimizer.load_state_dict(checkpoint['optimizer'])
@@ -489,95 +529,188 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
             loss_scaler.load_state_dict(checkpoint['scaler'])
         if model_ema is not None and checkpoint.get('ema'):
             model_ema.load_state_dict(checkpoint['ema'])
-        start_epoch, num_updates = checkpoint['epoch'] + 1, checkpoint['step']
+        # resume_epoch/resume_batch: where the run goes on (a step checkpoint is part-way into an epoch)
+        start_epoch = checkpoint.get('resume_epoch', checkpoint['epoch'] + 1)
+        start_batch = checkpoint.get('resume_batch', 0)
+        num_updates = checkpoint['step']
         best_top1 = checkpoint.get('best_metric')
+        if start_batch:
+            saved_world = checkpoint.get('world_size', 1)
+            if (saved_world, saved['batch_size'], saved['grad_accum_steps']) != \
+                    (world.world_size, cfg['batch_size'], cfg['grad_accum_steps']):
+                raise CheckpointError(
+                    f'{resume_file} was saved part-way into epoch {start_epoch} with {saved_world} process(es), '
+                    f'batch {saved["batch_size"]} x {saved["grad_accum_steps"]} accumulation; resume it with the '
+                    f'same, or resume an epoch-end checkpoint (best.pt, or last.pt after an epoch)')
+            loss_totals = tuple(checkpoint.get('epoch_loss_totals') or (0.0, 0))
         scheduler.step(start_epoch)  # the optimizer state carried the old lr: set the lr of this position
         if not cfg['sched_on_epochs']:
             scheduler.step_update(num_updates=num_updates)
-        if checkpoint.get('rng'):
-            set_rng_state(checkpoint['rng'])
+        rngs = checkpoint.get('rng_ranks') or [checkpoint.get('rng')]
+        if len(rngs) == world.world_size and rngs[world.rank]:
+            set_rng_state(rngs[world.rank])
+        elif checkpoint.get('rng'):
+            log(f'the checkpoint holds the random states of {len(rngs)} process(es), this run has '
+                f'{world.world_size}: random streams are re-seeded (the run is not bit-identical to an '
+                f'uninterrupted one)')
 
-    # ---- run directory (rank 0): resuming a run's own last.pt continues in that folder ----
-    run_dir = None
+    # DDP after the weights are final (it broadcasts rank 0's parameters and buffers at construction). The
+    # unwrapped model is what is saved, evaluated and averaged into the EMA.
+    train_model = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
+                                              find_unused_parameters=False)
+    if cfg['torchcompile']:
+        train_model = torch.compile(train_model)
+
+    # ---- run directory (rank 0; the others learn its path): resuming a run's checkpoint continues in its folder --
+    run_dir, setup_error = None, None
     if main_process:
-        resumed_dir = resume_file.parent.parent if checkpoint is not None else None
-        if resumed_dir is not None and (resumed_dir / 'config.yaml').exists() and name is None:
-            run_dir = resumed_dir
-        else:
-            run_dir = new_run_dir(output, name or f'{cfg["variant"]}-{dataset_label(spec)}', exist_ok=exist_ok)
-        (run_dir / 'checkpoints').mkdir(exist_ok=True)
-        if checkpoint is None:  # --exist-ok on a used name: a new run starts new metrics (asked for explicitly)
-            for stale in ('metrics.csv', 'metrics.jsonl', 'curves.png'):
-                (run_dir / stale).unlink(missing_ok=True)
-        import yaml
-        (run_dir / 'config.yaml').write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
-        env = {**collect_env(), **world, 'git_commit': git_commit(), 'device': str(device),
-               'amp_dtype': str(amp_dtype).removeprefix('torch.') if amp_dtype else None}
-        (run_dir / 'env.json').write_text(json.dumps(env, indent=2) + '\n')
-        log(f'run directory: {run_dir}')
-        log(f'data: {spec.description}')
-        log(f'{cfg["variant"]} on {dataset_label(spec)} ({spec.train_size} train / {spec.val_size} val images, '
-            f'{num_classes} classes), {device}{" " + str(amp_dtype).removeprefix("torch.") + " autocast" if amp_dtype else " fp32"}; '
-            f'global batch {lrs["global_batch"]}, lr {lrs["lr"]:.3g} (offset {lrs["offset_lr"]:.3g}), '
-            f'warmup lr {lrs["warmup_lr"]:.3g}, min lr {lrs["min_lr"]:.3g}, {cfg["epochs"]} epochs x '
-            f'{updates_per_epoch} updates' + (f'; resuming at epoch {start_epoch}, step {num_updates}'
-                                               if checkpoint is not None else ''))
+        try:
+            resumed_dir = resume_file.parent.parent if checkpoint is not None else None
+            if resumed_dir is not None and (resumed_dir / 'config.yaml').exists() and \
+                    (name is None or name == resumed_dir.name or resumed_dir.name.startswith(name + '-')):
+                run_dir = resumed_dir
+            else:
+                run_dir = new_run_dir(output, name or f'{cfg["variant"]}-{dataset_label(spec)}', exist_ok=exist_ok)
+            (run_dir / 'checkpoints').mkdir(exist_ok=True)
+            remove_stale_temporaries(run_dir / 'checkpoints')
+            if checkpoint is None:  # --exist-ok on a used name: a new run starts new metrics (asked for explicitly)
+                for stale in ('metrics.csv', 'metrics.jsonl', 'curves.png'):
+                    (run_dir / stale).unlink(missing_ok=True)
+            else:  # rows of epochs the resumed checkpoint had not finished are written again
+                truncate_metrics(run_dir, start_epoch)
+            import yaml
+            (run_dir / 'config.yaml').write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
+            env = {**collect_env(), **world.as_dict(), 'git_commit': git_commit(), 'device': str(device),
+                   'amp_dtype': str(amp_dtype).removeprefix('torch.') if amp_dtype else None}
+            (run_dir / 'env.json').write_text(json.dumps(env, indent=2) + '\n')
+        except (LitError, OSError) as e:
+            setup_error = str(e) if isinstance(e, LitError) else f'cannot write the run directory ({e})'
+    run_dir, setup_error = broadcast_object((run_dir, setup_error), world)
+    if setup_error:
+        raise LitError(setup_error)
+    ckpt_dir = run_dir / 'checkpoints'
+    log(f'run directory: {run_dir}')
+    log(f'data: {spec.description}')
+    backend = f', {torch.distributed.get_backend()}' if world.distributed else ''
+    log(f'{world.world_size} process(es){backend}: per-device batch {cfg["batch_size"]} x {world.world_size} '
+        f'process(es) x {cfg["grad_accum_steps"]} accumulation = global batch {lrs["global_batch"]}; '
+        f'scaled lr {lrs["lr"]:.3g} (offset group {lrs["offset_lr"]:.3g}), warmup lr {lrs["warmup_lr"]:.3g}, '
+        f'min lr {lrs["min_lr"]:.3g}' + ('; SyncBatchNorm' if sync_bn else ''))
+    log(f'{cfg["variant"]} on {dataset_label(spec)} ({spec.train_size} train / {spec.val_size} val images, '
+        f'{num_classes} classes), {device}{" " + str(amp_dtype).removeprefix("torch.") + " autocast" if amp_dtype else " fp32"}; '
+        f'global batch {lrs["global_batch"]}, lr {lrs["lr"]:.3g} (offset {lrs["offset_lr"]:.3g}), '
+        f'warmup lr {lrs["warmup_lr"]:.3g}, min lr {lrs["min_lr"]:.3g}, {cfg["epochs"]} epochs x '
+        f'{updates_per_epoch} updates' + (f'; resuming at epoch {start_epoch}, step {num_updates}' +
+                                           (f', batch {start_batch}' if start_batch else '')
+                                           if checkpoint is not None else ''))
+    if save_interval:
+        log(f'checkpoints every {save_interval} steps (the newest {keep_last} kept) and every epoch')
 
-    def save(path, epoch):
-        save_checkpoint(dict(
+    run_options = dict(save_interval=save_interval, keep_last=keep_last, sync_bn=bool(sync_bn))
+
+    def checkpoint_state(epoch_done: int, resume_epoch: int, resume_batch: int, totals) -> Optional[Dict]:
+        """The full training state (rank 0; None elsewhere). Collective: every rank must call it."""
+        rngs = all_gather_object(rng_state(), world)  # each rank's random streams, for an exact resume
+        if not main_process:
+            return None
+        return dict(
             model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=_plain(scheduler.state_dict()),
             scaler=loss_scaler.state_dict() if loss_scaler is not None else None,
             ema=model_ema.state_dict() if model_ema is not None else None,
-            epoch=epoch, step=num_updates, best_metric=best_top1, config=_plain(cfg), variant=cfg['variant'],
-            model_kwargs=_plain({**(cfg['model_kwargs'] or {}), 'img_size': cfg['img_size']}),
-            class_names=list(spec.class_names), num_classes=num_classes, rng=rng_state()), path)
+            epoch=epoch_done, step=num_updates, resume_epoch=resume_epoch, resume_batch=resume_batch,
+            epoch_loss_totals=[float(totals[0]), int(totals[1])], best_metric=best_top1, config=_plain(cfg),
+            variant=cfg['variant'], model_kwargs=_plain({**(cfg['model_kwargs'] or {}), 'img_size': cfg['img_size']}),
+            class_names=list(spec.class_names), num_classes=num_classes, rng=rngs[0],
+            rng_ranks=rngs if world.world_size > 1 else None, world_size=world.world_size, run_options=run_options)
+
+    stop = StopRequest()
+
+    def on_update(state: Dict) -> bool:
+        """After each optimizer step: save every ``save_interval`` steps, and save + stop on a signal."""
+        nonlocal num_updates
+        num_updates = state['step']
+        stopping = any_rank(stop.requested, world, device)  # every rank stops at the same step
+        periodic = bool(save_interval) and num_updates % save_interval == 0
+        if periodic or stopping:
+            obj = checkpoint_state(state['epoch'] - 1, state['epoch'], state['batch'], state['loss_totals'])
+            if obj is not None:
+                if periodic:
+                    save_step_checkpoint(obj, ckpt_dir, num_updates, keep_last)
+                else:
+                    save_checkpoint(obj, ckpt_dir / 'last.pt')
+        return stopping
 
     amp_autocast = autocast_context(device, amp_dtype)
     run_start = time.perf_counter()
     if start_epoch >= cfg['epochs']:
         log(f'nothing to do: the checkpoint already finished {cfg["epochs"]} epochs (raise --epochs to go on)')
-    for epoch in range(start_epoch, cfg['epochs']):
-        generator.manual_seed(cfg['seed'] + epoch)  # the shuffle order depends on the epoch only: exact resume
-        epoch_start = time.perf_counter()
-        reporter.start_epoch(epoch, updates_per_epoch)
-        try:
-            stats = train_one_epoch(
-                train_model, train_loader, optimizer, loss_fn, device, epoch, num_updates, scheduler=scheduler,
-                step_scheduler_per_update=not cfg['sched_on_epochs'], mixup_fn=mixup_fn, amp_autocast=amp_autocast,
-                loss_scaler=loss_scaler, clip_grad=cfg['clip_grad'] or None, grad_accum_steps=cfg['grad_accum_steps'],
-                model_ema=model_ema, channels_last=cfg['channels_last'], batch_transform=train_batch_tf,
-                on_step=reporter.step)
-        except (NonFiniteLossError, KeyboardInterrupt):
-            reporter.end_epoch()
-            if run_dir is not None:
-                kept = run_dir / 'checkpoints' / 'last.pt'
+    stop.install()
+    try:
+        for epoch in range(start_epoch, cfg['epochs']):
+            skip = start_batch if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip)
+            generator.manual_seed(cfg['seed'] + epoch)
+            epoch_start = time.perf_counter()
+            reporter.start_epoch(epoch, updates_per_epoch)
+            try:
+                stats = train_one_epoch(
+                    train_model, train_loader, optimizer, loss_fn, device, epoch, num_updates, scheduler=scheduler,
+                    step_scheduler_per_update=not cfg['sched_on_epochs'], mixup_fn=mixup_fn,
+                    amp_autocast=amp_autocast, loss_scaler=loss_scaler, clip_grad=cfg['clip_grad'] or None,
+                    grad_accum_steps=cfg['grad_accum_steps'], model_ema=model_ema, channels_last=cfg['channels_last'],
+                    batch_transform=train_batch_tf, on_step=reporter.step, start_batch=skip,
+                    loss_totals=loss_totals if skip else (0.0, 0), on_update=on_update)
+            except (NonFiniteLossError, KeyboardInterrupt):
+                reporter.end_epoch()
+                kept = ckpt_dir / 'last.pt'
                 kept = f'continue with --resume {kept}' if kept.exists() else 'no checkpoint yet'
                 log(f'stopped in epoch {epoch}; run directory: {run_dir} ({kept})')
-            raise
-        finally:
-            reporter.end_epoch()
-        num_updates = stats['num_updates']
-        scheduler.step(epoch + 1)  # per-epoch schedules advance here; per-update ones ignore it
-        eval_model = model_ema.module if model_ema is not None else model
-        metrics = evaluate(eval_model, eval_loader, device, amp_autocast, channels_last=cfg['channels_last'],
-                           batch_transform=eval_batch_tf)
-        skipped = [m for m in (getattr(d, 'skipped_message', lambda: None)() for d in (train_ds, val_ds)) if m]
-        for message in skipped:
-            log(f'warning: {message}')
-        is_best = best_top1 is None or metrics['top1'] > best_top1
-        best_top1 = max(best_top1 or 0.0, metrics['top1'])
-        row = dict(epoch=epoch, step=num_updates, train_loss=stats['train_loss'], eval_loss=metrics['loss'],
-                   eval_top1=metrics['top1'], eval_top5=metrics['top5'], lr=optimizer.param_groups[0]['lr'],
-                   img_per_s=stats['img_per_s'], epoch_time_s=time.perf_counter() - epoch_start)
-        if main_process:
-            write_metrics(run_dir, row)
-            plot_curves(run_dir)
-            save(run_dir / 'checkpoints' / 'last.pt', epoch)
-            if is_best:
-                save(run_dir / 'checkpoints' / 'best.pt', epoch)
-            log(f'epoch {epoch}: train loss {row["train_loss"]:.4f}, eval loss {row["eval_loss"]:.4f}, '
-                f'top-1 {row["eval_top1"]:.2f}%, top-5 {row["eval_top5"]:.2f}%, lr {row["lr"]:.3e}, '
-                f'{row["img_per_s"]:.1f} img/s, {row["epoch_time_s"]:.1f}s' + (' (best)' if is_best else ''))
+                raise
+            finally:
+                reporter.end_epoch()
+            num_updates = stats['num_updates']
+            if world.distributed:  # the epoch's train loss over every rank's samples
+                loss_sum, loss_count = all_reduce_sum(list(stats['loss_totals']), world, device)
+                stats['train_loss'] = loss_sum / max(loss_count, 1)
+            if stats['stopped']:
+                last = (ckpt_dir / 'last.pt').resolve()
+                message = (f'{stop.name} received: saved {last} at step {num_updates} (epoch {epoch}, '
+                           f'{stats["batch"] // cfg["grad_accum_steps"]}/{updates_per_epoch} updates); resume with: '
+                           f'{resume_hint(last)}')
+                log(message)
+                raise TrainingStopped(message, stop.exit_code)
+            scheduler.step(epoch + 1)  # per-epoch schedules advance here; per-update ones ignore it
+            if world.distributed and not sync_bn:  # each replica's BatchNorm statistics -> their average
+                from timm.utils import distribute_bn
+                distribute_bn(model, world.world_size, reduce=True)
+                if model_ema is not None:
+                    distribute_bn(model_ema.module, world.world_size, reduce=True)
+            eval_model = model_ema.module if model_ema is not None else model
+            metrics = evaluate(eval_model, eval_loader, device, amp_autocast, channels_last=cfg['channels_last'],
+                               batch_transform=eval_batch_tf, world=world)
+            skipped = [m for m in (getattr(d, 'skipped_message', lambda: None)() for d in (train_ds, val_ds)) if m]
+            for message in skipped:
+                log(f'warning: {message}')
+            is_best = best_top1 is None or metrics['top1'] > best_top1
+            best_top1 = max(best_top1 or 0.0, metrics['top1'])
+            row = dict(epoch=epoch, step=num_updates, train_loss=stats['train_loss'], eval_loss=metrics['loss'],
+                       eval_top1=metrics['top1'], eval_top5=metrics['top5'], lr=optimizer.param_groups[0]['lr'],
+                       img_per_s=stats['img_per_s'] * world.world_size, epoch_time_s=time.perf_counter() - epoch_start)
+            state = checkpoint_state(epoch, epoch + 1, 0, (0.0, 0))
+            if main_process:
+                write_metrics(run_dir, row)  # a kill before last.pt is saved: the resume drops this row again
+                plot_curves(run_dir)
+                save_checkpoint(state, ckpt_dir / 'last.pt')
+                if is_best:
+                    save_checkpoint(state, ckpt_dir / 'best.pt')
+                log(f'epoch {epoch}: train loss {row["train_loss"]:.4f}, eval loss {row["eval_loss"]:.4f}, '
+                    f'top-1 {row["eval_top1"]:.2f}%, top-5 {row["eval_top5"]:.2f}%, lr {row["lr"]:.3e}, '
+                    f'{row["img_per_s"]:.1f} img/s, {row["epoch_time_s"]:.1f}s' + (' (best)' if is_best else ''))
+    finally:
+        stop.restore()
 
     if main_process:
         from rich.table import Table
@@ -586,6 +719,7 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
         table.add_row('data', dataset_label(spec))
         table.add_row('best top-1', f'{best_top1:.2f}%' if best_top1 is not None else '-')
         table.add_row('epochs', f'{cfg["epochs"]} ({cfg["epochs"] - start_epoch} this run, step {num_updates})')
+        table.add_row('processes', str(world.world_size))
         table.add_row('time', f'{time.perf_counter() - run_start:.1f}s')
         table.add_row('run directory', str(run_dir))
         reporter.console.print(table)

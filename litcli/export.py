@@ -1,0 +1,210 @@
+"""``lit export``: a checkpoint as safetensors (+ JSON config), ONNX (verified with onnxruntime) or TorchScript.
+
+Every file is written to a temporary name, verified where a runtime exists, and only then renamed into place,
+so a failed or rejected export leaves nothing behind and never touches an existing file.
+"""
+import contextlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, Optional
+
+from litcli.errors import LitError, UsageError
+
+FORMATS = ('onnx', 'safetensors', 'torchscript')
+SUFFIXES = {'onnx': '.onnx', 'safetensors': '.safetensors', 'torchscript': '.torchscript.pt'}
+TOLERANCE = 1e-4  # max |exported - PyTorch| on fp32 logits
+MIN_OPSET = 16  # GridSample (the DTM's bilinear sampling) entered the default ONNX domain in opset 16
+VERIFY_BATCH = 3  # differs from the export example's batch (2), so the check also exercises the dynamic batch
+
+
+def _portable(model):
+    """Switch the model to the paths that export through standard operators; both compute the same function.
+
+    DTM: the pure-PyTorch backend (grid_sample + conv2d): torchvision's deform_conv2d has no ONNX/TorchScript
+    form, grid_sample maps to ONNX GridSample. Attention: the explicit softmax(q k^T + bias) v path, because in
+    torch 2.14 the ONNX exporter cannot decompose fused SDPA with a relative-position bias and a dynamic batch
+    (lit_s/m/b fail with "Cannot view a tensor ..."); the explicit path exports as MatMul/Softmax.
+    """
+    from litcli.models.dtm import DeformConv2x2
+    from litcli.models.lit import Attention
+
+    for m in model.modules():
+        if isinstance(m, DeformConv2x2):
+            m.backend = 'pure'
+        elif isinstance(m, Attention):
+            m.fused_attn = False
+    return model
+
+
+def _inputs(batch: int, size: int, seed: int):
+    import torch
+
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _max_diff(a, b) -> float:
+    import torch
+
+    return (torch.as_tensor(a).float() - torch.as_tensor(b).float()).abs().max().item()
+
+
+def _check(diff: float, what: str):
+    if not diff < TOLERANCE:  # also catches NaN
+        raise LitError(f'{what} differs from PyTorch by {diff:.3g} (max |diff|, limit {TOLERANCE:g} in fp32); '
+                       f'the export is wrong and was not written')
+
+
+def _write_safetensors(model, config: Dict, name: str) -> Dict:
+    from safetensors.torch import save_file
+
+    state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # A copy of the config in the header keeps the file loadable when it travels without its JSON sidecar.
+    save_file(state_dict, name, metadata={'lit_config': json.dumps(config)})
+    return dict(tensors=len(state_dict))
+
+
+def _write_onnx(model, name: str, size: int, opset: int) -> Dict:
+    """torch.export-based exporter (``dynamo=True``, the default since torch 2.9; the TorchScript-based one is
+    deprecated). Dynamic batch; the spatial size is fixed (see README "Deploy")."""
+    import torch
+
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (the exporter's op library)
+    except ImportError as e:
+        raise LitError(f'ONNX export needs the onnx and onnxscript packages ({e.name} is missing); '
+                       f'pip install "lit[export]"')
+    example = _inputs(2, size, seed=0)
+    batch = torch.export.Dim('batch', min=1, max=4096)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):  # the exporter narrates each step on stdout
+            torch.onnx.export(model, (example,), name, dynamo=True, opset_version=opset, input_names=['input'],
+                              output_names=['logits'], dynamic_shapes=({0: batch},), external_data=False)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LitError(f'ONNX export failed: {type(e).__name__}: {first}')
+    info = dict(opset=opset, input='input', output='logits', dynamic_axes=['batch'],
+                input_shape=['batch', 3, size, size])
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        info['verified'] = 'not verified: onnxruntime is not installed (pip install onnxruntime)'
+        return info
+    session = ort.InferenceSession(name, providers=['CPUExecutionProvider'])
+    x = _inputs(VERIFY_BATCH, size, seed=1)
+    with torch.inference_mode():
+        expected = model(x)
+    diff = _max_diff(session.run(None, {'input': x.numpy()})[0], expected)
+    _check(diff, 'onnxruntime output')
+    info.update(verified=f'onnxruntime {ort.__version__}, batch {VERIFY_BATCH}', max_abs_diff=diff)
+    return info
+
+
+def _write_torchscript(model, name: str, size: int) -> Dict:
+    import torch
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        # Tracing warns at every Python-level shape check (constants for a fixed input size, which is what a
+        # traced module is), and torch.jit itself is deprecated in favour of torch.export (see README "Deploy").
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        warnings.simplefilter('ignore', FutureWarning)
+        traced = torch.jit.trace(model, _inputs(2, size, seed=0), check_trace=False)
+        torch.jit.save(traced, name)
+        loaded = torch.jit.load(name)  # verify the file, not the in-memory trace
+        x = _inputs(VERIFY_BATCH, size, seed=1)
+        diff = _max_diff(loaded(x), model(x))
+    _check(diff, 'the TorchScript module')
+    return dict(input_shape=['batch', 3, size, size], verified=f'torch.jit.load, batch {VERIFY_BATCH}',
+                max_abs_diff=diff)
+
+
+def default_out(checkpoint, fmt: str) -> Path:
+    """Next to the checkpoint: ``lit_s.pth`` -> ``lit_s.safetensors`` / ``lit_s.onnx`` / ``lit_s.torchscript.pt``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(checkpoint.suffix) + SUFFIXES[fmt])
+
+
+def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force: bool = False,
+           img_size: Optional[int] = None, opset: int = 18) -> Dict:
+    """Export ``checkpoint`` (official ``.pth``, ``lit train`` checkpoint or safetensors) to ``fmt`` at ``out``
+    and write the JSON config next to it; returns a summary."""
+    from litcli.checkpoint import atomic_write, inference_data_config, is_train_checkpoint, model_from_checkpoint
+    from litcli.checkpoint import sidecar_path
+    from litcli.predict import class_names_for
+
+    if fmt not in FORMATS:
+        raise UsageError(f'unknown format {fmt!r}: choose one of {", ".join(FORMATS)}')
+    if fmt == 'onnx' and opset < MIN_OPSET:
+        raise UsageError(f'--opset {opset} is too old: the DTM needs GridSample (opset {MIN_OPSET}+)')
+    if img_size is not None and img_size % 32:
+        raise UsageError(f'--img-size {img_size} is not a multiple of 32; use e.g. {max(32, img_size // 32 * 32)}')
+    out = Path(out) if out is not None else default_out(checkpoint, fmt)
+    sidecar = sidecar_path(out)
+    if out.suffix == '.json':
+        raise UsageError(f'--out {out} ends in .json, the name of the config written next to the model; '
+                         f'use e.g. {out.with_suffix(SUFFIXES[fmt])}')
+    if out.resolve() == Path(checkpoint).resolve():
+        raise UsageError(f'--out {out} is the checkpoint itself; choose another name')
+    if out.is_dir():
+        raise UsageError(f'--out {out} is a folder; give a file name such as {out / default_out(checkpoint, fmt).name}')
+    taken = [p for p in (out, sidecar) if p.exists()]
+    if taken and not force:
+        raise LitError(f'{taken[0]} already exists; pass --force to overwrite it or choose another --out')
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LitError(f'cannot create the folder {out.parent} ({e.strerror}); choose a writable --out')
+    if not os.access(out.parent, os.W_OK):
+        raise LitError(f'{out.parent} is not writable; choose another --out')
+
+    model, raw = model_from_checkpoint(checkpoint, variant, **({'img_size': img_size} if img_size else {}))
+    _portable(model.eval())
+    data_cfg = inference_data_config(raw, model, img_size=img_size)
+    size = data_cfg['input_size'][-1]
+    variant_name = model.pretrained_cfg.get('architecture')
+    config = dict(variant=variant_name, model_kwargs={**(raw.get('model_kwargs') or {}), 'img_size': size},
+                  num_classes=model.num_classes, class_names=class_names_for(raw, model.num_classes),
+                  data_config=data_cfg, source=str(checkpoint))
+    if is_train_checkpoint(raw):  # lets lit eval find the run's data and transforms, as from the checkpoint
+        config['config'] = {**raw['config'], 'img_size': size}
+
+    info = {}
+
+    def write(name):
+        if fmt == 'safetensors':
+            info.update(_write_safetensors(model, config, name))
+        elif fmt == 'onnx':
+            info.update(_write_onnx(model, name, size, opset))
+        else:
+            info.update(_write_torchscript(model, name, size))
+
+    try:
+        atomic_write(out, write)
+        config['export'] = dict(format=fmt, **info)
+        atomic_write(sidecar, lambda name: Path(name).write_text(json.dumps(config, indent=2) + '\n'))
+    except OSError as e:
+        raise LitError(f'cannot write {out} ({e.strerror or e}); choose a writable --out')
+    return dict(format=fmt, path=str(out), config=str(sidecar), variant=variant_name, img_size=size,
+                num_classes=model.num_classes, bytes=out.stat().st_size, **info)
+
+
+def print_export(result: Dict):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f'lit export: {result["variant"]} -> {result["format"]}', show_header=False)
+    table.add_row('written', f'{result["path"]} ({result["bytes"] / 2 ** 20:.1f} MiB)')
+    table.add_row('config', result['config'])
+    if 'input_shape' in result:
+        table.add_row('input', ' x '.join(map(str, result['input_shape'])) + ' (dynamic batch, fixed size)')
+    if 'opset' in result:
+        table.add_row('opset', str(result['opset']))
+    if 'verified' in result:
+        table.add_row('verified', result['verified'])
+    if 'max_abs_diff' in result:
+        table.add_row('max |diff| vs PyTorch', f'{result["max_abs_diff"]:.3g} (limit {TOLERANCE:g})')
+    Console().print(table)

@@ -30,6 +30,10 @@ def read_checkpoint(path: PathLike) -> Dict:
         raise CheckpointError(f'checkpoint not found: {path}')
     if path.suffix == '.safetensors':
         return read_safetensors(path)
+    if path.suffix == '.onnx' or path.name.endswith('.torchscript.pt'):
+        kind = 'ONNX' if path.suffix == '.onnx' else 'TorchScript'
+        raise CheckpointError(f'{path} is an exported {kind} model, not a checkpoint; pass the original checkpoint '
+                              f'or a .safetensors export (lit export --format safetensors)')
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:

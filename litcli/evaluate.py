@@ -110,8 +110,9 @@ def run_eval(checkpoint, variant: Optional[str] = None, data: Optional[str] = No
         return None
     result = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], img_per_s=metrics['img_per_s'],
                   num_images=metrics['num_images'], top1_correct=metrics['top1_correct'],
-                  top5_correct=metrics['top5_correct'], world_size=world.world_size, img_size=cfg['img_size'], crop_pct=cfg['crop_pct'],
-                  interpolation=cfg['interpolation'], param_count=param_counts(model)['params'],
+                  top5_correct=metrics['top5_correct'], world_size=world.world_size, img_size=cfg['img_size'],
+                  crop_pct=cfg['crop_pct'], interpolation=cfg['interpolation'],
+                  param_count=param_counts(model)['params'],
                   checkpoint=str(checkpoint), variant=cfg['variant'], data=dataset_label(spec), device=str(dev),
                   amp_dtype=str(amp_dtype).removeprefix('torch.') if amp_dtype else None)
     out_dir = Path(out) if out is not None else new_run_dir('runs/eval', f'{cfg["variant"]}-{dataset_label(spec)}')

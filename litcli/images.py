@@ -1,6 +1,6 @@
 """Reading user images and turning them into model input with the model's eval transform."""
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 from litcli.errors import LitError
 
@@ -33,14 +33,11 @@ def load_image(path: Union[str, Path]):
     return im.convert('RGB')
 
 
-def eval_transform(model, img_size: Optional[Union[int, Tuple[int, int]]] = None, crop_pct: Optional[float] = None):
-    """The model's evaluation transform (resize by crop_pct, center crop, normalise), from its timm cfg."""
-    from timm.data import create_transform, resolve_model_data_config
+def eval_transform(model, img_size: Optional[int] = None, crop_pct: Optional[float] = None,
+                   checkpoint: Optional[dict] = None):
+    """The evaluation transform (resize by crop_pct, center crop, normalise) of ``model``: the one recorded by its
+    ``checkpoint`` (a ``lit train`` run's size and normalisation, an export's config) or else its timm cfg."""
+    from timm.data import create_transform
 
-    cfg = resolve_model_data_config(model)
-    if img_size is not None:
-        hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        cfg['input_size'] = (cfg['input_size'][0], *hw)
-    if crop_pct is not None:
-        cfg['crop_pct'] = crop_pct
-    return create_transform(**cfg, is_training=False)
+    from litcli.checkpoint import inference_data_config
+    return create_transform(**inference_data_config(checkpoint or {}, model, img_size, crop_pct), is_training=False)

@@ -53,7 +53,7 @@ def load_predictor(checkpoint, variant: Optional[str] = None, img_size: Optional
     model, raw = model_from_checkpoint(checkpoint, variant, **({'img_size': img_size} if img_size else {}))
     model.eval()
     data_cfg = inference_data_config(raw, model, img_size=img_size)
-    transform = create_transform(**data_cfg, is_training=False)
+    transform = create_transform(**data_cfg, is_training=False)  # = litcli.images.eval_transform; data_cfg is reported
     return model, transform, data_cfg, class_names_for(raw, model.num_classes)
 
 

@@ -42,7 +42,8 @@ def find_run_dir(output: Path, name: Optional[str]) -> Path:
     return max(runs, key=lambda d: _resumable_files(d / 'checkpoints')[0].stat().st_mtime_ns)
 
 
-def is_train_checkpoint(raw: Dict) -> bool:
+def is_resumable_checkpoint(raw: Dict) -> bool:
+    """A ``lit train`` checkpoint with its optimizer state (an export or a bare state dict cannot be resumed)."""
     return isinstance(raw.get('config'), dict) and 'optimizer' in raw
 
 
@@ -62,7 +63,7 @@ def newest_valid_checkpoint(ckpt_dir: Path, log: Callable[[str], None]) -> Tuple
             bad.append(path)
             log(f'warning: {e}; falling back to the previous checkpoint')
             continue
-        if not is_train_checkpoint(raw):
+        if not is_resumable_checkpoint(raw):
             bad.append(path)
             log(f'warning: {path} is not a lit train checkpoint; falling back to the previous checkpoint')
             continue

@@ -329,13 +329,13 @@ def _resume_source(resume: str, output: Path, name: Optional[str], log):
     """(path, contents) to resume from: the given file, or for ``auto`` the newest valid checkpoint of the run
     under ``output`` (of ``name`` and its -N copies, if given) with the most recent checkpoint."""
     from litcli.checkpoint import read_checkpoint
-    from litcli.resume import find_run_dir, is_train_checkpoint, newest_valid_checkpoint
+    from litcli.resume import find_run_dir, is_resumable_checkpoint, newest_valid_checkpoint
 
     if resume == 'auto':
         return newest_valid_checkpoint(find_run_dir(output, name) / 'checkpoints', log)
     path = Path(resume)
     raw = read_checkpoint(path)
-    if not is_train_checkpoint(raw):
+    if not is_resumable_checkpoint(raw):
         raise CheckpointError(f'{path} is not a lit train checkpoint (no config/optimizer state); '
                               f'use --initial-checkpoint to start from its weights')
     return path, raw

@@ -179,7 +179,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(ddp_runs):
     rows_two = [json.loads(line) for line in (work / 'two/metrics.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in rows_two] == [0, 1]
     for r1, r2 in zip(rows_one, rows_two):
-        assert r2['eval_top1'] == pytest.approx(r1['eval_top1']) and r2['eval_loss'] == pytest.approx(r1['eval_loss'], rel=1e-4)
+        assert r2['eval_top1'] == pytest.approx(r1['eval_top1'])
+        assert r2['eval_loss'] == pytest.approx(r1['eval_loss'], rel=1e-4)
         assert r2['train_loss'] == pytest.approx(r1['train_loss'], rel=1e-4)
 
 

@@ -140,6 +140,12 @@ def test_predict_bad_input(trained, tmp_path):
     one_line_error(lit('predict', broken, '--checkpoint', trained), 'broken.jpg')
     one_line_error(lit('predict', PHOTOS[0], '--checkpoint', trained, '--variant', 's'), 'lit_ti', '--variant ti')
     one_line_error(lit('predict', PHOTOS[0], '--checkpoint', trained, '--img-size', 40), 'multiple of 32')
+    exported = tmp_path / 'model.onnx'
+    exported.write_bytes(b'onnx bytes')
+    one_line_error(lit('predict', PHOTOS[0], '--checkpoint', exported), 'ONNX model, not a checkpoint')
+    truncated = tmp_path / 'cut.safetensors'
+    truncated.write_bytes(b'\x10\x00')
+    one_line_error(lit('predict', PHOTOS[0], '--checkpoint', truncated), 'not a readable safetensors')
 
 
 # ---- export ----
@@ -162,10 +168,12 @@ def test_safetensors_round_trip_is_bit_exact(trained, tmp_path):
     # predict and eval take the export directly, with the same results as from the checkpoint.
     from_export, from_checkpoint = (predict_json(*PHOTOS, '--checkpoint', c) for c in (out, trained))
     assert from_export['predictions'] == from_checkpoint['predictions']
-    evals = [lit('eval', '--checkpoint', c, '-j', 0, '--out', tmp_path / f'eval-{i}') for i, c in enumerate((trained, out))]
-    assert all(r.exit_code == 0 for r in evals), [r.output for r in evals]
-    top1 = [json.loads((tmp_path / f'eval-{i}' / 'eval.json').read_text())['top1'] for i in range(2)]
-    assert top1[0] == top1[1]
+    metrics = []
+    for i, checkpoint in enumerate((trained, out)):
+        result = lit('eval', '--checkpoint', checkpoint, '-j', 0, '--out', tmp_path / f'eval-{i}')
+        assert result.exit_code == 0, result.output
+        metrics.append(json.loads((tmp_path / f'eval-{i}' / 'eval.json').read_text()))
+    assert [(m['top1'], m['loss'], m['img_size']) for m in metrics] == [(metrics[0]['top1'], metrics[0]['loss'], 32)] * 2
     # Without its sidecar the file still loads: the config is also in the safetensors header.
     sidecar_path(out).unlink()
     assert read_checkpoint(out)['class_names'] == list(CLASSES)

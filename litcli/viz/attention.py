@@ -288,10 +288,10 @@ def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint:
     kwargs = {'msa_stages': tuple(msa_stages)} if msa_stages else {}
     torch.manual_seed(seed)  # a random-init model is then the same on every torchrun rank and every run
     if checkpoint is not None:
-        model, _ = model_from_checkpoint(checkpoint, variant, **kwargs)
+        model, raw = model_from_checkpoint(checkpoint, variant, **kwargs)
         weights = f'checkpoint {checkpoint}'
     else:
-        model = timm.create_model(variant or 'lit_s', **kwargs)
+        model, raw = timm.create_model(variant or 'lit_s', **kwargs), {}
         weights = 'random initialisation'
         console.print('[yellow]No --checkpoint: the maps show a randomly initialised model, not what LIT learned.'
                       '[/yellow]')
@@ -309,7 +309,7 @@ def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint:
     if dev.type == 'cuda' and world > 1:
         dev = torch.device('cuda', torch.cuda.current_device())
     model = model.to(dev).eval()
-    transform = eval_transform(model, img_size)
+    transform = eval_transform(model, img_size, checkpoint=raw)  # the run's own normalisation, if recorded
     my_files = files[rank::world]
     with AttentionMeans(model, stages, (img_size, img_size)) as acc, torch.no_grad():
         for start in range(0, len(my_files), batch_size):

@@ -72,14 +72,15 @@ def open_checked_image(image):
     return pil
 
 
-def trace_offsets(model, image, img_size: int = 224, normalize: bool = True) -> OffsetTrace:
+def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
+                  checkpoint: Optional[Dict] = None) -> OffsetTrace:
     """Run ``image`` (a path or PIL image) through ``model`` and back-project every top-grid token.
 
-    ``trace.pixels[r * grid_w + c]`` holds the points of token (r, c)."""
+    ``trace.pixels[r * grid_w + c]`` holds the points of token (r, c). The normalisation is the one the
+    ``checkpoint`` records (a ``lit train`` run on the built-in gray sets has its own), else the model's cfg."""
     import torch
     from PIL import Image
-    from timm.data import resolve_model_data_config
-
+    from litcli.checkpoint import inference_data_config
     from litcli.models.dtm import capture_offsets
     from litcli.models.lit import LITBase
 
@@ -90,7 +91,7 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True) -> 
     rgb = np.array(pil, dtype=np.uint8)  # a writable copy
     x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).unsqueeze(0)  # 1, 3, H, W
     if normalize:
-        cfg = resolve_model_data_config(model)
+        cfg = inference_data_config(checkpoint or {}, model)
         x = (x - torch.tensor(cfg['mean']).view(1, 3, 1, 1)) / torch.tensor(cfg['std']).view(1, 3, 1, 1)
     device = next(model.parameters()).device
     model.eval()
@@ -225,11 +226,11 @@ def parse_tokens(spec: str, grid: Tuple[int, int]) -> Optional[np.ndarray]:
 
 def viz_offsets(image: Path, model, out_dir: Path, img_size: int = 224, tokens: str = 'all',
                 normalize: bool = True, step: Optional[int] = None, save_json: bool = False,
-                save_npy: bool = False) -> Dict:
+                save_npy: bool = False, checkpoint: Optional[Dict] = None) -> Dict:
     """Write the figures (and optional data files) for one image into ``out_dir``; return paths and stats."""
     grid = (img_size // 32, img_size // 32)
     chosen = parse_tokens(tokens, grid)
-    trace = trace_offsets(model, image, img_size=img_size, normalize=normalize)
+    trace = trace_offsets(model, image, img_size=img_size, normalize=normalize, checkpoint=checkpoint)
     indices = range(len(trace.tokens)) if chosen is None else [r * grid[1] + c for r, c in chosen]
     paths = []
     overview = out_dir / 'overview.png'
@@ -284,10 +285,10 @@ def run_viz_offsets(image: Path, variant: Optional[str] = None, checkpoint: Opti
     console = Console()
     open_checked_image(image)  # fail on a bad image before any model work or folder creation
     if checkpoint is not None:
-        model, _ = model_from_checkpoint(checkpoint, variant)
+        model, raw = model_from_checkpoint(checkpoint, variant)
         source = f'checkpoint {checkpoint}'
     else:
-        model = timm.create_model(variant or 'lit_ti')
+        model, raw = timm.create_model(variant or 'lit_ti'), {}
         source = 'random initialisation'
         console.print('[yellow]No --checkpoint: a randomly initialised LIT has zero offsets (DTM starts as a regular '
                       '2x2 merge), so the figures show the regular grid. Pass a trained checkpoint to see '
@@ -297,7 +298,7 @@ def run_viz_offsets(image: Path, variant: Optional[str] = None, checkpoint: Opti
     LITBase._check_size((img_size, img_size))
     parse_tokens(kwargs.get('tokens', 'all'), (img_size // 32, img_size // 32))  # validate before writing anything
     out_dir = new_run_dir(output, name or f'{Path(image).stem}-{arch}', exist_ok=exist_ok)
-    result = viz_offsets(image, model, out_dir, **kwargs)
+    result = viz_offsets(image, model, out_dir, checkpoint=raw, **kwargs)
     result.update(variant=arch, weights=source, out_dir=str(out_dir))
     if summary:
         table = Table(title=f'DTM offsets of {arch} ({source}) on {image}')

@@ -239,8 +239,9 @@ def train(
         '--keep-last', min=1, rich_help_panel='Distributed and fault tolerance',
         help='Step checkpoints kept besides last.pt/best.pt (3).')] = None,
     sync_bn: Annotated[Optional[bool], typer.Option(
-        '--sync-bn', rich_help_panel='Distributed and fault tolerance',
-        help='SyncBatchNorm for the DTM BatchNorms across processes (CUDA only).')] = None,
+        '--sync-bn/--no-sync-bn', rich_help_panel='Distributed and fault tolerance',
+        help='SyncBatchNorm for the DTM BatchNorms across processes (CUDA only; default: off, or as the resumed '
+             'run).')] = None,
     nproc_per_node: Annotated[Optional[int], typer.Option(
         '--nproc-per-node', min=1, rich_help_panel='Distributed and fault tolerance',
         help='Re-launch under torchrun --standalone with N processes on this machine.')] = None,

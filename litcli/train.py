@@ -392,9 +392,9 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
     saved_options = (checkpoint or {}).get('run_options') or {}
     save_interval = saved_options.get('save_interval', 0) if save_interval is None else save_interval
     keep_last = saved_options.get('keep_last', 3) if keep_last is None else keep_last
-    sync_bn = saved_options.get('sync_bn', False) if sync_bn is None else sync_bn
-
     device = resolve_device(cfg)
+    if sync_bn is None:  # as the resumed run did, where it can (SyncBatchNorm does not run on CPU)
+        sync_bn = saved_options.get('sync_bn', False) and device.type == 'cuda'
     if sync_bn and device.type != 'cuda':
         raise LitError('--sync-bn needs CUDA devices (SyncBatchNorm cannot run on CPU); drop --sync-bn: on CPU the '
                        'BatchNorm statistics are averaged across processes before each evaluation instead')
@@ -443,7 +443,7 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
                                             fast_tensors=fast, img_size=cfg['img_size'])
     train_batch_tf, eval_batch_tf = batch_transforms(cfg, fast)
     if fast:
-        log('built-in data as in-memory tensors: random crop + flip on the batch; --aa/--reprob unused')
+        log('built-in data as in-memory tensors: random horizontal flip on the batch; --aa/--reprob unused')
     num_classes = spec.num_classes
     if cfg['num_classes'] is not None and cfg['num_classes'] != num_classes:
         raise LitError(f'--num-classes {cfg["num_classes"]} but the dataset {dataset_label(spec)} has '

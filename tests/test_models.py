@@ -310,3 +310,20 @@ def test_bf16_autocast_cpu():
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         out = model(torch.randn(3, 3, 64, 64))
     assert out.shape == (3, 1000) and torch.isfinite(out).all()
+
+
+def test_chunked_fused_attention_is_exact(monkeypatch):
+    """Large maps run SDPA in query chunks (bias never built whole); the result is the same function."""
+    import litcli.models.lit as lit_module
+    torch.manual_seed(0)
+    model = timm.create_model('lit_s', img_size=64).eval()
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.01)  # non-zero position tables
+    x = torch.randn(2, 3, 96, 64)  # another grid than the build grid: on-the-fly index rows, resized table
+    with torch.no_grad():
+        _set_attention(model, False)
+        ref = model(x)
+        _set_attention(model, True)
+        monkeypatch.setattr(lit_module, 'ATTN_BIAS_CHUNK_ELEMENTS', 12 * 24 * 5)  # 5-query chunks in stage 3
+        chunked = model(x)
+    torch.testing.assert_close(chunked, ref, rtol=0, atol=1e-5)

@@ -10,13 +10,12 @@ import timm
 import torch
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
 import litcli.models  # noqa: F401
 from litcli.checkpoint import model_from_checkpoint, read_checkpoint, sidecar_path
-from litcli.cli import app
 from litcli.info import REPO_ASSETS
 from litcli.predict import load_predictor
+from test_train import lit, one_thread  # noqa: F401  (CLI helper; autouse one-thread fixture)
 
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
 CLASSES = ('bluish', 'greenish', 'reddish')  # sorted, as ImageFolder numbers them
@@ -24,18 +23,6 @@ PHOTOS = sorted((REPO_ASSETS / 'photos').glob('*.jpg'))
 ONNX_MISSING = [m for m in ('onnx', 'onnxscript', 'onnxruntime') if importlib.util.find_spec(m) is None]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
-
-
-def lit(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={'COLUMNS': '160'}, prog_name='lit')
-    assert 'Traceback' not in result.output, result.output
-    return result
 
 
 def one_line_error(result, *words):

@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 from litcli.errors import LitError
 
@@ -226,7 +226,7 @@ def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int]
 
     import torch
     img_size = img_size or cfg.img_size
-    entries, steps = [], []
+    entries = []
     for name in names:
         entry = ModelBench(name, cfg.batch_size)
         while True:

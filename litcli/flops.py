@@ -33,7 +33,7 @@ from math import prod
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from litcli.errors import LitError, UsageError
+from litcli.errors import UsageError
 
 __all__ = ['PAPER', 'Count', 'run_flops_command', 'resolve_variant', 'parse_img_sizes', 'resolve_model_names', 'count_macs', 'lit_breakdown',
            'analyse_model', 'flops_report', 'print_report', 'plot_sweep', 'write_json']

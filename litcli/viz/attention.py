@@ -14,11 +14,14 @@ Statistics, per block and head, averaged over all queries:
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from litcli.errors import LitError
+
+if TYPE_CHECKING:  # annotations only: the module imports torch lazily
+    import torch
 
 
 @dataclass
@@ -81,8 +84,6 @@ class AttentionMeans:
                 self._handles.append(attn.attn_drop.register_forward_hook(self._hook(s, j)))
 
     def _hook(self, stage: int, block: int):
-        import torch
-
         def hook(_module, inputs, _output):
             st = self.stages[stage]
             probs = grid_probs(inputs[0].detach().float(), st.prefix)  # B, heads, N, N
@@ -267,7 +268,6 @@ def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint:
                   seed: int = 0) -> Dict:
     """The ``lit attn-maps`` command: mean attention maps of chosen stages over images, figures and stats."""
     import json
-    import os
     import random
 
     import timm

@@ -101,17 +101,25 @@ class Attention(nn.Module):
             # Persistent, with the official name, so official checkpoints load strictly.
             self.register_buffer('relative_position_index', relative_position_index(h, w), persistent=True)
 
-    def rel_pos_bias(self, grid_size: Tuple[int, int], rows: slice = slice(None)) -> torch.Tensor:
-        """(heads, n_rows, N) bias of the query ``rows`` on an h x w token grid; the table is resampled (and the
-        index computed on the fly) when the grid differs from the build grid."""
+    def bias_table(self, grid_size: Tuple[int, int]) -> torch.Tensor:
+        """The table for an h x w grid, transposed to (heads, (2h-1)(2w-1)); resampled off the build grid."""
+        table = self.relative_position_bias_table
+        if tuple(grid_size) != self.rel_pos_grid:
+            table = resize_rel_pos_table(table, self.rel_pos_grid, grid_size)
+        return table.t().contiguous()
+
+    def rel_pos_bias(self, grid_size: Tuple[int, int], rows: slice = slice(None),
+                     table_t: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(heads, n_rows, N) bias of the query ``rows`` on an h x w token grid (``table_t``: ``bias_table``'s
+        result, to reuse across chunks). Off the build grid the index rows are computed on the fly."""
+        table_t = self.bias_table(grid_size) if table_t is None else table_t
         if tuple(grid_size) == self.rel_pos_grid:
-            table, index = self.relative_position_bias_table, self.relative_position_index[rows]
+            index = self.relative_position_index[rows]
         else:
-            table = resize_rel_pos_table(self.relative_position_bias_table, self.rel_pos_grid, grid_size)
-            index = relative_position_index(*grid_size, device=table.device, rows=rows)
+            index = relative_position_index(*grid_size, device=table_t.device, rows=rows)
         # Gather along the table's position axis in (heads, L) layout: ~8x faster than table[index] on CPU and it
         # lands directly in (heads, rows, N) order (no permute copy).
-        return table.t().contiguous().index_select(1, index.reshape(-1)).view(-1, *index.shape)
+        return table_t.index_select(1, index.reshape(-1)).view(-1, *index.shape)
 
     def _fused(self, q, k, v, grid_size) -> torch.Tensor:
         """SDPA; for large maps the queries go in chunks so the (heads, N, N) bias is never built whole (at
@@ -119,10 +127,11 @@ class Attention(nn.Module):
         heads, n = q.shape[1], q.shape[2]
         chunk = n if self.rel_pos_grid is None else max(1, ATTN_BIAS_CHUNK_ELEMENTS // (heads * n))
         dropout = self.attn_drop.p if self.training else 0.
+        table_t = self.bias_table(grid_size) if self.rel_pos_grid is not None else None
         outs = []
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
-            bias = None if self.rel_pos_grid is None else self.rel_pos_bias(grid_size, rows).unsqueeze(0).to(q.dtype)
+            bias = None if table_t is None else self.rel_pos_bias(grid_size, rows, table_t).unsqueeze(0).to(q.dtype)
             outs.append(F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=bias, dropout_p=dropout))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # B, heads, N, d
 

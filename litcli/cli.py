@@ -9,6 +9,7 @@ from typing_extensions import Annotated
 
 from litcli.errors import LitError
 from litcli.names import CLI_CHOICES, PAPER_VARIANTS, model_name
+from litcli.sizes import check_img_size
 
 app = typer.Typer(
     name='lit',
@@ -264,9 +265,9 @@ def train(
     overrides['clip_grad'] = clip_grad  # 0 turns clipping off
     if aa is not None and aa.lower() in ('none', 'off', ''):
         overrides['aa'] = ''
-    if img_size is not None and img_size % 32:
-        fail(f'--img-size {img_size} is not a multiple of 32; use e.g. {img_size // 32 * 32 or 32}', 2)
     with user_errors():
+        if img_size is not None:
+            check_img_size(img_size)
         try:
             run_train(model_name(variant.value) if variant else None, config, overrides, resume=resume,
                       initial_checkpoint=initial_checkpoint, name=name, output=output, exist_ok=exist_ok,

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from litcli.errors import CheckpointError, LitError
+from litcli.sizes import check_img_size
 
 
 def _file_num_classes(state_dict: Dict) -> Optional[int]:
@@ -65,9 +66,7 @@ def run_eval(checkpoint, variant: Optional[str] = None, data: Optional[str] = No
         class_names = None
     cfg['drop_path'] = 0.0
     if img_size is not None:
-        if img_size % 32:
-            raise LitError(f'--img-size {img_size} is not a multiple of 32; use e.g. {max(32, img_size // 32 * 32)}')
-        cfg['img_size'] = img_size
+        cfg['img_size'] = check_img_size(img_size, error=LitError)
     if crop_pct is not None:
         cfg['crop_pct'] = crop_pct
     if data is None and not own:

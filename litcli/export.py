@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from litcli.errors import LitError, UsageError
+from litcli.sizes import check_img_size
 
 FORMATS = ('onnx', 'safetensors', 'torchscript')
 SUFFIXES = {'onnx': '.onnx', 'safetensors': '.safetensors', 'torchscript': '.torchscript.pt'}
@@ -140,8 +141,8 @@ def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force:
         raise UsageError(f'unknown format {fmt!r}: choose one of {", ".join(FORMATS)}')
     if fmt == 'onnx' and opset < MIN_OPSET:
         raise UsageError(f'--opset {opset} is too old: the DTM needs GridSample (opset {MIN_OPSET}+)')
-    if img_size is not None and img_size % 32:
-        raise UsageError(f'--img-size {img_size} is not a multiple of 32; use e.g. {max(32, img_size // 32 * 32)}')
+    if img_size is not None:
+        check_img_size(img_size)
     out = Path(out) if out is not None else default_out(checkpoint, fmt)
     sidecar = sidecar_path(out)
     if out.suffix == '.json':

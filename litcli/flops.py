@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from litcli.errors import UsageError
+from litcli.sizes import check_img_size
 
 __all__ = ['PAPER', 'Count', 'run_flops_command', 'resolve_variant', 'parse_img_sizes', 'resolve_model_names', 'count_macs', 'lit_breakdown',
            'analyse_model', 'flops_report', 'print_report', 'plot_sweep', 'write_json']
@@ -69,7 +70,7 @@ class BadFlopsInput(UsageError):
 
 
 # ---------------------------------------------------------------- input parsing
-def parse_img_sizes(text: str, multiple: int = 32) -> List[Tuple[int, int]]:
+def parse_img_sizes(text: str) -> List[Tuple[int, int]]:
     """'224' | '224x320' | '224,512,800x1344' -> [(224, 224), (512, 512), (800, 1344)], each side checked."""
     sizes = []
     for item in (s.strip() for s in str(text).split(',')):
@@ -79,11 +80,7 @@ def parse_img_sizes(text: str, multiple: int = 32) -> List[Tuple[int, int]]:
                                 "comma-separated for a sweep")
         h, w = (int(parts[0]), int(parts[-1]))
         for side in (h, w):
-            if side <= 0 or side % multiple:
-                lo = side // multiple * multiple
-                near = f'{lo} or {lo + multiple}' if lo > 0 else str(multiple)
-                raise BadFlopsInput(f'--img-size {item}: every side must be a positive multiple of {multiple} '
-                                    f'(LIT downsamples 32x); nearest valid for {side}: {near}')
+            check_img_size(side, what=f'--img-size {item}: side', error=BadFlopsInput)
         sizes.append((h, w))
     return sizes
 

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 from litcli.errors import LitError
 from litcli.images import IMAGE_SUFFIXES
+from litcli.sizes import check_img_size
 
 
 def expand_images(inputs: Sequence[str]) -> List[Path]:
@@ -47,8 +48,8 @@ def load_predictor(checkpoint, variant: Optional[str] = None, img_size: Optional
 
     from litcli.checkpoint import inference_data_config, model_from_checkpoint
 
-    if img_size is not None and img_size % 32:
-        raise LitError(f'--img-size {img_size} is not a multiple of 32; use e.g. {max(32, img_size // 32 * 32)}')
+    if img_size is not None:
+        check_img_size(img_size, error=LitError)
     # The model is built at the inference size; position tables trained at another size are resampled on load.
     model, raw = model_from_checkpoint(checkpoint, variant, **({'img_size': img_size} if img_size else {}))
     model.eval()

@@ -32,12 +32,13 @@ from timm.models._features import feature_take_indices
 from timm.models.pvt_v2 import Attention as SpatialReductionAttention
 from timm.models.swin_transformer import PatchMerging
 
+from litcli.sizes import REDUCTION, nearest_valid
+
 from .dtm import DeformableTokenMerging
 
 __all__ = ['LITBase', 'LITPvtStyle', 'LITSwinStyle', 'Attention', 'MlpBlock', 'TransformerBlock',
            'checkpoint_filter_fn', 'relative_position_index', 'resize_rel_pos_table', 'LIT_ARCHS']
 
-REDUCTION = 32  # total downsampling: patch 4 x three 2x merges
 ATTN_BIAS_CHUNK_ELEMENTS = 1 << 23  # fused attention builds its position bias in query chunks of ~32 MB (fp32)
 
 
@@ -342,11 +343,8 @@ class LITBase(nn.Module):
     def _check_size(hw: Tuple[int, int]):
         h, w = hw
         if h % REDUCTION or w % REDUCTION or h <= 0 or w <= 0:
-            def near(n):
-                lo = n // REDUCTION * REDUCTION
-                return str(n) if lo == n else f'{lo} or {lo + REDUCTION}' if lo > 0 else str(REDUCTION)
             raise ValueError(f'LIT needs an input whose height and width are divisible by {REDUCTION}, '
-                             f'got {h}x{w}; nearest valid: height {near(h)}, width {near(w)}')
+                             f'got {h}x{w}; nearest valid: height {nearest_valid(h)}, width {nearest_valid(w)}')
 
     def _check_input(self, x: torch.Tensor):
         if x.ndim != 4 or x.shape[1] != self.in_chans:

@@ -363,7 +363,7 @@ def export(
     img_size: Annotated[Optional[int], typer.Option(
         '--img-size', min=32,
         help='Input size of the exported model, a multiple of 32 (default: the checkpoint\'s).')] = None,
-    opset: Annotated[int, typer.Option(min=1, help='ONNX opset (16+: GridSample).')] = 18,
+    opset: Annotated[int, typer.Option(min=1, help='ONNX opset (18+, the oldest torch\'s exporter writes).')] = 18,
 ):
     """Deployable model files: safetensors + JSON config, ONNX (checked with onnxruntime) or TorchScript."""
     from litcli.export import export as run_export, print_export

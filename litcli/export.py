@@ -17,15 +17,15 @@ from litcli.sizes import check_img_size
 FORMATS = ('onnx', 'safetensors', 'torchscript')
 SUFFIXES = {'onnx': '.onnx', 'safetensors': '.safetensors', 'torchscript': '.torchscript.pt'}
 TOLERANCE = 1e-4  # max |exported - PyTorch| on fp32 logits
-MIN_OPSET = 16  # GridSample (the DTM's bilinear sampling) entered the default ONNX domain in opset 16
+MIN_OPSET = 18  # torch's exporter implements opset 18+ only; asked for less it still writes 18 (its down-conversion fails)
 VERIFY_BATCH = 3  # differs from the export example's batch (2), so the check also exercises the dynamic batch
 
 
 def _portable(model):
     """Switch the model to the paths that export through standard operators; both compute the same function.
 
-    DTM: the pure-PyTorch backend (grid_sample + conv2d): torchvision's deform_conv2d has no ONNX/TorchScript
-    form, grid_sample maps to ONNX GridSample. Attention: the explicit softmax(q k^T + bias) v path, because in
+    DTM: the pure-PyTorch backend (bilinear gather + matmul): torchvision's deform_conv2d has no ONNX/TorchScript
+    form; under export the gather is Gather + weighted sum (ONNX Gather/Mul/ReduceSum). Attention: the explicit softmax(q k^T + bias) v path, because in
     torch 2.14 the ONNX exporter cannot decompose fused SDPA with a relative-position bias and a dynamic batch
     (lit_s/m/b fail with "Cannot view a tensor ..."); the explicit path exports as MatMul/Softmax.
     """
@@ -140,7 +140,8 @@ def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force:
     if fmt not in FORMATS:
         raise UsageError(f'unknown format {fmt!r}: choose one of {", ".join(FORMATS)}')
     if fmt == 'onnx' and opset < MIN_OPSET:
-        raise UsageError(f'--opset {opset} is too old: the DTM needs GridSample (opset {MIN_OPSET}+)')
+        raise UsageError(f'--opset {opset} is too old: torch\'s ONNX exporter writes opset {MIN_OPSET} or newer; '
+                         f'use --opset {MIN_OPSET}')
     if img_size is not None:
         check_img_size(img_size)
     out = Path(out) if out is not None else default_out(checkpoint, fmt)

@@ -5,13 +5,13 @@ are multiply-accumulates (MACs), which is what fvcore counts. ``torch.utils.flop
 
 One counting rule for both DTM backends, matching the paper:
 - the deformable 2x2/s2 conv counts as a plain 2x2/s2 conv: numel(output) * C_in * 2 * 2 MACs. The pure
-  backend runs a real conv on the sampled map, so fvcore's conv handle already gives that; the torchvision
+  backend runs it as one matmul over the gathered taps, which fvcore's linear handle counts the same; the torchvision
   op gets ``deform_conv_flop_jit`` (its TorchScript schema is (input, weight, offset, mask, bias, ...), so
   the weight is ``inputs[1]``);
 - its offset conv counts as a normal conv and its BatchNorm at 2 per element (fvcore's eval-mode rule,
   which is also what the official analytic formula uses);
 - bilinear sampling is NOT in the total (the paper leaves it out). It is reported on its own line, computed
-  the way fvcore counts ``aten::grid_sampler`` (4 per sampled value) for either backend, so nothing is hidden.
+  as fvcore counts ``aten::grid_sampler`` (4 per sampled value), for either backend, so nothing is hidden.
 
 fvcore has no handle for ``aten::scaled_dot_product_attention``; ``sdpa_flop_jit`` counts its two matmuls,
 so the fused and the explicit attention paths give the same count.
@@ -205,7 +205,7 @@ def _count_fvcore(model, x) -> Count:
                          'torchvision::deform_conv2d', deform_conv_flop_jit)
         if _n_dtm(model):
             # DTM sampling is reported separately (Count.sampling), for both backends alike.
-            fa.set_op_handle('aten::grid_sampler', lambda inputs, outputs: 0)
+            fa.set_op_handle('aten::embedding_bag', lambda inputs, outputs: 0)  # the pure backend's taps
         fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
         total = fa.total()
         by_module = dict(fa.by_module())

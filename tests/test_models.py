@@ -233,6 +233,40 @@ def test_fused_attn_constructor_flag():
     assert not any(m.fused_attn for m in model.modules() if isinstance(m, Attention))
 
 
+def test_cpu_training_takes_the_explicit_attention_path_with_the_same_gradients(monkeypatch):
+    """On CPU a learnable bias sends SDPA to its slow math fallback, so training uses the explicit path; its
+    values and gradients equal SDPA's, and inference still goes through SDPA."""
+    import torch.nn.functional as F
+    model = timm.create_model('lit_s', img_size=64, num_classes=5).double().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    sdpa_calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', lambda *a, **k: sdpa_calls.append(1) or real_sdpa(*a, **k))
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = model(x).square().sum()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    explicit = loss_and_grads()
+    assert not sdpa_calls
+    monkeypatch.setattr(Attention, '_bias_grad_on_cpu', lambda self, x: False)  # force SDPA with a bias gradient
+    fused = loss_and_grads()
+    assert sdpa_calls
+    torch.testing.assert_close(explicit[0], fused[0], rtol=0, atol=1e-10)
+    assert explicit[1].keys() == fused[1].keys()
+    assert any('relative_position_bias_table' in n for n in explicit[1])
+    for name in explicit[1]:
+        torch.testing.assert_close(explicit[1][name], fused[1][name], rtol=0, atol=1e-10, msg=name)
+    monkeypatch.undo()
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', lambda *a, **k: sdpa_calls.append(1) or real_sdpa(*a, **k))
+    sdpa_calls.clear()
+    with torch.no_grad():
+        model.eval()(x)
+    assert len(sdpa_calls) == sum(len(model.stage_blocks(i)) for i in (2, 3))
+
+
 @pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
 @pytest.mark.parametrize('size', [(256, 256), (256, 320), (96, 64)])
 def test_other_input_sizes(variant, size):

@@ -12,8 +12,10 @@ coordinates, bilinearly, with every neighbour outside the map contributing zero.
 
 Backends (same parameters, same keys):
 - ``torchvision``: ``torchvision.ops.deform_conv2d``; the default on CUDA.
-- ``pure``: ``F.grid_sample`` of the 4 taps into a (2Ho, 2Wo) map, then a plain 2x2/s2 conv. Written by
-  hand because torchvision's CPU kernel is ~7x slower for forward+backward; this is the default on CPU.
+- ``pure``: the 4 taps of every output gathered bilinearly from channels-last rows (one weighted
+  ``F.embedding_bag``), then the 2x2 conv as one matmul over (tap, channel). Written by hand because
+  torchvision's CPU kernel is ~7x slower for forward+backward; this is the default on CPU. (An earlier
+  ``F.grid_sample`` + conv2d version was ~1.5x slower: grid_sample's NCHW kernel gathers one channel at a time.)
 Select one with the module's ``backend`` attribute or the ``LIT_DTM_BACKEND`` environment variable
 (``auto`` | ``torchvision`` | ``pure``).
 """
@@ -56,22 +58,52 @@ def resolve_dtm_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+_TAP_ROW = (0, 0, 1, 1)  # tap k = 2*i + j: kernel row i ...
+_TAP_COL = (0, 1, 0, 1)  # ... and column j
+
+
+def _bilinear_gather(rows, height: int, width: int, py, px):
+    """Bilinear samples of a (B*H*W, C) row-major pixel table at pixel coordinates ``py``/``px`` (B, M).
+
+    Returns (B*M, C). Neighbours outside the map contribute zero (weight 0, index clamped to a valid row), as in
+    DCN and grid_sample(padding_mode='zeros'). The weighted 4-neighbour sum is one ``F.embedding_bag`` (mode
+    'sum', per-sample weights): a fused gather of contiguous C-vectors, about 2x faster forward+backward than
+    grid_sample on CPU, whose NCHW kernel gathers one channel at a time; gradients reach ``rows`` and, through
+    the weights, ``py``/``px``.
+    """
+    batch = py.shape[0]
+    y0, x0 = py.detach().floor(), px.detach().floor()
+    ly, lx = py - y0, px - x0  # fractional parts, differentiable
+    y0, x0 = y0.long(), x0.long()
+    ys = torch.stack((y0, y0, y0 + 1, y0 + 1), dim=-1)  # B, M, 4 neighbours
+    xs = torch.stack((x0, x0 + 1, x0, x0 + 1), dim=-1)
+    weight = torch.stack(((1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx), dim=-1)
+    inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+    weight = weight * inside.to(weight.dtype)
+    batch_start = torch.arange(batch, device=py.device).view(batch, 1, 1) * (height * width)
+    index = batch_start + ys.clamp(0, height - 1) * width + xs.clamp(0, width - 1)
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        # ONNX has no weighted embedding bag (the exporter lowers it to a Loop); Gather + weighted sum is the same.
+        return (rows[index.view(-1)].view(-1, 4, rows.shape[1]) * weight.view(-1, 4, 1)).sum(1)
+    return F.embedding_bag(index.view(-1, 4), rows, per_sample_weights=weight.view(-1, 4), mode='sum')
+
+
 def _deform_conv2x2_pure(x, offset, weight, bias):
-    """Bilinear sampling of the 4 taps with grid_sample, then a 2x2/s2 conv. Shapes as deform_conv2x2."""
-    B, _, H, W = x.shape
+    """Gather the 4 taps of every output bilinearly, then one matmul. Shapes as deform_conv2x2."""
+    B, C, H, W = x.shape
     Ho, Wo = offset.shape[-2:]
-    # (B, 8, Ho, Wo) -> (B, i, j, yx, Ho, Wo) -> (B, Ho, i, Wo, j, yx) -> (B, 2Ho, 2Wo, 2):
-    # entry [2oy+i, 2ox+j] holds the (dy, dx) of tap (i, j) of output (oy, ox).
-    delta = offset.view(B, 2, 2, 2, Ho, Wo).permute(0, 4, 1, 5, 2, 3).reshape(B, 2 * Ho, 2 * Wo, 2)
-    # The regular 2x2/s2 sampling position of entry [r, c] is simply (r, c).
-    rows = torch.arange(2 * Ho, device=x.device, dtype=x.dtype).view(1, -1, 1)
-    cols = torch.arange(2 * Wo, device=x.device, dtype=x.dtype).view(1, 1, -1)
-    py = rows + delta[..., 0]
-    px = cols + delta[..., 1]
-    # align_corners=True maps -1/+1 to the centres of the first/last pixel; grid_sample wants (x, y).
-    grid = torch.stack((px * (2 / max(W - 1, 1)) - 1, py * (2 / max(H - 1, 1)) - 1), dim=-1)
-    sampled = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
-    return F.conv2d(sampled, weight, bias, stride=2)  # B, C_out, Ho, Wo
+    # (B, 8, Ho, Wo) -> (B, Ho, Wo, tap, yx): one sample point per (output, tap), taps of an output adjacent.
+    delta = offset.permute(0, 2, 3, 1).reshape(B, Ho, Wo, 4, 2)
+    tap_row = torch.tensor(_TAP_ROW, device=x.device, dtype=x.dtype)
+    tap_col = torch.tensor(_TAP_COL, device=x.device, dtype=x.dtype)
+    # The regular 2x2/s2 position of tap (i, j) of output (oy, ox) is (2*oy + i, 2*ox + j).
+    py = (2 * torch.arange(Ho, device=x.device, dtype=x.dtype)).view(Ho, 1, 1) + tap_row + delta[..., 0]
+    px = (2 * torch.arange(Wo, device=x.device, dtype=x.dtype)).view(1, Wo, 1) + tap_col + delta[..., 1]
+    rows = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # a view when x is channels_last (LIT's token maps are)
+    taps = _bilinear_gather(rows, H, W, py.reshape(B, -1), px.reshape(B, -1))  # B*Ho*Wo*4, C
+    # The 2x2 conv is a matmul over (tap, channel): weight (C_out, C, i, j) -> (C_out, [i, j, C]).
+    out = F.linear(taps.view(B * Ho * Wo, 4 * C), weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 4 * C), bias)
+    return out.view(B, Ho, Wo, -1).permute(0, 3, 1, 2)  # B, C_out, Ho, Wo (channels_last memory)
 
 
 def deform_conv2x2(x, offset, weight, bias, backend: str = 'auto'):

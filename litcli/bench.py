@@ -34,6 +34,9 @@ class BenchConfig:
     repeats: int = 7
     memory: bool = True
     gemm_size: int = 2048
+    # Train mode builds every model with this stochastic-depth rate, so all pay the same regularisation cost
+    # (timm's defaults differ: Swin-T 0.1, LIT 0). 0.1 is timm's Swin-T default.
+    drop_path: float = 0.1
 
 
 @dataclass
@@ -93,15 +96,19 @@ def _autocast(cfg: BenchConfig):
 
 
 def build_model(name: str, cfg: BenchConfig, img_size: int):
-    """A timm model at ``img_size`` (when its constructor takes one) on the bench device."""
+    """A timm model at ``img_size`` (when its constructor takes one) on the bench device; in train mode with
+    ``cfg.drop_path`` (when it has stochastic depth)."""
     import timm
     import torch
 
     import litcli.models  # noqa: F401
-    try:
-        model = timm.create_model(name, img_size=img_size)
-    except TypeError:  # CNNs take any size as they are
-        model = timm.create_model(name)
+    kwargs = dict(drop_path_rate=cfg.drop_path) if cfg.mode == 'train' else {}
+    for extra in (dict(img_size=img_size, **kwargs), kwargs, {}):  # CNNs take any size; some lack drop path
+        try:
+            model = timm.create_model(name, **extra)
+            break
+        except TypeError:
+            continue
     model = model.to(cfg.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -128,7 +135,8 @@ def make_step(model, cfg: BenchConfig, batch_size: int, img_size: int) -> Callab
     model.train()
     fn = torch.compile(model) if cfg.compile else model
     target = torch.randint(0, model.num_classes, (batch_size,), device=dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    from litcli.optim import create_optimizer
+    opt = create_optimizer(model, lr=1e-4, weight_decay=0.05, offset_lr=1e-6)  # as `lit train`: fused AdamW
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == 'fp16')
 
     def step():
@@ -291,7 +299,8 @@ def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig, sizes: Seq
         results.append({'img_size': size, 'rows': rows})
     return {'mode': cfg.mode, 'device': cfg.device, 'amp': cfg.amp or 'fp32', 'threads': torch.get_num_threads(),
             'batch_size': cfg.batch_size, 'gemm_gflops': gemm, 'warmup': cfg.warmup, 'repeats': cfg.repeats,
-            'compile': cfg.compile, 'channels_last': cfg.channels_last, 'results': results}
+            'compile': cfg.compile, 'channels_last': cfg.channels_last,
+            'drop_path': cfg.drop_path if cfg.mode == 'train' else None, 'results': results}
 
 
 def print_bench(report: Dict, console=None):
@@ -301,7 +310,8 @@ def print_bench(report: Dict, console=None):
     for block in report['results']:
         table = Table(title=f"{report['mode']} @ {block['img_size']}x{block['img_size']}, {report['device']}, "
                             f"{report['amp']}, {report['threads']} threads, batch {report['batch_size']}, "
-                            f"median of {report['repeats']} interleaved")
+                            f"median of {report['repeats']} interleaved"
+                            + (f", drop path {report['drop_path']}" if report.get('drop_path') is not None else ''))
         for col in ('model', 'img/s (min-max)', 'ms/step', 'peak MB', 'GMACs', 'GFLOP/s', '% of GEMM', 'ratio'):
             table.add_column(col, justify='left' if col == 'model' else 'right')
         for r in block['rows']:
@@ -357,7 +367,8 @@ def write_csv(report: Dict, path) -> str:
 
 def run_bench_command(variant: str, compare: Optional[str], mode: str, batch_size: int, img_size: str,
                       amp: Optional[str], compile: bool, channels_last: bool, device: str, threads: Optional[int],
-                      warmup: int, repeats: int, memory: bool, as_json: bool, csv_path=None, plot=None) -> Dict:
+                      warmup: int, repeats: int, memory: bool, as_json: bool, csv_path=None, plot=None,
+                      drop_path: float = 0.1) -> Dict:
     """``lit bench``: validate, measure, print / write."""
     import json
     import sys
@@ -374,7 +385,8 @@ def run_bench_command(variant: str, compare: Optional[str], mode: str, batch_siz
     for s in sizes:
         LITBase._check_size((s, s))
     cfg = BenchConfig(mode=mode, batch_size=batch_size, img_size=sizes[0], device=device, amp=amp, compile=compile,
-                      channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats, memory=memory)
+                      channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats, memory=memory,
+                      drop_path=drop_path)
     log = (lambda s: print(s, file=sys.stderr)) if as_json else print
     report = run_bench(name, compared, cfg, sizes, log=log)
     if as_json:

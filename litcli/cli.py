@@ -110,6 +110,8 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0)] = 2,
     repeats: Annotated[int, typer.Option(min=1, help='Interleaved timed repeats per model.')] = 7,
     memory: Annotated[bool, typer.Option(help='Measure peak memory (on CPU: one fresh process per model).')] = True,
+    drop_path: Annotated[float, typer.Option(min=0.0, max=1.0, help='Train mode: the same stochastic-depth rate '
+                                             'for every model (timm Swin-T default).')] = 0.1,
     json_out: Annotated[bool, typer.Option('--json', help='Print JSON instead of tables.')] = False,
     csv: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Also write a CSV.')] = None,
     plot: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Throughput and memory against input size (PNG).')] = None,
@@ -118,7 +120,7 @@ def bench(
     from litcli.bench import run_bench_command
     with user_errors():
         run_bench_command(variant, compare, mode, batch_size, img_size, amp, compile, channels_last, device, threads,
-                          warmup, repeats, memory, json_out, csv, plot)
+                          warmup, repeats, memory, json_out, csv, plot, drop_path)
 
 # ---- Train ----
 _H = 'Hyperparameters (default: the recipe of --variant)'

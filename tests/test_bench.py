@@ -74,3 +74,14 @@ def test_cli_bad_inputs(args, msg):
                            if args[0] == '--img-size' else ['bench', '-v', 'ti', '--img-size', '64', *args],
                            prog_name='lit')
     assert r.exit_code != 0 and msg in r.output, r.output
+
+
+def test_train_mode_gives_every_model_the_same_drop_path():
+    from litcli import bench
+    cfg = bench.BenchConfig(mode='train', drop_path=0.2)
+    for name in ('lit_ti', 'swin_tiny_patch4_window7_224', 'resnet18'):
+        model = bench.build_model(name, cfg, 64 if name != 'swin_tiny_patch4_window7_224' else 224)
+        rates = [m.drop_prob for m in model.modules() if type(m).__name__ == 'DropPath']
+        assert rates and max(rates) == pytest.approx(0.2), name
+    infer = bench.build_model('swin_tiny_patch4_window7_224', bench.BenchConfig(mode='infer'), 224)
+    assert max(m.drop_prob for m in infer.modules() if type(m).__name__ == 'DropPath') == pytest.approx(0.1)

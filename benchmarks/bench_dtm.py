@@ -1,7 +1,8 @@
-"""DTM forward+backward: the pure grid_sample path vs torchvision's deform_conv2d vs a plain 2x2/s2 conv.
+"""DTM forward+backward: the pure (bilinear gather + matmul) path vs torchvision's deform_conv2d vs a plain 2x2/s2 conv.
 
 Measured side by side in one run, interleaved (A B C A B C ...) after warm-up, median of --repeats.
     python benchmarks/bench_dtm.py                     # CPU, 2 threads, (32, 64, 56, 56) -> 128
+    python benchmarks/bench_dtm.py --channels-last      # the layout LIT's token maps have inside the model
     python benchmarks/bench_dtm.py --device cuda
 """
 import argparse
@@ -11,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from litcli.models.dtm import deform_conv2x2, torchvision_ops_available
+from litcli.models.dtm import DeformableTokenMerging, deform_conv2x2, torchvision_ops_available
 
 
 def main():
@@ -22,25 +23,33 @@ def main():
     ap.add_argument('--out-chs', type=int, default=128)
     ap.add_argument('--repeats', type=int, default=10)
     ap.add_argument('--warmup', type=int, default=2)
+    ap.add_argument('--channels-last', action='store_true', help='channels-last input (as inside LIT) for all')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     B, C, H, W = map(int, args.shape.split(','))
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, C, H, W, generator=g).to(dev).requires_grad_(True)
+    x = torch.randn(B, C, H, W, generator=g).to(dev)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     off = (torch.randn(B, 8, H // 2, W // 2, generator=g) * 2).to(dev).requires_grad_(True)
     w = (torch.randn(args.out_chs, C, 2, 2, generator=g) / (4 * C) ** 0.5).to(dev).requires_grad_(True)
     b = torch.zeros(args.out_chs, device=dev, requires_grad=True)
 
+    # The whole DTM layer (offset conv + deformable conv + BN + GELU), offsets non-zero as after training.
+    module = DeformableTokenMerging(C, args.out_chs, backend='pure').to(dev).train()
+    torch.nn.init.normal_(module.dconv.conv_offset.weight, std=0.05)
     cases = {
         'plain conv2d 2x2/s2': lambda: F.conv2d(x, w, b, stride=2),
-        'DTM pure (grid_sample)': lambda: deform_conv2x2(x, off, w, b, backend='pure'),
+        'DTM pure (gather)': lambda: deform_conv2x2(x, off, w, b, backend='pure'),
+        'DTM layer, pure': lambda: module(x),
     }
     if torchvision_ops_available():
         cases['DTM torchvision'] = lambda: deform_conv2x2(x, off, w, b, backend='torchvision')
 
     def step(fn):
-        for t in (x, off, w, b):
+        for t in (x, off, w, b, *module.parameters()):
             t.grad = None
         fn().sum().backward()
         if dev.type == 'cuda':
@@ -57,14 +66,15 @@ def main():
             times[name].append(time.perf_counter() - t0)
 
     base = statistics.median(times['plain conv2d 2x2/s2'])
-    print(f'DTM forward+backward, input {tuple(x.shape)} -> {args.out_chs} ch, {dev}, '
+    layout = 'channels-last' if args.channels_last else 'NCHW'
+    print(f'DTM forward+backward, input {tuple(x.shape)} {layout} -> {args.out_chs} ch, {dev}, '
           f'{torch.get_num_threads()} threads, median of {args.repeats} (interleaved)')
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f'  {name:26s} {1000 * med:8.1f} ms  (min {1000 * min(ts):.1f}, max {1000 * max(ts):.1f})  '
               f'{med / base:5.2f}x plain conv')
     if 'DTM torchvision' in times:
-        ratio = statistics.median(times['DTM torchvision']) / statistics.median(times['DTM pure (grid_sample)'])
+        ratio = statistics.median(times['DTM torchvision']) / statistics.median(times['DTM pure (gather)'])
         print(f'  pure path is {ratio:.1f}x faster than torchvision.ops.deform_conv2d')
 
 

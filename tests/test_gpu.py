@@ -40,3 +40,26 @@ def test_cuda_torchvision_matches_pure(B):
     c.sum().backward()
     for t, r in zip(ins, ref):
         torch.testing.assert_close(t.grad, r.grad, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize('mode', ['train', 'infer'])
+def test_torch_compile_matches_eager(mode):
+    """torch.compile (inductor) of LIT-S under bf16 autocast: one graph, outputs as eager's."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    model = timm.create_model('lit_s').cuda().train(mode == 'train')
+    x = torch.randn(8, 3, 224, 224, device='cuda')
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(model)
+    with torch.autocast('cuda', dtype=torch.bfloat16), torch.set_grad_enabled(mode == 'train'):
+        if mode == 'train':
+            torch.manual_seed(0)
+            eager = model(x)
+            torch.manual_seed(0)
+            out = compiled(x)
+            out.float().sum().backward()
+            assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        else:
+            eager, out = model(x), compiled(x)
+    torch.testing.assert_close(out.float(), eager.float(), rtol=0.05, atol=0.05)

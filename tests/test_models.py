@@ -361,3 +361,16 @@ def test_chunked_fused_attention_is_exact(monkeypatch):
         monkeypatch.setattr(lit_module, 'ATTN_BIAS_CHUNK_ELEMENTS', 12 * 24 * 5)  # 5-query chunks in stage 3
         chunked = model(x)
     torch.testing.assert_close(chunked, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+def test_torch_compile_traces_one_graph(variant):
+    """torch.compile sees the whole model (train and eval) as one graph: no graph breaks around DTM or attention.
+    (Inductor itself runs in `make gpu-check`; compiling on a 2-core CI machine takes minutes.)"""
+    import torch._dynamo
+    model = timm.create_model(variant, img_size=64, num_classes=3)
+    x = torch.randn(2, 3, 64, 64)
+    for train in (True, False):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model.train(train))(x)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

@@ -87,6 +87,25 @@ def test_outside_points_contribute_zero():
     torch.testing.assert_close(out, bias.view(1, -1, 1, 1).expand_as(out))
 
 
+def test_non_finite_offsets_propagate_without_out_of_range_reads():
+    """A diverged offset (NaN/inf) must give NaN/finite outputs, never an out-of-range gather (the neighbour
+    indices are clamped after the float -> int conversion)."""
+    x, offset, weight, bias = _inputs()
+    offset = offset.clone()
+    offset[0, :, 0, 0] = float('nan')
+    offset[-1, :, -1, -1] = float('inf')
+    out = deform_conv2x2(x, offset, weight, bias, backend='pure')
+    assert out[0, :, 0, 0].isnan().all()
+    assert torch.isfinite(out[:, :, 1:-1, 1:-1]).all()
+
+
+def test_channels_last_and_contiguous_inputs_agree():
+    x, offset, weight, bias = _inputs()
+    a = deform_conv2x2(x, offset, weight, bias, backend='pure')
+    b = deform_conv2x2(x.contiguous(memory_format=torch.channels_last), offset, weight, bias, backend='pure')
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_zero_offsets_equal_plain_conv_bn_gelu():
     torch.manual_seed(0)
     dtm = DeformableTokenMerging(6, 5).double().eval()

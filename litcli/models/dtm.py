@@ -58,16 +58,12 @@ def resolve_dtm_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-_TAP_ROW = (0, 0, 1, 1)  # tap k = 2*i + j: kernel row i ...
-_TAP_COL = (0, 1, 0, 1)  # ... and column j
-
-
 def _bilinear_gather(rows, height: int, width: int, py, px):
     """Bilinear samples of a (B*H*W, C) row-major pixel table at pixel coordinates ``py``/``px`` (B, M).
 
     Returns (B*M, C). Neighbours outside the map contribute zero (weight 0, index clamped to a valid row), as in
     DCN and grid_sample(padding_mode='zeros'). The weighted 4-neighbour sum is one ``F.embedding_bag`` (mode
-    'sum', per-sample weights): a fused gather of contiguous C-vectors, about 2x faster forward+backward than
+    'sum', per-sample weights): a fused gather of contiguous C-vectors, 1.2-2.8x faster forward+backward than
     grid_sample on CPU, whose NCHW kernel gathers one channel at a time; gradients reach ``rows`` and, through
     the weights, ``py``/``px``.
     """
@@ -94,8 +90,8 @@ def _deform_conv2x2_pure(x, offset, weight, bias):
     Ho, Wo = offset.shape[-2:]
     # (B, 8, Ho, Wo) -> (B, Ho, Wo, tap, yx): one sample point per (output, tap), taps of an output adjacent.
     delta = offset.permute(0, 2, 3, 1).reshape(B, Ho, Wo, 4, 2)
-    tap_row = torch.tensor(_TAP_ROW, device=x.device, dtype=x.dtype)
-    tap_col = torch.tensor(_TAP_COL, device=x.device, dtype=x.dtype)
+    tap = torch.arange(4, device=x.device)  # k = 2*i + j (made on the device: no host-to-device copy per call)
+    tap_row, tap_col = (tap // 2).to(x.dtype), (tap % 2).to(x.dtype)
     # The regular 2x2/s2 position of tap (i, j) of output (oy, ox) is (2*oy + i, 2*ox + j).
     py = (2 * torch.arange(Ho, device=x.device, dtype=x.dtype)).view(Ho, 1, 1) + tap_row + delta[..., 0]
     px = (2 * torch.arange(Wo, device=x.device, dtype=x.dtype)).view(1, Wo, 1) + tap_col + delta[..., 1]

@@ -41,13 +41,15 @@ gpu-check: install
 	$(PY) -m pytest -q -m gpu -rs
 	$(PY) benchmarks/bench_dtm.py --device cuda
 	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode infer
-	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode train
+	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode infer --compile
+	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode train --profile
+	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode train --compile
 
 # Speed figures (side by side in one run; see README "Benchmarking").
 bench: install
 	$(PY) benchmarks/bench_dtm.py --threads 2
 	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 16 --mode infer
-	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 16 --mode train
+	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 16 --mode train --profile
 	$(VENV)/bin/lit bench -v ti --compare pvt_v2_b2 --threads 2 -b 16 --mode infer
 	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 1 --img-size 1024 --repeats 2 --mode infer
 

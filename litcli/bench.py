@@ -37,6 +37,7 @@ class BenchConfig:
     # Train mode builds every model with this stochastic-depth rate, so all pay the same regularisation cost
     # (timm's defaults differ: Swin-T 0.1, LIT 0). 0.1 is timm's Swin-T default.
     drop_path: float = 0.1
+    profile: bool = False  # also profile one step per model: time by kind of op
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ModelBench:
     error: Optional[str] = None
     gmacs: Optional[float] = None  # per image, forward
     peak_mem_mb: Optional[float] = None
+    profile: Optional[Dict] = None
 
     @property
     def median_s(self) -> float:
@@ -60,6 +62,8 @@ class ModelBench:
                'img_per_s_min': self.batch_size / max(self.times), 'img_per_s_max': self.batch_size / min(self.times),
                'ms_per_step': 1000 * med, 'repeats': len(self.times), 'peak_mem_mb': self.peak_mem_mb,
                'gmacs_per_img': self.gmacs}
+        if self.profile is not None:
+            row['profile'] = self.profile
         if self.gmacs is not None:
             # forward = 2 x MACs FLOPs; backward costs about twice the forward (the usual 3x rule for training)
             flops = 2 * self.gmacs * 1e9 * self.batch_size * (3 if mode == 'train' else 1)
@@ -226,6 +230,53 @@ def peak_memory_mb(name: str, model, step, cfg: BenchConfig, batch_size: int, im
     return queue.get() if proc.exitcode == 0 and not queue.empty() else None
 
 
+# Kinds of op for the profile breakdown, matched in order against the profiler's op names (ATen on CPU, kernel
+# names on CUDA); the first pattern found in the lowercased name decides.
+OP_KINDS = (
+    ('conv', ('conv', 'fprop', 'dgrad', 'wgrad')),  # before matmul: cuDNN's conv kernels are "implicit gemm"s
+    ('matmul', ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::addbmm', 'gemm', 'gemv', 'cutlass',
+                'scaled_dot_product', 'sdpa', 'flash', 'fmha', 'efficient_attention', 'sm80_', 'sm90_')),
+    ('sampling', ('embedding_bag', 'index_select', 'grid_sampler', 'index_add', 'gather', 'scatter')),
+    ('norm', ('layer_norm', 'batch_norm')),
+    ('act+softmax', ('gelu', 'softmax', 'silu', 'relu')),
+    ('copy', ('copy_', 'clone', 'cat', 'stack', 'contiguous', '_to_copy')),
+    ('optim', ('adam', 'lerp', 'addcdiv', 'addcmul', 'sqrt')),
+)
+
+
+def op_kind(name: str) -> str:
+    lowered = name.lower()
+    for kind, patterns in OP_KINDS:
+        if any(p in lowered for p in patterns):
+            return kind
+    return 'other'
+
+
+def profile_step(step: Callable[[], None], device: str, top: int = 6) -> Dict:
+    """One step under torch.profiler: self time (device time on CUDA) per kind of op, as ms and share, plus the
+    ``top`` ops. Self times do not double count nested ops, so the kinds add up to the step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+    times: Dict[str, float] = {}
+    for event in prof.key_averages():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us > 0 and not event.key.startswith(('ProfilerStep', 'autograd::engine', 'Optimizer.')):
+            times[event.key] = times.get(event.key, 0.0) + us / 1000
+    total = sum(times.values()) or 1.0
+    kinds: Dict[str, float] = {}
+    for name, ms in times.items():
+        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + ms
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])[:top]
+    return {'total_ms': total, 'kinds_ms': dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+            'kinds_share': {k: v / total for k, v in kinds.items()},
+            'top_ops': [{'op': name, 'ms': ms, 'share': ms / total} for name, ms in ranked]}
+
+
 def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int] = None,
                  count_macs: bool = True, log: Callable[[str], None] = lambda s: None) -> Dict:
     """Build, warm up and time ``names`` interleaved at one input size; OOM halves a model's batch (down to 1)
@@ -262,6 +313,9 @@ def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int]
     if cfg.memory:
         for entry, model, step in live:
             entry.peak_mem_mb = peak_memory_mb(entry.name, model, step, cfg, entry.batch_size, img_size)
+    if cfg.profile:
+        for entry, _, step in live:
+            entry.profile = profile_step(step, cfg.device)
     if count_macs:
         from litcli.flops import analyse_model
         for entry, _, _ in live:
@@ -300,7 +354,8 @@ def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig, sizes: Seq
     return {'mode': cfg.mode, 'device': cfg.device, 'amp': cfg.amp or 'fp32', 'threads': torch.get_num_threads(),
             'batch_size': cfg.batch_size, 'gemm_gflops': gemm, 'warmup': cfg.warmup, 'repeats': cfg.repeats,
             'compile': cfg.compile, 'channels_last': cfg.channels_last,
-            'drop_path': cfg.drop_path if cfg.mode == 'train' else None, 'results': results}
+            'drop_path': cfg.drop_path if cfg.mode == 'train' else None, 'profile': cfg.profile,
+            'results': results}
 
 
 def print_bench(report: Dict, console=None):
@@ -326,8 +381,29 @@ def print_bench(report: Dict, console=None):
                           fmt(100 * r['share_of_gemm'] if r.get('share_of_gemm') else None, '{:.0f}%'),
                           fmt(r.get('ratio_to_first'), '{:.2f}x'))
         console.print(table)
+        if report.get('profile'):
+            print_profile(block, console)
     console.print(f"device GEMM rate: {report['gemm_gflops']:.1f} GFLOP/s; GFLOP/s = 2 x MACs x images (x3 in train "
                   f"mode) / step time.")
+
+
+def print_profile(block: Dict, console):
+    """Share of one profiled step per kind of op, one row per model, and each model's top ops."""
+    from rich.table import Table
+    rows = [r for r in block['rows'] if r.get('profile')]
+    kinds = [k for k, _ in OP_KINDS] + ['other']
+    table = Table(title=f"where the time goes @ {block['img_size']}x{block['img_size']} (one profiled step, % of "
+                        f"self time)")
+    table.add_column('model')
+    for kind in kinds:
+        table.add_column(kind, justify='right')
+    for r in rows:
+        share = r['profile']['kinds_share']
+        table.add_row(r['model'], *[f"{100 * share.get(k, 0):.0f}%" for k in kinds])
+    console.print(table)
+    for r in rows:
+        tops = ', '.join(f"{t['op']} {100 * t['share']:.0f}%" for t in r['profile']['top_ops'])
+        console.print(f"  {r['model']} top ops: {tops}")
 
 
 def plot_sweep(report: Dict, path) -> str:
@@ -368,7 +444,7 @@ def write_csv(report: Dict, path) -> str:
 def run_bench_command(variant: str, compare: Optional[str], mode: str, batch_size: int, img_size: str,
                       amp: Optional[str], compile: bool, channels_last: bool, device: str, threads: Optional[int],
                       warmup: int, repeats: int, memory: bool, as_json: bool, csv_path=None, plot=None,
-                      drop_path: float = 0.1) -> Dict:
+                      drop_path: float = 0.1, profile: bool = False) -> Dict:
     """``lit bench``: validate, measure, print / write."""
     import json
     import sys
@@ -386,7 +462,7 @@ def run_bench_command(variant: str, compare: Optional[str], mode: str, batch_siz
         LITBase._check_size((s, s))
     cfg = BenchConfig(mode=mode, batch_size=batch_size, img_size=sizes[0], device=device, amp=amp, compile=compile,
                       channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats, memory=memory,
-                      drop_path=drop_path)
+                      drop_path=drop_path, profile=profile)
     log = (lambda s: print(s, file=sys.stderr)) if as_json else print
     report = run_bench(name, compared, cfg, sizes, log=log)
     if as_json:

@@ -112,6 +112,8 @@ def bench(
     memory: Annotated[bool, typer.Option(help='Measure peak memory (on CPU: one fresh process per model).')] = True,
     drop_path: Annotated[float, typer.Option(min=0.0, max=1.0, help='Train mode: the same stochastic-depth rate '
                                              'for every model (timm Swin-T default).')] = 0.1,
+    profile: Annotated[bool, typer.Option('--profile', help='Also profile one step per model (torch.profiler): '
+                                          'share of time per kind of op and the top ops.')] = False,
     json_out: Annotated[bool, typer.Option('--json', help='Print JSON instead of tables.')] = False,
     csv: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Also write a CSV.')] = None,
     plot: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Throughput and memory against input size (PNG).')] = None,
@@ -120,7 +122,7 @@ def bench(
     from litcli.bench import run_bench_command
     with user_errors():
         run_bench_command(variant, compare, mode, batch_size, img_size, amp, compile, channels_last, device, threads,
-                          warmup, repeats, memory, json_out, csv, plot, drop_path)
+                          warmup, repeats, memory, json_out, csv, plot, drop_path, profile)
 
 # ---- Train ----
 _H = 'Hyperparameters (default: the recipe of --variant)'

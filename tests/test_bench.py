@@ -47,7 +47,7 @@ def test_oom_halves_batch_then_records(monkeypatch):
 
 def test_cli_json_every_field_positive(tmp_path):
     args = ['bench', '-v', 'ti', '--compare', 'resnet18', '-b', '2', '--img-size', '64', '--repeats', '2',
-            '--warmup', '1', '--json', '--csv', str(tmp_path / 'b.csv')]
+            '--warmup', '1', '--json', '--csv', str(tmp_path / 'b.csv'), '--profile']
     r = CliRunner().invoke(app, args, prog_name='lit')
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout[r.stdout.index('{'):])
@@ -59,6 +59,12 @@ def test_cli_json_every_field_positive(tmp_path):
                     'ratio_to_first'):
             assert row[key] > 0, key
     assert rows[0]['ratio_to_first'] == 1.0
+    # --profile: the kinds of op add up to the profiled step; LIT's time is mostly matmuls, ResNet's convs.
+    for row, main_kind in zip(rows, ('matmul', 'conv')):
+        profile = row['profile']
+        assert sum(profile['kinds_ms'].values()) == pytest.approx(profile['total_ms'])
+        assert max(profile['kinds_share'], key=profile['kinds_share'].get) == main_kind
+        assert profile['top_ops'] and all(op['ms'] > 0 for op in profile['top_ops'])
     assert (tmp_path / 'b.csv').read_text().count('\n') == 3
 
 
@@ -85,3 +91,15 @@ def test_train_mode_gives_every_model_the_same_drop_path():
         assert rates and max(rates) == pytest.approx(0.2), name
     infer = bench.build_model('swin_tiny_patch4_window7_224', bench.BenchConfig(mode='infer'), 224)
     assert max(m.drop_prob for m in infer.modules() if type(m).__name__ == 'DropPath') == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize('op, kind', [('aten::addmm', 'matmul'), ('aten::_embedding_bag', 'sampling'),
+                                      ('torchvision::deform_conv2d', 'conv'), ('aten::gelu_backward', 'act+softmax'),
+                                      ('aten::copy_', 'copy'), ('aten::_fused_adamw_', 'optim'),
+                                      ('aten::native_layer_norm', 'norm'), ('aten::mul', 'other'),
+                                      ('sm90_xmma_gemm_bf16bf16_bf16f32', 'matmul'),
+                                      ('sm80_xmma_fprop_implicit_gemm_tf32', 'conv'), ('aten::scatter_add_', 'sampling'),
+                                      ('void at::native::(anonymous namespace)::CatArrayBatchedCopy', 'copy')])
+def test_op_kinds(op, kind):
+    from litcli.bench import op_kind
+    assert op_kind(op) == kind

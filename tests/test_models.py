@@ -374,3 +374,14 @@ def test_torch_compile_traces_one_graph(variant):
         torch._dynamo.reset()
         explained = torch._dynamo.explain(model.train(train))(x)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_explicit_attention_adds_the_bias_in_fp32_under_autocast():
+    """As the official code: bf16 scores + the fp32 rel-pos bias promote to fp32 before the softmax."""
+    model = timm.create_model('lit_s', img_size=64, num_classes=3, fused_attn=False).eval()
+    seen = []
+    attn = next(m for m in model.modules() if isinstance(m, Attention))
+    attn.attn_drop.register_forward_hook(lambda m, inp, out: seen.append(inp[0].dtype))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        model(torch.randn(1, 3, 64, 64))
+    assert seen == [torch.float32]

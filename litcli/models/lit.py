@@ -152,8 +152,10 @@ class Attention(nn.Module):
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # B, heads, N, N
             if self.rel_pos_grid is not None:
-                # In place: matmul's backward does not need its output, and the add saves a (B, heads, N, N) copy.
-                attn = attn.add_(self.rel_pos_bias(grid_size).unsqueeze(0))
+                bias = self.rel_pos_bias(grid_size).unsqueeze(0)
+                # In place (matmul's backward does not need its output; saves a (B, heads, N, N) tensor) unless
+                # autocast made the scores half precision: then the sum is promoted to fp32, as in the official code.
+                attn = attn.add_(bias) if attn.dtype == bias.dtype else attn + bias
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, C)  # B, N, heads*d

@@ -106,13 +106,17 @@ def build_model(name: str, cfg: BenchConfig, img_size: int):
     import torch
 
     import litcli.models  # noqa: F401
-    kwargs = dict(drop_path_rate=cfg.drop_path) if cfg.mode == 'train' else {}
-    for extra in (dict(img_size=img_size, **kwargs), kwargs, {}):  # CNNs take any size; some lack drop path
+    size = dict(img_size=img_size)
+    drop = dict(drop_path_rate=cfg.drop_path) if cfg.mode == 'train' else {}
+    # CNNs take any size as they are (no img_size argument); a few models have no stochastic depth.
+    attempts = [{**size, **drop}, size, drop, {}]
+    for i, kwargs in enumerate(attempts):
         try:
-            model = timm.create_model(name, **extra)
+            model = timm.create_model(name, **kwargs)
             break
         except TypeError:
-            continue
+            if i == len(attempts) - 1:
+                raise
     model = model.to(cfg.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -233,10 +237,12 @@ def peak_memory_mb(name: str, model, step, cfg: BenchConfig, batch_size: int, im
 # Kinds of op for the profile breakdown, matched in order against the profiler's op names (ATen on CPU, kernel
 # names on CUDA); the first pattern found in the lowercased name decides.
 OP_KINDS = (
-    ('conv', ('conv', 'fprop', 'dgrad', 'wgrad')),  # before matmul: cuDNN's conv kernels are "implicit gemm"s
+    # conv before matmul: cuDNN's conv kernels are "implicit gemm"s
+    ('conv', ('convolution', 'conv2d', 'convolve', 'fprop', 'dgrad', 'wgrad')),
     ('matmul', ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::addbmm', 'gemm', 'gemv', 'cutlass',
                 'scaled_dot_product', 'sdpa', 'flash', 'fmha', 'efficient_attention', 'sm80_', 'sm90_')),
-    ('sampling', ('embedding_bag', 'index_select', 'grid_sampler', 'index_add', 'gather', 'scatter')),
+    # DTM's bilinear sampling, and index gathers such as the relative-position bias's
+    ('gather', ('embedding_bag', 'index_select', 'grid_sampler', 'index_add', 'gather', 'scatter')),
     ('norm', ('layer_norm', 'batch_norm')),
     ('act+softmax', ('gelu', 'softmax', 'silu', 'relu')),
     ('copy', ('copy_', 'clone', 'cat', 'stack', 'contiguous', '_to_copy')),
@@ -315,7 +321,11 @@ def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int]
             entry.peak_mem_mb = peak_memory_mb(entry.name, model, step, cfg, entry.batch_size, img_size)
     if cfg.profile:
         for entry, _, step in live:
-            entry.profile = profile_step(step, cfg.device)
+            try:
+                entry.profile = profile_step(step, cfg.device)
+            except Exception as e:  # noqa: BLE001 (a profiler failure must not discard the timings)
+                entry.profile = {'error': str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}
+                log(f'{entry.name}: profiling failed: {entry.profile["error"]}')
     if count_macs:
         from litcli.flops import analyse_model
         for entry, _, _ in live:
@@ -390,7 +400,9 @@ def print_bench(report: Dict, console=None):
 def print_profile(block: Dict, console):
     """Share of one profiled step per kind of op, one row per model, and each model's top ops."""
     from rich.table import Table
-    rows = [r for r in block['rows'] if r.get('profile')]
+    rows = [r for r in block['rows'] if r.get('profile') and 'error' not in r['profile']]
+    if not rows:
+        return
     kinds = [k for k, _ in OP_KINDS] + ['other']
     table = Table(title=f"where the time goes @ {block['img_size']}x{block['img_size']} (one profiled step, % of "
                         f"self time)")

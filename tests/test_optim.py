@@ -106,3 +106,15 @@ def test_adamw_is_fused_and_updates_like_the_reference():
             opt.zero_grad(set_to_none=True)
     for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_adamw_without_a_fused_kernel_falls_back_before_the_first_step():
+    """torch only checks fused support at the first step, too late to fall back: a parameter on a device without
+    the kernel (here 'meta') must give the plain optimizer up front."""
+    from litcli.optim import fused_kernel_available
+    model = torch.nn.Linear(3, 2)
+    assert fused_kernel_available(model)
+    model_meta = torch.nn.Linear(3, 2, device='meta')
+    assert not fused_kernel_available(model_meta)
+    opt = create_optimizer(model_meta, lr=1e-3, weight_decay=0.05, offset_lr=1e-5)
+    assert not any(g.get('fused') for g in opt.param_groups)

@@ -193,7 +193,8 @@ def check_onnx_export(checkpoint, out: Path, img_size: int):
     assert config['export']['max_abs_diff'] < 1e-4 and config['data_config']['input_size'] == [3, img_size, img_size]
     nodes = onnx.load(str(out)).graph.node
     ops = {n.op_type for n in nodes}
-    assert 'Gather' in ops and 'Loop' not in ops  # the DTM's bilinear taps as Gather + weighted sum, no custom op
+    # The DTM's bilinear taps as Gather + weighted sum (ReduceSum), not embedding_bag's Loop; no custom op.
+    assert {'Gather', 'ReduceSum'} <= ops and 'Loop' not in ops
     assert all(n.domain in ('', 'ai.onnx') for n in nodes)
     # Independently of the exporter's own check: real photos through the eval transform, two batch sizes.
     model, transform, _, _ = load_predictor(checkpoint, img_size=img_size)

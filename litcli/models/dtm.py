@@ -15,7 +15,8 @@ Backends (same parameters, same keys):
 - ``pure``: the 4 taps of every output gathered bilinearly from channels-last rows (one weighted
   ``F.embedding_bag``), then the 2x2 conv as one matmul over (tap, channel). Written by hand because
   torchvision's CPU kernel is ~7x slower for forward+backward; this is the default on CPU. (An earlier
-  ``F.grid_sample`` + conv2d version was ~1.5x slower: grid_sample's NCHW kernel gathers one channel at a time.)
+  ``F.grid_sample`` + conv2d version made LIT-S's DTM layers 1.3-1.5x slower: grid_sample's NCHW kernel gathers
+  one channel at a time.)
 Select one with the module's ``backend`` attribute or the ``LIT_DTM_BACKEND`` environment variable
 (``auto`` | ``torchvision`` | ``pure``).
 """
@@ -32,6 +33,8 @@ __all__ = ['DeformConv2x2', 'DeformableTokenMerging', 'deform_conv2x2', 'torchvi
            'resolve_dtm_backend', 'capture_offsets', 'DTM_BACKENDS']
 
 DTM_BACKENDS = ('auto', 'torchvision', 'pure')
+# torch.export's flag (torch >= 2.6; older releases cannot be inside torch.export's tracing of this code anyway).
+_is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,7 +81,7 @@ def _bilinear_gather(rows, height: int, width: int, py, px):
     weight = weight * inside.to(weight.dtype)
     batch_start = torch.arange(batch, device=py.device).view(batch, 1, 1) * (height * width)
     index = batch_start + ys.clamp(0, height - 1) * width + xs.clamp(0, width - 1)
-    if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+    if torch.onnx.is_in_onnx_export() or _is_exporting():
         # ONNX has no weighted embedding bag (the exporter lowers it to a Loop); Gather + weighted sum is the same.
         return (rows[index.view(-1)].view(-1, 4, rows.shape[1]) * weight.view(-1, 4, 1)).sum(1)
     return F.embedding_bag(index.view(-1, 4), rows, per_sample_weights=weight.view(-1, 4), mode='sum')

@@ -7,11 +7,11 @@ Measured side by side in one run, interleaved (A B C A B C ...) after warm-up, m
 """
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from litcli.bench import interleaved_times
 from litcli.models.dtm import DeformableTokenMerging, deform_conv2x2, torchvision_ops_available
 
 
@@ -55,15 +55,8 @@ def main():
         if dev.type == 'cuda':
             torch.cuda.synchronize()
 
-    for _ in range(args.warmup):
-        for fn in cases.values():
-            step(fn)
-    times = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, fn in cases.items():
-            t0 = time.perf_counter()
-            step(fn)
-            times[name].append(time.perf_counter() - t0)
+    runs = interleaved_times([lambda fn=fn: step(fn) for fn in cases.values()], args.warmup, args.repeats)
+    times = dict(zip(cases, runs))
 
     base = statistics.median(times['plain conv2d 2x2/s2'])
     layout = 'channels-last' if args.channels_last else 'NCHW'

@@ -276,7 +276,8 @@ def profile_step(step: Callable[[], None], device: str, top: int = 6) -> Dict:
     total = sum(times.values()) or 1.0
     kinds: Dict[str, float] = {}
     for name, ms in times.items():
-        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + ms
+        kind = op_kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + ms
     ranked = sorted(times.items(), key=lambda kv: -kv[1])[:top]
     return {'total_ms': total, 'kinds_ms': dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
             'kinds_share': {k: v / total for k, v in kinds.items()},

@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from litcli.errors import CheckpointError
 
@@ -30,10 +30,13 @@ def read_checkpoint(path: PathLike) -> Dict:
         raise CheckpointError(f'checkpoint not found: {path}')
     if path.suffix == '.safetensors':
         return read_safetensors(path)
-    if path.suffix == '.onnx' or path.name.endswith('.torchscript.pt'):
-        kind = 'ONNX' if path.suffix == '.onnx' else 'TorchScript'
-        raise CheckpointError(f'{path} is an exported {kind} model, not a checkpoint; pass the original checkpoint '
+    if path.suffix == '.onnx':
+        raise CheckpointError(f'{path} is an exported ONNX model, not a checkpoint; pass the original checkpoint '
                               f'or a .safetensors export (lit export --format safetensors)')
+    if is_torchscript_file(path):
+        raise CheckpointError(f'{path} is a TorchScript module (lit export --format torchscript), not a checkpoint: '
+                              f'run it with torch.jit.load({str(path)!r}), or pass the checkpoint it was exported '
+                              f'from (or a .safetensors export)')
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
@@ -46,6 +49,19 @@ def read_checkpoint(path: PathLike) -> Dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f'{path} holds a {type(obj).__name__}, not a state dict')
     return obj
+
+
+def is_torchscript_file(path: PathLike) -> bool:
+    """A ``torch.jit.save`` archive (a zip with ``code/`` and ``constants.pkl``), whatever its name."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith('/constants.pkl') or '/code/' in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def save_checkpoint(obj: Dict, path: PathLike):
@@ -103,7 +119,32 @@ def _examples(keys, n=3):
     return ', '.join(keys[:n]) + (f' (+{len(keys) - n} more)' if len(keys) > n else '')
 
 
-def load_checkpoint(path: PathLike, model, strict: bool = True) -> Dict:
+def select_weights(raw: Dict, use_ema: Optional[bool] = None, source: PathLike = 'checkpoint') -> Tuple[Dict, str]:
+    """(checkpoint whose ``'model'`` holds the weights to load, 'ema' or 'model').
+
+    A ``lit train --model-ema`` checkpoint holds the raw weights and their EMA; its metrics (and the choice of
+    ``best.pt``) came from the weights named by ``eval_weights``, so those load by default (files written before
+    that key existed evaluated the EMA whenever they have one). ``use_ema`` True/False overrides.
+    """
+    if not any(isinstance(raw.get(k), dict) for k in ('model', 'state_dict')):
+        raw = {'model': raw}  # a bare (official) state dict: wrapped, so metadata can sit beside the weights
+    has_ema = isinstance(raw.get('ema'), dict) and bool(raw['ema'])
+    if not has_ema and raw.get('weights') in ('ema', 'model'):  # a lit export holds the one set it was made from
+        if use_ema is not None and use_ema != (raw['weights'] == 'ema'):
+            raise CheckpointError(f'{source} is an export of the {"EMA" if raw["weights"] == "ema" else "raw"} '
+                                  f'weights only; drop --{"no-" if use_ema is False else ""}use-ema or export again '
+                                  f'from the training checkpoint')
+        return raw, raw['weights']
+    if use_ema is None:
+        use_ema = has_ema and raw.get('eval_weights', 'ema') == 'ema'
+    if use_ema and not has_ema:
+        raise CheckpointError(f'{source} holds no EMA weights (it was not trained with --model-ema); drop --use-ema')
+    if use_ema:
+        return {**raw, 'model': raw['ema']}, 'ema'
+    return raw, 'model'
+
+
+def load_checkpoint(path: PathLike, model, strict: bool = True, use_ema: Optional[bool] = None) -> Dict:
     """Load weights from ``path`` into ``model`` and return the raw checkpoint (for its metadata).
 
     Accepts official files (bare or ``{'model': ...}``/``{'state_dict': ...}``, ``module.`` prefixes) and
@@ -111,9 +152,9 @@ def load_checkpoint(path: PathLike, model, strict: bool = True) -> Dict:
     that does not fit raises CheckpointError naming the missing/unexpected/mismatched keys and, where it can
     tell, the variant the file belongs to.
     """
-    raw = read_checkpoint(path)
+    raw, weights = select_weights(read_checkpoint(path), use_ema, path)
     apply_checkpoint(raw, model, source=path, strict=strict)
-    return raw
+    return {**raw, 'loaded_weights': weights}
 
 
 def apply_checkpoint(raw: Dict, model, source: PathLike = 'checkpoint', strict: bool = True):
@@ -147,19 +188,22 @@ def apply_checkpoint(raw: Dict, model, source: PathLike = 'checkpoint', strict: 
     model.load_state_dict({k: v for k, v in state_dict.items() if k not in mismatched}, strict=strict)
 
 
-def model_from_checkpoint(path: PathLike, variant: Optional[str] = None, **model_kwargs):
+def model_from_checkpoint(path: PathLike, variant: Optional[str] = None, use_ema: Optional[bool] = None,
+                          **model_kwargs):
     """Build the model a checkpoint belongs to and load it. Returns ``(model, raw_checkpoint)``.
 
     The variant comes from ``variant`` (e.g. 'lit_s'), else from the file (``lit train`` checkpoints record it,
     official files are recognised by their keys). The class count comes from the file's classifier, and a
-    ``lit train`` checkpoint's recorded ``model_kwargs`` are applied (explicit ``model_kwargs`` win).
+    ``lit train`` checkpoint's recorded ``model_kwargs`` are applied (explicit ``model_kwargs`` win). The weights
+    are those ``select_weights`` picks (``use_ema``); ``raw['loaded_weights']`` says which.
     """
     import timm
 
     import litcli.models  # noqa: F401  (registers the variants)
     from litcli.models.lit import _unwrap_state_dict
 
-    raw = read_checkpoint(path)
+    raw, weights = select_weights(read_checkpoint(path), use_ema, path)
+    raw['loaded_weights'] = weights  # which weights the model holds: 'model' or 'ema'
     state_dict = _unwrap_state_dict(raw)
     recorded = raw.get('variant')
     if variant is not None and recorded is not None and variant != recorded:
@@ -220,29 +264,28 @@ def is_train_checkpoint(raw: Dict) -> bool:
 
 def inference_data_config(raw: Dict, model, img_size: Optional[int] = None, crop_pct: Optional[float] = None) -> Dict:
     """The eval preprocessing of a checkpoint's model, as timm data-config keys (input_size, interpolation,
-    crop_pct, crop_mode, mean, std).
+    crop_pct, crop_mode, mean, std; ``crop_mode='pad'``: see litcli.transforms).
 
-    An exported file records it; a ``lit train`` checkpoint gets the run's size, crop and normalisation (the
-    built-in gray sets have their own mean/std, exactly as ``lit eval`` uses them); official files get the
-    variant's registered cfg. ``img_size``/``crop_pct`` override.
+    ``lit train`` checkpoints and exports record the one the run evaluated with (``data_config``); a ``lit train``
+    checkpoint written before that key existed gets it rebuilt from its config (the built-in sets' pad-to-size
+    and mean/std); official files get the variant's registered cfg. ``img_size``/``crop_pct`` override.
     """
     from timm.data import resolve_model_data_config
 
-    if isinstance(raw.get('data_config'), dict):
-        dc = dict(raw['data_config'])
-    elif is_train_checkpoint(raw):
-        from litcli.train import data_config, data_statistics, is_builtin
+    from litcli.transforms import normalize_data_config
+
+    recorded = raw.get('data_config') if isinstance(raw.get('data_config'), dict) else None
+    if is_train_checkpoint(raw):
+        from litcli.train import is_builtin, run_data_config
 
         cfg = raw['config']
-        dc = data_config(cfg, *data_statistics('builtin' if is_builtin(cfg.get('data')) else 'folder'))
+        derived = run_data_config(cfg, 'builtin' if is_builtin(cfg.get('data')) else 'folder')
+        # Exports written before the pad mode existed recorded timm's resize + crop for a padded run: keep their
+        # size, take the run's real preprocessing.
+        stale = recorded is not None and derived['crop_mode'] == 'pad' and recorded.get('crop_mode') != 'pad'
+        dc = {**derived, 'input_size': tuple(recorded['input_size'])} if stale else recorded or derived
+    elif recorded is not None:
+        dc = dict(recorded)
     else:
         dc = resolve_model_data_config(model)
-    if img_size is not None:
-        dc['input_size'] = (3, img_size, img_size)
-    if crop_pct is not None:
-        dc['crop_pct'] = crop_pct
-    out = {k: dc.get(k) for k in ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')}
-    out['crop_mode'] = out['crop_mode'] or 'center'
-    for k in ('input_size', 'mean', 'std'):  # JSON gives lists
-        out[k] = tuple(out[k])
-    return out
+    return normalize_data_config(dc, img_size, crop_pct)

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from litcli.errors import LitError
+from litcli.errors import LitError, one_line
 from litcli.names import CLI_CHOICES, PAPER_VARIANTS, model_name
 from litcli.sizes import check_img_size
 
@@ -40,7 +40,7 @@ class user_errors:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and issubclass(exc_type, (LitError, ValueError)):
-            fail(str(exc), getattr(exc, 'exit_code', 2))  # a ValueError is bad input: usage error, exit 2
+            fail(one_line(str(exc)), getattr(exc, 'exit_code', 2))  # a ValueError is bad input: usage error, exit 2
         return False
 
 
@@ -123,6 +123,11 @@ def bench(
     with user_errors():
         run_bench_command(variant, compare, mode, batch_size, img_size, amp, compile, channels_last, device, threads,
                           warmup, repeats, memory, json_out, csv, plot, drop_path, profile)
+
+def use_ema_option():
+    return typer.Option('--use-ema/--no-use-ema', help='EMA or raw weights of a --model-ema run (default: the '
+                                                     'ones its metrics came from).')
+
 
 # ---- Train ----
 _H = 'Hyperparameters (default: the recipe of --variant)'
@@ -218,7 +223,13 @@ def train(
         help='bfloat16 (default where supported) or float16 (with a grad scaler).')] = None,
     model_ema: Annotated[Optional[bool], typer.Option(
         '--model-ema', rich_help_panel=_H,
-        help='Keep an EMA of the weights (timm ModelEmaV3) and evaluate it.')] = None,
+        help='Keep an EMA of the weights (timm ModelEmaV3), evaluate it and pick best.pt by it.')] = None,
+    model_ema_decay: Annotated[Optional[float], typer.Option(
+        '--model-ema-decay', min=0.0, max=1.0, rich_help_panel=_H,
+        help='EMA decay per optimizer step (0.9998).')] = None,
+    model_ema_warmup: Annotated[Optional[bool], typer.Option(
+        '--model-ema-warmup', rich_help_panel=_H,
+        help='Ramp the EMA decay up over the first steps (timm\'s use_warmup).')] = None,
     channels_last: Annotated[Optional[bool], typer.Option(
         '--channels-last', rich_help_panel=_H,
         help='channels_last memory format.')] = None,
@@ -264,7 +275,8 @@ def train(
         strict_data=strict_data, epochs=epochs, batch_size=batch_size, grad_accum_steps=grad_accum_steps, lr=lr,
         lr_base=lr_base, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, min_lr=min_lr, weight_decay=weight_decay,
         drop_path=drop_path, aa=aa, reprob=reprob, mixup=mixup, cutmix=cutmix, smoothing=smoothing, amp=amp,
-        amp_dtype=amp_dtype, model_ema=model_ema, channels_last=channels_last, torchcompile=torchcompile,
+        amp_dtype=amp_dtype, model_ema=model_ema, model_ema_decay=model_ema_decay, model_ema_warmup=model_ema_warmup,
+        channels_last=channels_last, torchcompile=torchcompile,
         grad_checkpointing=grad_checkpointing, seed=seed, workers=workers, device=device, log_interval=log_interval)
     overrides['clip_grad'] = clip_grad  # 0 turns clipping off
     if aa is not None and aa.lower() in ('none', 'off', ''):
@@ -306,12 +318,13 @@ def eval_(
     out: Annotated[Optional[Path], typer.Option(
         help='Folder for eval.json (default runs/eval/VARIANT-DATA[-N]).')] = None,
     strict_data: Annotated[bool, typer.Option('--strict-data', help='Stop at the first unreadable image.')] = False,
+    use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Top-1/top-5, loss and images/s of a checkpoint on a dataset; writes eval.json."""
     from litcli.evaluate import print_eval, run_eval
     with user_errors():
         result = run_eval(checkpoint, model_name(variant.value) if variant else None, data, data_dir, img_size,
-                          crop_pct, batch_size, workers, device, out, strict_data)
+                          crop_pct, batch_size, workers, device, out, strict_data, use_ema)
     if result is not None:  # None on torchrun ranks other than 0
         print_eval(result)
 
@@ -340,6 +353,7 @@ def predict(
         '--img-size', min=32,
         help='Input size, a multiple of 32 (default: the checkpoint\'s, 224 for official files).')] = None,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
+    use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Top-k classes of images (ImageNet names for 1000-class weights, the run's classes for lit train)."""
     if checkpoint is None:
@@ -348,7 +362,7 @@ def predict(
     from litcli.predict import predict as run_predict, print_predictions
     with user_errors():
         result = run_predict(images, checkpoint, model_name(variant.value) if variant else None, topk, batch_size,
-                             img_size, device)
+                             img_size, device, use_ema)
     print_predictions(result, as_json=json_out)
 
 
@@ -359,7 +373,7 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option('--format', '-f', help='Output format.')],
     out: Annotated[Optional[Path], typer.Option(
         help='Output file (default: next to the checkpoint, e.g. lit_s.safetensors); its JSON config is written '
-             'beside it (lit_s.json).')] = None,
+             'beside it with .json added (lit_s.safetensors.json).')] = None,
     variant: Annotated[Optional[Variant], typer.Option(
         '--variant', '-v',
         help='Model variant (default: recorded in the checkpoint or recognised from its keys).')] = None,
@@ -368,40 +382,53 @@ def export(
         '--img-size', min=32,
         help='Input size of the exported model, a multiple of 32 (default: the checkpoint\'s).')] = None,
     opset: Annotated[int, typer.Option(min=1, help='ONNX opset (18+, the oldest torch\'s exporter writes).')] = 18,
+    use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Deployable model files: safetensors + JSON config, ONNX (checked with onnxruntime) or TorchScript."""
     from litcli.export import export as run_export, print_export
     with user_errors():
         result = run_export(checkpoint, fmt.value, out, model_name(variant.value) if variant else None, force,
-                            img_size, opset)
+                            img_size, opset, use_ema)
     print_export(result)
 
 
 @app.command('viz-offsets', rich_help_panel='Figures')
 def viz_offsets(
-    image: Annotated[Path, typer.Argument(help='Any image PIL reads; resized to --img-size.', exists=True,
-                                          dir_okay=False)],
+    images: Annotated[Optional[list[Path]], typer.Argument(
+        help='Images PIL reads (fed as the checkpoint was trained: resized, or padded for the built-in sets). '
+             'None: --num-images images of different classes from --data.', exists=True, dir_okay=False,
+        show_default=False)] = None,
     variant: Annotated[Optional[Variant], typer.Option('--variant', '-v',
                                                        help='LIT variant (default: from the checkpoint, else ti).')] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help='Official .pth or lit checkpoint.', exists=True,
                                                        dir_okay=False)] = None,
-    img_size: Annotated[int, typer.Option('--img-size', min=32, help='Input size, a multiple of 32.')] = 224,
+    data: Annotated[Optional[str], typer.Option(
+        help='Take the images from a built-in set (fashion-mnist, fashion-mnist-mini: the test split) or a folder '
+             '(its val/ split). Default: the checkpoint\'s own validation data.')] = None,
+    data_dir: Annotated[Optional[Path], typer.Option('--data-dir', help='Folder holding a built-in set\'s files.')] = None,
+    num_images: Annotated[int, typer.Option('--num-images', min=1,
+                                            help='Images from --data, one per class in turn.')] = 4,
+    img_size: Annotated[Optional[int], typer.Option('--img-size', min=32, help='Input size, a multiple of 32 '
+                                                    '(default: the checkpoint\'s, else 224).')] = None,
     tokens: Annotated[str, typer.Option(help="Per-token figures: 'all', 'center' or 'ROW,COL;ROW,COL'.")] = 'all',
     step: Annotated[Optional[int], typer.Option(min=1, help='Overview shows every STEP-th token row/col.')] = None,
     output: Annotated[Path, typer.Option(help='Parent folder of the output folder.')] = Path('runs/viz-offsets'),
     name: Annotated[Optional[str], typer.Option(help='Output folder name (default IMAGE-VARIANT; -2, -3... if taken).')] = None,
     exist_ok: Annotated[bool, typer.Option('--exist-ok', help='Write into an existing folder of that name.')] = False,
-    normalize: Annotated[bool, typer.Option(help='ImageNet mean/std normalisation (the official script had none).')] = True,
+    normalize: Annotated[bool, typer.Option(help='Normalise with the checkpoint\'s mean/std (the official script '
+                                                 'had none).')] = True,
     json_out: Annotated[bool, typer.Option('--json', help='Also write points.json (sampling points, stats).')] = False,
     save_npy: Annotated[bool, typer.Option('--save-npy', help='Also write offsets.npz (raw offsets, points).')] = False,
     summary: Annotated[bool, typer.Option(help='Print per-DTM offset statistics.')] = False,
+    use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Where Deformable Token Merging looks: sampling points traced back onto the image (paper Fig. 2)."""
     from litcli.viz.offsets import run_viz_offsets
     with user_errors():
-        run_viz_offsets(image, model_name(variant.value) if variant else None, checkpoint, output, name, exist_ok,
-                        summary=summary, img_size=img_size, tokens=tokens, normalize=normalize, step=step,
-                        save_json=json_out, save_npy=save_npy)
+        run_viz_offsets(images or (), model_name(variant.value) if variant else None, checkpoint, output, name,
+                        exist_ok, summary=summary, data=data, data_dir=str(data_dir) if data_dir else None,
+                        num_images=num_images, use_ema=use_ema, img_size=img_size, tokens=tokens,
+                        normalize=normalize, step=step, save_json=json_out, save_npy=save_npy)
 
 
 @app.command('attn-maps', rich_help_panel='Figures')
@@ -411,11 +438,15 @@ def attn_maps(
                                                        help='LIT variant (default: from the checkpoint, else s).')] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help='Official .pth or lit checkpoint.', exists=True,
                                                        dir_okay=False)] = None,
-    data: Annotated[Optional[Path], typer.Option(help='ImageFolder tree (its val/ split) or a flat folder of images '
-                                                      '(default: the photos in assets/).')] = None,
+    data: Annotated[Optional[str], typer.Option(help='A built-in set (fashion-mnist, fashion-mnist-mini: the test '
+                                                     'split), an ImageFolder tree (its val/ split) or a flat folder '
+                                                     'of images. Default: the checkpoint\'s own validation data, '
+                                                     'else the photos in assets/.')] = None,
+    data_dir: Annotated[Optional[Path], typer.Option('--data-dir', help='Folder holding a built-in set\'s files.')] = None,
     num_images: Annotated[int, typer.Option('--num-images', help='Images to average over.')] = 100,
     batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 25,
-    img_size: Annotated[int, typer.Option('--img-size', min=32, help='Input size, a multiple of 32.')] = 224,
+    img_size: Annotated[Optional[int], typer.Option('--img-size', min=32, help='Input size, a multiple of 32 '
+                                                    '(default: the checkpoint\'s, else 224).')] = None,
     query: Annotated[Optional[str], typer.Option(help='Query token ROW,COL (default: the centre of each stage).')] = None,
     per_head: Annotated[bool, typer.Option('--per-head', help='Also one PNG per block and head.')] = False,
     save_npy: Annotated[bool, typer.Option('--save-npy', help='Save the mean maps [block, head, N, N] per stage.')] = False,
@@ -426,6 +457,7 @@ def attn_maps(
     name: Annotated[Optional[str], typer.Option(help='Output folder name (-2, -3... if taken).')] = None,
     exist_ok: Annotated[bool, typer.Option('--exist-ok', help='Write into an existing folder of that name.')] = False,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
+    use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Attention of a query token averaged over images per block and head (paper Fig. 3), distance, entropy."""
     from litcli.viz.attention import run_attn_maps
@@ -438,4 +470,4 @@ def attn_maps(
                 fail(f"bad --msa-stages {msa_stages!r}: use stage numbers like 1,2,3,4", 2)
         run_attn_maps(stage, model_name(variant.value) if variant else None, checkpoint, data, num_images,
                       batch_size, img_size, query, per_head, save_npy, json_out, output, name, exist_ok, device,
-                      stages)
+                      stages, data_dir=str(data_dir) if data_dir else None, use_ema=use_ema)

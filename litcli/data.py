@@ -40,7 +40,8 @@ from torchvision.datasets import ImageFolder
 
 from litcli.errors import LitError
 from litcli.images import IMAGE_SUFFIXES, load_image
-from litcli.info import REPO_ASSETS
+from litcli.transforms import apply_transform, pad_or_resize
+from litcli.paths import REPO_ASSETS
 
 BUILTIN_DATASETS = ('fashion-mnist', 'fashion-mnist-mini')
 FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
@@ -155,9 +156,7 @@ class ArrayImageDataset(Dataset):
 
     def __getitem__(self, index):
         img = Image.fromarray(self.images[index], 'L').convert('RGB')
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, int(self.targets[index])
+        return apply_transform(self.transform, img, f'image #{index} of the in-memory set'), int(self.targets[index])
 
 
 class TensorImageDataset(Dataset):
@@ -182,17 +181,8 @@ class TensorImageDataset(Dataset):
 
 
 def to_input_size(images, img_size: int):
-    """uint8 (N, H, W) -> uint8 (N, 1, S, S): zero-padded when S exceeds H and W by an even margin of at most 4
-    (28 -> 32, the background is black), else resized bilinearly with antialiasing."""
-    x = images[:, None]  # N, 1, H, W
-    h, w = x.shape[-2:]
-    pad_h, pad_w = img_size - h, img_size - w
-    if 0 <= pad_h <= 4 and 0 <= pad_w <= 4 and pad_h % 2 == 0 and pad_w % 2 == 0:
-        return F.pad(x, (pad_w // 2, pad_w // 2, pad_h // 2, pad_h // 2))
-    out = [F.interpolate(chunk.float(), size=(img_size, img_size), mode='bilinear', align_corners=False,
-                         antialias=True).round_().clamp_(0, 255).to(torch.uint8)
-           for chunk in x.split(4096)]  # chunks bound the float memory (60k images at 224)
-    return torch.cat(out)
+    """uint8 (N, H, W) -> uint8 (N, 1, S, S) by ``transforms.pad_or_resize`` (28 -> 32 is zero-padded)."""
+    return pad_or_resize(images[:, None], img_size)  # N, 1, S, S
 
 
 def normalize_batch(x, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD, channels: int = 3):
@@ -340,19 +330,25 @@ def _check_empty_classes(dataset, root: Path, what: str):
 
 
 class SkipUnreadable(Dataset):
-    """Wraps an ImageFolder: a sample whose file cannot be read is replaced by the next readable one.
+    """Wraps an ImageFolder (read with ``load_image``) so that files which cannot be opened or decoded are skipped.
 
-    Files are checked only when loaded (no up-front pass over the whole tree). Each failed load is counted in a
-    shared-memory counter, so the count is right with DataLoader workers (fork or spawn) too, and the first
-    failure of each path warns once per process. A trainer reports ``skipped_message()`` at the end of each
-    epoch, then ``reset_skipped()``: in one pass over the data each unreadable file fails once. With
-    ``strict=True`` the first unreadable file raises a LitError naming it.
+    Only a failure to open/decode counts as unreadable: the transform runs after the guard, so an exception there
+    propagates (``TransformError``, naming the image and the step) instead of being blamed on a good file.
+    Training (``replace=True``): an unreadable sample is replaced by the next readable one, so batches keep their
+    size. Evaluation (``replace=False``): it is returned as None and dropped by ``collate_readable``, so every
+    readable image is scored exactly once and an unreadable one not at all.
+
+    Files are checked only when loaded (no up-front pass over the tree). Each unreadable index is flagged in a
+    shared-memory table (exact with DataLoader workers, fork or spawn: setting a flag twice cannot over-count,
+    unlike a shared counter); ``skipped`` is the number of distinct unreadable files met since ``reset_skipped()``,
+    which the trainer calls before every pass. With ``strict=True`` the first unreadable file raises a LitError.
     """
 
-    def __init__(self, dataset, strict: bool = False):
+    def __init__(self, dataset, strict: bool = False, replace: bool = True):
         self.dataset = dataset
         self.strict = strict
-        self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.replace = replace
+        self._unreadable = torch.zeros(len(dataset), dtype=torch.bool).share_memory_()
         self._warned = set()  # per process: paths already warned about
 
     def __len__(self):
@@ -365,35 +361,67 @@ class SkipUnreadable(Dataset):
 
     @property
     def skipped(self) -> int:
-        """Failed loads since the last ``reset_skipped()``, all workers together."""
-        return int(self._skipped.item())
+        """Distinct unreadable files met since the last ``reset_skipped()``, all workers together."""
+        return int(self._unreadable.sum())
+
+    def skipped_paths(self, limit: int = 5) -> List[str]:
+        return [self.dataset.samples[i][0] for i in self._unreadable.nonzero().flatten()[:limit].tolist()]
 
     def reset_skipped(self):
-        self._skipped.zero_()
+        self._unreadable.zero_()
 
     def skipped_message(self) -> Optional[str]:
         n = self.skipped
         if not n:
             return None
-        return (f'skipped {n} unreadable image file(s) in {self.dataset.root} (replaced by the next readable '
-                f'image); fix or remove them, or pass --strict-data to stop at the first one')
+        shown = ', '.join(self.skipped_paths(3)) + (' ...' if n > 3 else '')
+        what = 'replaced by the next readable image' if self.replace else 'left out of the evaluation'
+        return (f'skipped {n} unreadable image file(s) in {self.dataset.root} ({what}): {shown}; fix or remove '
+                f'them, or pass --strict-data to stop at the first one')
+
+    def _load(self, index: int, flag: bool = True):
+        """The decoded image at ``index``, or None when its file cannot be opened or decoded (flagged as skipped
+        when ``flag``: only the index the sampler drew counts, not the neighbours tried in its place)."""
+        path = self.dataset.samples[index][0]
+        try:
+            return self.dataset.loader(path)
+        except LitError as e:  # load_image turns every open/decode failure into a LitError naming the file
+            if self.strict:
+                raise LitError(f'unreadable image {path} ({e}); fix or remove it, or run without --strict-data '
+                               f'to skip such files') from None
+            if flag:
+                self._unreadable[index] = True
+            if path not in self._warned:  # once per file and process; the per-epoch count comes from the flags
+                self._warned.add(path)
+                warnings.warn(f'skipping unreadable image {path}', RuntimeWarning, stacklevel=3)
+            return None
 
     def __getitem__(self, index):
-        n = len(self.dataset)
-        for attempt in range(min(n, 100)):
-            i = (index + attempt) % n
-            try:
-                return self.dataset[i]
-            except (LitError, OSError, ValueError, SyntaxError) as e:  # PIL raises all of these on broken files
-                path = self.dataset.samples[i][0]
-                if self.strict:
-                    raise LitError(f'unreadable image {path} ({e}); fix or remove it, or run without '
-                                   f'--strict-data to skip such files') from None
-                self._skipped += 1
-                if path not in self._warned:
-                    self._warned.add(path)
-                    warnings.warn(f'skipping unreadable image {path}', RuntimeWarning, stacklevel=2)
-        raise LitError(f'100 images in a row could not be read in {self.dataset.root}; check the data folder')
+        img = self._load(index)
+        if img is None:
+            if not self.replace:
+                return None
+            n = len(self.dataset)
+            for attempt in range(1, min(n, 100)):
+                img = self._load((index + attempt) % n, flag=False)
+                if img is not None:
+                    index = (index + attempt) % n
+                    break
+            else:
+                raise LitError(f'100 images in a row could not be read in {self.dataset.root}; check the data folder')
+        path, target = self.dataset.samples[index]
+        x = apply_transform(self.dataset.transform, img, path)
+        if self.dataset.target_transform is not None:
+            target = self.dataset.target_transform(target)
+        return x, target
+
+
+def collate_readable(batch):
+    """default_collate without the None samples of unreadable files (None when the whole batch was unreadable)."""
+    from torch.utils.data import default_collate
+
+    batch = [b for b in batch if b is not None]
+    return default_collate(batch) if batch else None
 
 
 def _folder_datasets(root: Path, train_transform, eval_transform, strict_data: bool):
@@ -416,7 +444,7 @@ def _folder_datasets(root: Path, train_transform, eval_transform, strict_data: b
                            for n, c in (('train', only_train), ('val', only_val)) if c)
         raise LitError(f'train/ and val/ in {root} have different class folders ({detail}); give both the same '
                        f'class subfolders')
-    return SkipUnreadable(train, strict_data), SkipUnreadable(val, strict_data)
+    return SkipUnreadable(train, strict_data), SkipUnreadable(val, strict_data, replace=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -465,7 +493,7 @@ def build_eval_dataset(data: Optional[str], data_dir: Optional[str] = None, tran
             raise LitError(f'data folder {root} has train/ but no val/ subfolder; add {root}/val/<class>/*.jpg or '
                            f'point --data at the folder of class subfolders to evaluate on')
         folder = sub or root_path
-        dataset = SkipUnreadable(_image_folder(folder, transform, split), strict_data)
+        dataset = SkipUnreadable(_image_folder(folder, transform, split), strict_data, replace=split == 'train')
         spec = DataSpec(kind, str(folder), len(dataset.classes), list(dataset.classes),
                         len(dataset) if split == 'train' else 0, len(dataset) if split == 'val' else 0,
                         f'ImageFolder {folder} ({len(dataset.classes)} classes, {len(dataset)} images)')
@@ -526,3 +554,56 @@ def default_small_config() -> dict:
         'model_ema': False,
         'hflip': 0.5,  # and no random crop (augment_batch's default crop_padding=0)
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images to look at (lit attn-maps, lit viz-offsets)
+
+
+@dataclass
+class ImageRef:
+    """One image to run or draw: a file, or an image held in memory by a built-in set."""
+    name: str  # the file's path, or '<set> test image #i'
+    label: Optional[int] = None  # class index when the source has classes
+    pixels: Optional[np.ndarray] = None  # H, W uint8 gray (built-ins)
+
+    def open(self) -> Image.Image:
+        if self.pixels is not None:
+            return Image.fromarray(self.pixels, 'L').convert('RGB')
+        return load_image(self.name)
+
+
+def image_refs(data: Optional[str], data_dir: Optional[str] = None) -> Tuple[List[ImageRef], Optional[List[str]]]:
+    """(images, class names or None) of ``--data`` for the figure commands: a built-in's test split, a folder's
+    ``val/`` (or ``validation/``) split if it has one, else the folder itself; class subfolders give labels, a flat
+    folder of images has none. Files are listed, not opened."""
+    kind, root = resolve_data(data, data_dir)
+    if kind != 'folder':
+        images, labels = _builtin(kind, root, 'test')
+        return ([ImageRef(f'{kind} test image #{i}', int(labels[i]), images[i]) for i in range(len(images))],
+                list(FASHION_MNIST_CLASSES))
+    folder = _split_dir(Path(root), VAL_DIRNAMES) or Path(root)
+    classes, _ = ImageFolderNoHidden.find_classes(folder)
+    if classes:
+        refs = [ImageRef(str(p), c) for c, name in enumerate(classes)
+                for p in sorted((folder / name).rglob('*')) if p.is_file() and _is_image(str(p))]
+    else:
+        refs = [ImageRef(str(p)) for p in sorted(folder.rglob('*')) if p.is_file() and _is_image(str(p))]
+    if not refs:
+        raise LitError(f'no images found under {folder} ({", ".join(IMAGE_SUFFIXES)}); give a folder of images '
+                       f'or an ImageFolder tree')
+    return refs, (classes or None)
+
+
+def one_per_class(refs: Sequence[ImageRef], n: int) -> List[ImageRef]:
+    """``n`` images, the first of each class in turn (different classes first), else the first ``n``."""
+    if not refs or refs[0].label is None:
+        return list(refs[:n])
+    by_class = {}
+    for ref in refs:
+        by_class.setdefault(ref.label, []).append(ref)
+    chosen, depth = [], 0
+    while len(chosen) < n and any(depth < len(v) for v in by_class.values()):
+        chosen += [v[depth] for _, v in sorted(by_class.items()) if depth < len(v)][:n - len(chosen)]
+        depth += 1
+    return chosen

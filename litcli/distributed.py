@@ -274,3 +274,33 @@ def relaunch_with_torchrun(nproc_per_node: int, argv):
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
+
+
+def ignore_stop_signals(worker_id: int = 0):
+    """DataLoader ``worker_init_fn``: a worker leaves SIGTERM/SIGINT sent to the whole job to the main process.
+
+    SLURM preemption, ``timeout``, systemd and Ctrl-C signal every process of the job. A worker killed by SIGTERM
+    makes the main process raise "DataLoader worker ... is killed by signal" before it can save, so workers must
+    survive it; the main process saves at the next step and then stops its workers itself. But SIGTERM is also how
+    the main process stops a worker (``multiprocessing``'s ``terminate()``, used by torch's shutdown and at exit), so
+    a worker that ignored every SIGTERM could hang the exit. Hence: SIGINT is ignored, and SIGTERM is blocked and
+    read by a thread (``sigwaitinfo``) that exits the worker when the sender is the main process and drops it
+    otherwise. Without ``sigwaitinfo`` (macOS) only SIGINT is ignored. Workers also exit when the main process dies
+    (torch's worker loop watches its parent).
+    """
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, 'sigwaitinfo'):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the mask
+
+    def sort_sigterm():
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent:  # terminate() from the main process: stop now
+                os._exit(0)
+            # else: a signal to the whole job; the main process decides (it saves, then shuts us down)
+
+    threading.Thread(target=sort_sigterm, name='lit-sigterm', daemon=True).start()

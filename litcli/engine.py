@@ -59,7 +59,8 @@ def train_one_epoch(
     ``grad_accum_steps``) of the epoch and ``loss_totals`` carries the (loss sum, sample count) up to there.
     After every update ``on_update(state)`` runs (the trainer saves checkpoints there); when it returns True the
     epoch stops at once and the result has ``stopped=True``. Returns the mean train loss, the last lr, images/s,
-    the updated ``num_updates`` and the position (``batch``) reached.
+    the updated ``num_updates`` and the position (``batch``) reached; ``lr`` is the rate of the epoch's last update
+    (per-epoch schedules: the epoch's rate), not the one the schedule set after it.
     """
     model.train()
     total_batches = start_batch + len(loader)
@@ -74,6 +75,7 @@ def train_one_epoch(
         no_sync = getattr(model._orig_mod, 'no_sync', None)
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
+    step_lr = optimizer.param_groups[0]['lr']  # the rate the latest update used (the schedule moves after it)
     for batch_idx, (x, y) in enumerate(loader, start=start_batch):
         if batch_idx >= usable_batches:
             batch_idx -= 1
@@ -103,6 +105,8 @@ def train_one_epoch(
             if clip_grad is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
+        if need_update:
+            step_lr = optimizer.param_groups[0]['lr']
         loss_sum += loss_value * x.shape[0]
         loss_count += x.shape[0]
         images += x.shape[0]
@@ -125,14 +129,14 @@ def train_one_epoch(
             done_here = (batch_idx + 1 - start_batch) // grad_accum_steps
             # 'elapsed' as if the epoch had run from its start at this pace (the reporter's ETA divides by batch)
             on_step(dict(epoch=epoch, step=num_updates, batch=position, total=updates_per_epoch, loss=loss_value,
-                         lr=optimizer.param_groups[0]['lr'], img_per_s=images / max(elapsed, 1e-9),
+                         lr=step_lr, img_per_s=images / max(elapsed, 1e-9),
                          elapsed=elapsed / max(done_here, 1) * position))
         if stopped:
             break
     if device.type == 'cuda':
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    return dict(train_loss=loss_sum / max(loss_count, 1), lr=optimizer.param_groups[0]['lr'],
+    return dict(train_loss=loss_sum / max(loss_count, 1), lr=step_lr,
                 img_per_s=images / max(elapsed, 1e-9), num_updates=num_updates, train_time_s=elapsed,
                 stopped=stopped, batch=batch_idx + 1, loss_totals=(loss_sum, loss_count))
 
@@ -150,7 +154,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_autocast=contex
     loss_fn = nn.CrossEntropyLoss(reduction='sum')
     loss_sum, top1_sum, top5_sum, count = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for x, y in loader:
+    for batch in loader:
+        if batch is None:  # every image of this batch was unreadable (litcli.data.collate_readable)
+            continue
+        x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if batch_transform is not None:
             x = batch_transform(x)

@@ -1,4 +1,5 @@
 """User-facing errors: the CLI prints these as one line (no traceback) and exits non-zero."""
+import re
 
 
 class LitError(Exception):
@@ -15,3 +16,13 @@ class UsageError(LitError):
     """A bad command-line value (exit code 2, like Typer's own usage errors)."""
 
     exit_code = 2
+
+
+def one_line(message: str) -> str:
+    """The message to show for an error. An exception raised in a DataLoader worker reaches the main process
+    re-created with the worker's whole traceback in its message ("Caught LitError in DataLoader worker process 0.
+    Original Traceback ..."); its last line holds the original message."""
+    if 'Original Traceback' in message:
+        last = [line for line in message.strip().splitlines() if line.strip()][-1]
+        message = re.sub(r'^[\w.]+: ', '', last.strip())  # 'litcli.errors.LitError: unreadable image ...'
+    return message

@@ -77,7 +77,7 @@ def _write_onnx(model, name: str, size: int, opset: int) -> Dict:
         import onnxscript  # noqa: F401  (the exporter's op library)
     except ImportError as e:
         raise LitError(f'ONNX export needs the onnx and onnxscript packages ({e.name} is missing); '
-                       f'pip install "lit[export]"')
+                       f'pip install "litcli[export]"')
     example = _inputs(2, size, seed=0)
     batch = torch.export.Dim('batch', min=1, max=4096)
     log = io.StringIO()
@@ -130,7 +130,7 @@ def default_out(checkpoint, fmt: str) -> Path:
 
 
 def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force: bool = False,
-           img_size: Optional[int] = None, opset: int = 18) -> Dict:
+           img_size: Optional[int] = None, opset: int = 18, use_ema: Optional[bool] = None) -> Dict:
     """Export ``checkpoint`` (official ``.pth``, ``lit train`` checkpoint or safetensors) to ``fmt`` at ``out``
     and write the JSON config next to it; returns a summary."""
     from litcli.checkpoint import atomic_write, inference_data_config, is_train_checkpoint, model_from_checkpoint
@@ -163,14 +163,15 @@ def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force:
     if not os.access(out.parent, os.W_OK):
         raise LitError(f'{out.parent} is not writable; choose another --out')
 
-    model, raw = model_from_checkpoint(checkpoint, variant, **({'img_size': img_size} if img_size else {}))
+    model, raw = model_from_checkpoint(checkpoint, variant, use_ema=use_ema,
+                                       **({'img_size': img_size} if img_size else {}))
     _portable(model.eval())
     data_cfg = inference_data_config(raw, model, img_size=img_size)
     size = data_cfg['input_size'][-1]
     variant_name = model.pretrained_cfg.get('architecture')
     config = dict(variant=variant_name, model_kwargs={**(raw.get('model_kwargs') or {}), 'img_size': size},
                   num_classes=model.num_classes, class_names=class_names_for(raw, model.num_classes),
-                  data_config=data_cfg, source=str(checkpoint))
+                  data_config=data_cfg, weights=raw['loaded_weights'], source=str(checkpoint))
     if is_train_checkpoint(raw):  # lets lit eval find the run's data and transforms, as from the checkpoint
         config['config'] = {**raw['config'], 'img_size': size}
 
@@ -191,7 +192,7 @@ def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force:
     except OSError as e:
         raise LitError(f'cannot write {out} ({e.strerror or e}); choose a writable --out')
     return dict(format=fmt, path=str(out), config=str(sidecar), variant=variant_name, img_size=size,
-                num_classes=model.num_classes, bytes=out.stat().st_size, **info)
+                num_classes=model.num_classes, weights=raw['loaded_weights'], bytes=out.stat().st_size, **info)
 
 
 def print_export(result: Dict):

@@ -24,9 +24,7 @@ numbers come from ``FlopCounterMode`` (halved), which ignores norms, so totals a
 """
 import difflib
 import json
-import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from math import prod
@@ -231,7 +229,7 @@ def _count_torch(model, x) -> Count:
         by_operator[name] = by_operator.get(name, 0) + flops // 2
     return Count(mode.get_total_flops() // 2, by_module, by_operator, {}, 'FlopCounterMode/2',
                  notes=['fvcore is not installed: counted with torch FlopCounterMode / 2, which ignores norms '
-                        "(pip install 'lit[flops]' for the paper's counter)"])
+                        "(pip install 'litcli[flops]' for the paper's counter)"])
 
 
 # ---------------------------------------------------------------- attribution
@@ -324,7 +322,7 @@ def flops_report(variant: str, img_sizes: Sequence[Tuple[int, int]] = ((224, 224
         raise BadFlopsInput(f'--batch must be a positive integer, got {batch}')
     names = resolve_model_names([variant, *compare])
     if counter == 'fvcore' and not fvcore_available():
-        raise BadFlopsInput("--counter fvcore needs fvcore: pip install 'lit[flops]'")
+        raise BadFlopsInput("--counter fvcore needs fvcore: pip install 'litcli[flops]'")
     results = []
     for hw in img_sizes:
         for name in names:
@@ -347,12 +345,9 @@ def _public(report: Dict) -> Dict:
 
 def write_json(report: Dict, path: Optional[Path] = None) -> str:
     text = json.dumps(_public(report), indent=2)
-    if path is not None:  # atomic: a crash never leaves a half-written file in place of an old one
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else '.', prefix=f'.{path.name}.')
-        with os.fdopen(fd, 'w') as f:
-            f.write(text + '\n')
-        os.replace(tmp, path)
+    if path is not None:  # atomic, with a normal file's permissions
+        from litcli.checkpoint import atomic_write
+        atomic_write(path, lambda name: Path(name).write_text(text + '\n'))
     return text
 
 

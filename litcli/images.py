@@ -1,6 +1,6 @@
 """Reading user images and turning them into model input with the model's eval transform."""
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from litcli.errors import LitError
 
@@ -10,7 +10,7 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.we
 def load_image(path: Union[str, Path]):
     """Open any image PIL reads (RGB, RGBA, grayscale, palette, 16-bit, EXIF-rotated) as 8-bit RGB."""
     import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
@@ -18,8 +18,13 @@ def load_image(path: Union[str, Path]):
             im.load()
     except FileNotFoundError:
         raise LitError(f'image not found: {path}')
-    except (UnidentifiedImageError, OSError) as e:
-        raise LitError(f'cannot read {path} as an image ({e}); give a JPEG/PNG/... file')
+    except MemoryError:
+        raise
+    except Exception as e:
+        # Opening and decoding only: PIL signals a broken file with UnidentifiedImageError/OSError ("image file
+        # is truncated"), but also SyntaxError (broken PNG chunks), ValueError, EOFError, struct.error and
+        # DecompressionBombError; any of them means this file cannot be read. Transforms run elsewhere.
+        raise LitError(f'cannot read {path} as an image ({type(e).__name__}: {e}); give a JPEG/PNG/... file')
     if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
         # 16/32-bit grayscale: PIL's convert('RGB') would clip at 255; rescale to the full 8-bit range.
         a = np.asarray(im, dtype=np.float64)
@@ -31,13 +36,3 @@ def load_image(path: Union[str, Path]):
         background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
     return im.convert('RGB')
-
-
-def eval_transform(model, img_size: Optional[int] = None, crop_pct: Optional[float] = None,
-                   checkpoint: Optional[dict] = None):
-    """The evaluation transform (resize by crop_pct, center crop, normalise) of ``model``: the one recorded by its
-    ``checkpoint`` (a ``lit train`` run's size and normalisation, an export's config) or else its timm cfg."""
-    from timm.data import create_transform
-
-    from litcli.checkpoint import inference_data_config
-    return create_transform(**inference_data_config(checkpoint or {}, model, img_size, crop_pct), is_training=False)

@@ -3,8 +3,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-REPO_ASSETS = Path(__file__).resolve().parent.parent / 'assets'
-DEFAULT_PHOTO = REPO_ASSETS / 'photos' / 'chelsea.jpg'
+from litcli.paths import DEFAULT_PHOTO
 
 
 def param_counts(model) -> Dict[str, int]:
@@ -20,10 +19,13 @@ def describe_variant(variant: str, image: Optional[Path] = None, img_size: int =
     import torch
 
     import litcli.models  # noqa: F401  (registers the variants)
-    from litcli.images import eval_transform, load_image
+    from litcli.checkpoint import inference_data_config
+    from litcli.images import load_image
+    from litcli.transforms import eval_transform
 
     model = timm.create_model(variant).eval()
-    x = eval_transform(model, img_size)(load_image(image or DEFAULT_PHOTO)).unsqueeze(0)  # 1, 3, H, W
+    transform = eval_transform(inference_data_config({}, model, img_size))
+    x = transform(load_image(image or DEFAULT_PHOTO)).unsqueeze(0)  # 1, 3, H, W
     with torch.inference_mode():
         feats = model.forward_intermediates(x, intermediates_only=True)
         times = []

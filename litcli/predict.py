@@ -21,9 +21,14 @@ def expand_images(inputs: Sequence[str]) -> List[Path]:
         elif p.is_file():
             found = [p]
         else:
-            found = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            matches = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            # A pattern selects images among its matches (labels.txt beside them is not one); a named file is
+            # taken as given, so a bad one gets its own error.
+            found = [f for f in matches if f.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
-                raise LitError(f'{item}: no such file, folder or matching pattern')
+                raise LitError(f'{item}: no such file, folder or matching pattern' if not matches else
+                               f'{item}: {len(matches)} file(s) match but none is an image '
+                               f'({", ".join(IMAGE_SUFFIXES)})')
         paths.extend(found)
     return list(dict.fromkeys(paths))  # drop repeats, keep order
 
@@ -42,24 +47,30 @@ def class_names_for(raw: Dict, num_classes: int) -> Optional[List[str]]:
     return None
 
 
-def load_predictor(checkpoint, variant: Optional[str] = None, img_size: Optional[int] = None):
+def load_predictor(checkpoint, variant: Optional[str] = None, img_size: Optional[int] = None,
+                   use_ema: Optional[bool] = None):
     """(model in eval mode, eval transform, data config, class names) for a checkpoint."""
-    from timm.data import create_transform
+    return _predictor(checkpoint, variant, img_size, use_ema)[:4]
 
+
+def _predictor(checkpoint, variant: Optional[str] = None, img_size: Optional[int] = None,
+               use_ema: Optional[bool] = None):
+    """``load_predictor`` and which weights were loaded ('model' or 'ema')."""
     from litcli.checkpoint import inference_data_config, model_from_checkpoint
+    from litcli.transforms import eval_transform
 
     if img_size is not None:
         check_img_size(img_size, error=LitError)
     # The model is built at the inference size; position tables trained at another size are resampled on load.
-    model, raw = model_from_checkpoint(checkpoint, variant, **({'img_size': img_size} if img_size else {}))
+    model, raw = model_from_checkpoint(checkpoint, variant, use_ema=use_ema,
+                                       **({'img_size': img_size} if img_size else {}))
     model.eval()
-    data_cfg = inference_data_config(raw, model, img_size=img_size)
-    transform = create_transform(**data_cfg, is_training=False)  # = litcli.images.eval_transform; data_cfg is reported
-    return model, transform, data_cfg, class_names_for(raw, model.num_classes)
+    data_cfg = inference_data_config(raw, model, img_size=img_size)  # the run's own eval preprocessing
+    return model, eval_transform(data_cfg), data_cfg, class_names_for(raw, model.num_classes), raw['loaded_weights']
 
 
 def predict(images: Sequence[str], checkpoint, variant: Optional[str] = None, topk: int = 5, batch_size: int = 16,
-            img_size: Optional[int] = None, device: Optional[str] = None) -> Dict:
+            img_size: Optional[int] = None, device: Optional[str] = None, use_ema: Optional[bool] = None) -> Dict:
     """Top-k predictions for every image; returns ``{'model': ..., 'predictions': [{'image', 'topk': [...]}]}``."""
     import torch
 
@@ -67,7 +78,7 @@ def predict(images: Sequence[str], checkpoint, variant: Optional[str] = None, to
     from litcli.train import resolve_device
 
     paths = expand_images(images)
-    model, transform, data_cfg, names = load_predictor(checkpoint, variant, img_size)
+    model, transform, data_cfg, names, weights = _predictor(checkpoint, variant, img_size, use_ema)
     dev = resolve_device({'device': device})
     model.to(dev)
     k = min(topk, model.num_classes)
@@ -83,7 +94,7 @@ def predict(images: Sequence[str], checkpoint, variant: Optional[str] = None, to
                 dict(index=i, label=names[i] if names else f'class {i}', prob=p) for i, p in zip(idx, ps)]))
     info = dict(checkpoint=str(checkpoint), variant=model.pretrained_cfg.get('architecture'),
                 num_classes=model.num_classes, img_size=data_cfg['input_size'][-1], crop_pct=data_cfg['crop_pct'],
-                device=str(dev))
+                crop_mode=data_cfg['crop_mode'], weights=weights, device=str(dev))
     return dict(model=info, predictions=results)
 
 

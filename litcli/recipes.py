@@ -57,6 +57,8 @@ _COMMON = dict(
     amp_dtype=None,           # None: bfloat16 where supported, else float16 (with a grad scaler)
     model_ema=False,
     model_ema_decay=0.9998,
+    model_ema_warmup=False,   # timm's EMA warmup: the decay ramps up over the first steps
+    demo_config=False,        # set by lit train: the built-in demo configuration (a non-paper size)
     channels_last=False,
     torchcompile=False,
     seed=0,
@@ -126,17 +128,19 @@ def _timm_name(variant: str) -> str:
 
 
 def resolve_config(variant: Optional[str] = None, config_file=None, overrides: Optional[Dict[str, Any]] = None,
-                   base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                   base: Optional[Dict[str, Any]] = None, file_cfg: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """recipe(variant) < config file < overrides (None values in ``overrides`` mean "not given").
 
     ``base`` replaces the official recipe as the lowest layer (the built-in small demo config). The variant is
-    taken from the flags, else the file, else ``base``, else LIT-Ti.
+    taken from the flags, else the file, else ``base``, else LIT-Ti. ``file_cfg``: the file's settings, already
+    read (instead of ``config_file``).
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(overrides) - CONFIG_KEYS)
     if unknown:
         raise LitError(f'unknown setting(s) {", ".join(unknown)}')
-    file_cfg = load_config_file(config_file) if config_file is not None else {}
+    if file_cfg is None:
+        file_cfg = load_config_file(config_file) if config_file is not None else {}
     name = variant or overrides.get('variant') or file_cfg.get('variant') or (base or {}).get('variant') or 'lit_ti'
     name = _timm_name(name)
     if base is not None and base.get('variant') == name:

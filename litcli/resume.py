@@ -35,11 +35,17 @@ def find_run_dir(output: Path, name: Optional[str]) -> Path:
     """The run under ``output`` (named ``name`` or its -N copies, if given) with the most recent checkpoint."""
     output = Path(output)
     runs = [d for d in output.glob('*') if (d / 'checkpoints').is_dir() and _resumable_files(d / 'checkpoints')
-            and (name is None or d.name == name or d.name.removeprefix(name + '-').isdigit())]
+            and (name is None or is_run_of(d.name, name))]
     if not runs:
         raise LitError(f'--resume auto found no checkpoints in {output}/{name or "*"}/checkpoints; '
                        f'pass --resume PATH, or the --output/--name of the run')
     return max(runs, key=lambda d: _resumable_files(d / 'checkpoints')[0].stat().st_mtime_ns)
+
+
+def is_run_of(folder_name: str, name: str) -> bool:
+    """Whether a run folder is ``name`` or one of its numbered copies ``name-2``, ``name-3``, ... (which
+    ``new_run_dir`` makes), and nothing else: not another run whose whole name is digits, such as ``20241127``."""
+    return re.fullmatch(re.escape(name) + r'(-[0-9]+)?', folder_name) is not None
 
 
 def is_resumable_checkpoint(raw: Dict) -> bool:
@@ -103,6 +109,34 @@ def save_step_checkpoint(obj: Dict, ckpt_dir: Path, step: int, keep_last: int) -
     for old in step_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return step_path
+
+
+RUN_FILES = ('checkpoints', 'metrics.csv', 'metrics.jsonl', 'curves.png', 'config.yaml', 'env.json')
+
+
+def move_earlier_run_aside(run_dir: Path) -> Optional[Path]:
+    """Move the files of an earlier run in ``run_dir`` (checkpoints, metrics, curves, config) into
+    ``run_dir/replaced-<time>/`` so a new run there never mixes with them (checkpoint pruning, ``best.pt``,
+    ``--resume auto``) and nothing is deleted. Returns that folder, or None when there was nothing to move."""
+    import time
+
+    run_dir = Path(run_dir)
+    present = [run_dir / n for n in RUN_FILES if (run_dir / n).exists() and
+               not ((run_dir / n).is_dir() and not any((run_dir / n).iterdir()))]
+    if not present:
+        return None
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    aside, n = run_dir / f'replaced-{stamp}', 1
+    while True:
+        try:
+            aside.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            aside = run_dir / f'replaced-{stamp}-{n}'
+    for path in present:
+        os.replace(path, aside / path.name)
+    return aside
 
 
 def truncate_metrics(run_dir: Path, before_epoch: int):

@@ -66,18 +66,29 @@ def data_config(cfg: Dict, mean=None, std=None) -> Dict:
     return data_cfg
 
 
-def transforms(cfg: Dict, mean=None, std=None):
-    """timm train transform (RandomResizedCrop, RandAugment, random erasing) and eval transform."""
-    from timm.data import create_transform
+def uses_fast_tensors(cfg: Dict, kind: str) -> bool:
+    """The built-in sets' in-memory tensor path (padded to size, augmented and normalised on the batch)."""
+    return bool(cfg.get('fast_tensors')) and kind != 'folder'
 
-    dc = data_config(cfg, mean, std)
-    train_tf = create_transform(
-        dc['input_size'], is_training=True, auto_augment=cfg['aa'] or None, interpolation=dc['interpolation'],
-        hflip=cfg['hflip'], re_prob=cfg['reprob'], re_mode=cfg['remode'], re_count=cfg['recount'],
-        mean=dc['mean'], std=dc['std'])
-    eval_tf = create_transform(dc['input_size'], is_training=False, interpolation=dc['interpolation'],
-                               crop_pct=dc['crop_pct'], mean=dc['mean'], std=dc['std'])
-    return train_tf, eval_tf
+
+def run_data_config(cfg: Dict, kind: str) -> Dict:
+    """The evaluation preprocessing of a run, recorded in its checkpoints (``data_config``) and rebuilt from there
+    by every command: the tensor path's pad-to-size for the built-in sets, else timm's resize + center crop."""
+    from litcli.transforms import PAD_MODE, normalize_data_config
+
+    dc = data_config(cfg, *data_statistics(kind))
+    if uses_fast_tensors(cfg, kind):
+        dc['crop_mode'] = PAD_MODE
+    return normalize_data_config(dc)
+
+
+def transforms(cfg: Dict, kind: str):
+    """timm train transform (RandomResizedCrop, RandAugment, random erasing) and the run's eval transform."""
+    from litcli.transforms import eval_transform, train_transform
+
+    dc = run_data_config(cfg, kind)
+    train_tf = train_transform(dc, cfg['aa'], cfg['hflip'], cfg['reprob'], cfg['remode'], cfg['recount'])
+    return train_tf, eval_transform(dc)
 
 
 def resolve_device(cfg: Dict):
@@ -153,6 +164,38 @@ def small_base_config() -> Dict[str, Any]:
             model_kwargs[key] = value
     base['model_kwargs'] = model_kwargs
     return base
+
+
+def new_run_config(config_file, overrides: Dict) -> Dict[str, Any]:
+    """The config of a new run: recipe < --config file < flags, where the file's ``data``/``variant`` count exactly
+    like the flags. The small built-in demo configuration is the base only when no variant is given anywhere and
+    the data is built-in (or not given); an explicit variant always gets its own recipe and size."""
+    from litcli.recipes import load_config_file
+
+    file_cfg = load_config_file(config_file) if config_file is not None else {}
+    data = overrides.get('data') or file_cfg.get('data')
+    variant = overrides.get('variant') or file_cfg.get('variant')
+    if variant and data is None:
+        raise LitError(f'--variant {variant.removeprefix("lit_")} without --data would train the 300-epoch '
+                       f'ImageNet recipe of {variant} on Fashion-MNIST upsampled to 224 px (weeks on a CPU); '
+                       f'pass --data DIR (an ImageFolder with train/ and val/), or run lit train with no arguments '
+                       f'for the fast built-in demo')
+    demo = variant is None and is_builtin(data)
+    cfg = resolve_config(overrides=overrides, base=small_base_config() if demo else None, file_cfg=file_cfg)
+    cfg['demo_config'] = demo
+    return cfg
+
+
+def model_size_note(cfg: Dict, model) -> Optional[str]:
+    """One line when the model is not the paper's size of its variant (the demo configuration, model_kwargs)."""
+    kwargs = {k: v for k, v in (cfg.get('model_kwargs') or {}).items() if k != 'img_size'}
+    if not kwargs:
+        return None
+    params = sum(p.numel() for p in model.parameters())
+    shape = ', '.join(f'{k}={tuple(v) if isinstance(v, list) else v}' for k, v in kwargs.items())
+    what = 'the built-in demo configuration' if cfg.get('demo_config') else 'model_kwargs of the config'
+    return (f'model: {what}, the {cfg["variant"]} layout with {shape}: {params / 1e6:.2f}M parameters '
+            f'(not the paper\'s {cfg["variant"]})')
 
 
 def build_model(cfg: Dict, num_classes: int):
@@ -387,8 +430,7 @@ def train(variant: Optional[str] = None, config_file=None, overrides: Optional[D
         cfg = resolve_config(config_file=config_file, overrides=overrides, base=saved)
         cfg['variant'] = saved['variant']
     else:
-        base = small_base_config() if is_builtin(overrides.get('data')) and not overrides.get('variant') else None
-        cfg = resolve_config(config_file=config_file, overrides=overrides, base=base)
+        cfg = new_run_config(config_file, overrides)
     saved_options = (checkpoint or {}).get('run_options') or {}
     save_interval = saved_options.get('save_interval', 0) if save_interval is None else save_interval
     keep_last = saved_options.get('keep_last', 3) if keep_last is None else keep_last
@@ -419,13 +461,14 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
     from timm.utils import random_seed
 
     from litcli.checkpoint import save_checkpoint
-    from litcli.data import build_datasets, resolve_data
+    from litcli.data import build_datasets, collate_readable, resolve_data
     from litcli.distributed import (ResumableSampler, ShardSampler, StopRequest, all_gather_object, all_reduce_sum,
-                                    any_rank, broadcast_object, process_device, train_sampler)
+                                    any_rank, broadcast_object, ignore_stop_signals, process_device, train_sampler)
     from litcli.engine import NonFiniteLossError, autocast_context, evaluate, train_one_epoch
     from litcli.env import collect_env
     from litcli.optim import create_optimizer, create_scheduler
-    from litcli.resume import remove_stale_temporaries, save_step_checkpoint, truncate_metrics
+    from litcli.resume import (is_run_of, move_earlier_run_aside, remove_stale_temporaries, save_step_checkpoint,
+                               truncate_metrics)
     from litcli.rundir import new_run_dir
 
     main_process = world.is_main
@@ -435,10 +478,15 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
     amp_dtype = resolve_amp(cfg, device)
 
     # ---- data: ImageFolder trees through timm transforms; built-ins optionally as batched tensors ----
-    kind, _ = resolve_data(cfg['data'], cfg['data_dir'])
-    fast = bool(cfg['fast_tensors']) and kind != 'folder'
-    train_tf, eval_tf = transforms(cfg, *data_statistics(kind))
-    train_ds, val_ds, spec = build_datasets(cfg['data'], data_dir=cfg['data_dir'], train_transform=train_tf,
+    requested_data, requested_dir = cfg['data'], cfg['data_dir']
+    kind, root = resolve_data(requested_data, requested_dir)
+    # Recorded as absolute paths (a built-in by its name), so lit eval/--resume work from any folder.
+    cfg['data'] = str(Path(root).resolve()) if kind == 'folder' else kind
+    cfg['data_dir'] = str(Path(cfg['data_dir']).resolve()) if cfg['data_dir'] else None
+    fast = uses_fast_tensors(cfg, kind)
+    eval_data_config = run_data_config(cfg, kind)
+    train_tf, eval_tf = transforms(cfg, kind)
+    train_ds, val_ds, spec = build_datasets(requested_data, data_dir=requested_dir, train_transform=train_tf,
                                             eval_transform=eval_tf, strict_data=cfg['strict_data'],
                                             fast_tensors=fast, img_size=cfg['img_size'])
     train_batch_tf, eval_batch_tf = batch_transforms(cfg, fast)
@@ -466,11 +514,12 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
     generator = torch.Generator()  # seeds the loader workers (reseeded every epoch)
     train_loader = DataLoader(train_ds, batch_size=cfg['batch_size'], sampler=sampler, drop_last=True,
                               num_workers=cfg['workers'], pin_memory=device.type == 'cuda', generator=generator,
-                              persistent_workers=cfg['workers'] > 0)
+                              persistent_workers=cfg['workers'] > 0, worker_init_fn=ignore_stop_signals)
     eval_loader = DataLoader(val_ds, batch_size=cfg['batch_size'], shuffle=False,
                              sampler=ShardSampler(len(val_ds), world.rank, world.world_size),
                              num_workers=cfg['workers'], pin_memory=device.type == 'cuda',
-                             persistent_workers=cfg['workers'] > 0)
+                             persistent_workers=cfg['workers'] > 0, worker_init_fn=ignore_stop_signals,
+                             collate_fn=collate_readable)
     updates_per_epoch = len(train_loader) // cfg['grad_accum_steps']
     if updates_per_epoch == 0:
         raise LitError(f'the training set ({len(train_ds)} images) is smaller than one update of '
@@ -479,6 +528,9 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
 
     # ---- model, optimizer, schedule, AMP, EMA ----
     model = build_model(cfg, num_classes)
+    size_note = model_size_note(cfg, model)
+    if size_note:
+        log(size_note)
     if initial_checkpoint is not None and checkpoint is None:
         load_initial_weights(model, initial_checkpoint, num_classes, log)
     if cfg['grad_checkpointing']:
@@ -501,7 +553,7 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
     model_ema = None
     if cfg['model_ema']:
         from timm.utils import ModelEmaV3
-        model_ema = ModelEmaV3(model, decay=cfg['model_ema_decay'])
+        model_ema = ModelEmaV3(model, decay=cfg['model_ema_decay'], use_warmup=cfg['model_ema_warmup'])
     mixup_fn = None
     if use_mixup:
         from timm.data import Mixup
@@ -570,17 +622,18 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
         try:
             resumed_dir = resume_file.parent.parent if checkpoint is not None else None
             if resumed_dir is not None and (resumed_dir / 'config.yaml').exists() and \
-                    (name is None or name == resumed_dir.name or resumed_dir.name.startswith(name + '-')):
+                    (name is None or is_run_of(resumed_dir.name, name)):
                 run_dir = resumed_dir
             else:
                 run_dir = new_run_dir(output, name or f'{cfg["variant"]}-{dataset_label(spec)}', exist_ok=exist_ok)
+            if run_dir == resumed_dir:  # rows of epochs the resumed checkpoint had not finished are written again
+                truncate_metrics(run_dir, start_epoch)
+            else:  # --exist-ok on a used name: the earlier run's files go aside (never mixed, never deleted)
+                moved = move_earlier_run_aside(run_dir)
+                if moved is not None:
+                    log(f'--exist-ok: {run_dir} held an earlier run; its files were moved to {moved}')
             (run_dir / 'checkpoints').mkdir(exist_ok=True)
             remove_stale_temporaries(run_dir / 'checkpoints')
-            if checkpoint is None:  # --exist-ok on a used name: a new run starts new metrics (asked for explicitly)
-                for stale in ('metrics.csv', 'metrics.jsonl', 'curves.png'):
-                    (run_dir / stale).unlink(missing_ok=True)
-            else:  # rows of epochs the resumed checkpoint had not finished are written again
-                truncate_metrics(run_dir, start_epoch)
             import yaml
             (run_dir / 'config.yaml').write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
             env = {**collect_env(), **world.as_dict(), 'git_commit': git_commit(), 'device': str(device),
@@ -623,7 +676,8 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
             epoch=epoch_done, step=num_updates, resume_epoch=resume_epoch, resume_batch=resume_batch,
             epoch_loss_totals=[float(totals[0]), int(totals[1])], best_metric=best_top1, config=_plain(cfg),
             variant=cfg['variant'], model_kwargs=_plain({**(cfg['model_kwargs'] or {}), 'img_size': cfg['img_size']}),
-            class_names=list(spec.class_names), num_classes=num_classes, rng=rngs[0],
+            class_names=list(spec.class_names), num_classes=num_classes, data_config=_plain(eval_data_config),
+            eval_weights='ema' if model_ema is not None else 'model', rng=rngs[0],
             rng_ranks=rngs if world.world_size > 1 else None, world_size=world.world_size, run_options=run_options)
 
     stop = StopRequest()
@@ -653,6 +707,8 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
             skip = start_batch if epoch == start_epoch else 0
             sampler.set_epoch(epoch, skip)
             generator.manual_seed(cfg['seed'] + epoch)
+            for dataset in (train_ds, val_ds):  # unreadable files are counted per epoch
+                getattr(dataset, 'reset_skipped', lambda: None)()
             epoch_start = time.perf_counter()
             reporter.start_epoch(epoch, updates_per_epoch)
             try:
@@ -691,13 +747,15 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
             eval_model = model_ema.module if model_ema is not None else model
             metrics = evaluate(eval_model, eval_loader, device, amp_autocast, channels_last=cfg['channels_last'],
                                batch_transform=eval_batch_tf, world=world)
-            skipped = [m for m in (getattr(d, 'skipped_message', lambda: None)() for d in (train_ds, val_ds)) if m]
-            for message in skipped:
-                log(f'warning: {message}')
+            for dataset in (train_ds, val_ds):
+                skipped = int(all_reduce_sum([getattr(dataset, 'skipped', 0)], world, device)[0])
+                if skipped and main_process:
+                    message = dataset.skipped_message() or f'skipped {skipped} unreadable image file(s)'
+                    log(f'warning (epoch {epoch}, all processes: {skipped}): {message}')
             is_best = best_top1 is None or metrics['top1'] > best_top1
             best_top1 = max(best_top1 or 0.0, metrics['top1'])
             row = dict(epoch=epoch, step=num_updates, train_loss=stats['train_loss'], eval_loss=metrics['loss'],
-                       eval_top1=metrics['top1'], eval_top5=metrics['top5'], lr=optimizer.param_groups[0]['lr'],
+                       eval_top1=metrics['top1'], eval_top5=metrics['top5'], lr=stats['lr'],
                        img_per_s=stats['img_per_s'] * world.world_size, epoch_time_s=time.perf_counter() - epoch_start)
             state = checkpoint_state(epoch, epoch + 1, 0, (0.0, 0))
             if main_process:
@@ -715,7 +773,8 @@ def _train(*, cfg, checkpoint, resume_file, world, device, reporter, output, nam
     if main_process:
         from rich.table import Table
         table = Table(title='lit train summary', show_header=False)
-        table.add_row('model', f'{cfg["variant"]} ({num_classes} classes, {cfg["img_size"]} px)')
+        size = ' demo size' if cfg.get('demo_config') else ' custom size' if size_note else ''
+        table.add_row('model', f'{cfg["variant"]}{size} ({num_classes} classes, {cfg["img_size"]} px)')
         table.add_row('data', dataset_label(spec))
         table.add_row('best top-1', f'{best_top1:.2f}%' if best_top1 is not None else '-')
         table.add_row('epochs', f'{cfg["epochs"]} ({cfg["epochs"] - start_epoch} this run, step {num_updates})')

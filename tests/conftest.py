@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 sys.path.insert(0, str(FIXTURES))  # parity_lib.py, copied from shared/parity
@@ -10,3 +11,17 @@ sys.path.insert(0, str(FIXTURES))  # parity_lib.py, copied from shared/parity
 @pytest.fixture(scope='session')
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory) -> Path:
+    from helpers import make_folder
+    return make_folder(tmp_path_factory.mktemp('data') / 'tiny')
+
+
+@pytest.fixture(scope='module')
+def tiny_config(tmp_path_factory) -> Path:
+    from helpers import TINY
+    path = tmp_path_factory.mktemp('cfg') / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(dict(model_kwargs=TINY, warmup_epochs=1, aa='', reprob=0.0)))
+    return path

@@ -114,7 +114,7 @@ def test_ablations_train_with_lit_train(name, tmp_path):
     from typer.testing import CliRunner
 
     from litcli.cli import app
-    from test_train import TINY, make_folder
+    from helpers import TINY, make_folder
     data = make_folder(tmp_path / 'data', n_train=4, n_val=2)
     cfg = tmp_path / 'tiny.yaml'
     cfg.write_text(yaml.safe_dump(dict(model_kwargs=TINY, warmup_epochs=0, aa='', reprob=0.0, mixup=0.0,

@@ -13,9 +13,9 @@ from PIL import Image
 
 import litcli.models  # noqa: F401
 from litcli.checkpoint import model_from_checkpoint, read_checkpoint, sidecar_path
-from litcli.info import REPO_ASSETS
+from litcli.paths import REPO_ASSETS
 from litcli.predict import load_predictor
-from test_train import lit, one_thread  # noqa: F401  (CLI helper; autouse one-thread fixture)
+from helpers import lit, one_thread  # noqa: F401  (CLI helper; autouse one-thread fixture)
 
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
 CLASSES = ('bluish', 'greenish', 'reddish')  # sorted, as ImageFolder numbers them
@@ -177,7 +177,7 @@ def test_official_pth_to_safetensors_in_one_command(official):
 
 
 needs_onnx = pytest.mark.skipif(bool(ONNX_MISSING), reason=f'ONNX export needs {", ".join(ONNX_MISSING)} '
-                                                           f'(pip install "lit[export]")')
+                                                           f'(pip install "litcli[export]")')
 
 
 def check_onnx_export(checkpoint, out: Path, img_size: int):

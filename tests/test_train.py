@@ -10,60 +10,13 @@ import timm
 import torch
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
 import litcli.models  # noqa: F401
-from litcli.cli import app
+from helpers import TINY, lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
 from litcli.recipes import RECIPE_DIR, RECIPES, resolve_config
 
-TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
 CKPT_KEYS = {'model', 'optimizer', 'scheduler', 'scaler', 'ema', 'epoch', 'step', 'best_metric', 'config',
              'variant', 'model_kwargs', 'class_names', 'num_classes'}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # Tiny models: intra-op threads only add synchronisation cost, badly so on a loaded 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def lit(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={'COLUMNS': '160'}, prog_name='lit')
-    assert 'Traceback' not in result.output, result.output
-    return result
-
-
-def make_folder(root: Path, classes=('cat', 'dog'), n_train=8, n_val=4) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (('train', n_train), ('val', n_val)):
-        for c, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                a[..., c % 3] = 255  # a learnable cue per class
-                Image.fromarray(a).save(d / f'{i}.png')
-    return root
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory) -> Path:
-    return make_folder(tmp_path_factory.mktemp('data') / 'tiny')
-
-
-@pytest.fixture(scope='module')
-def tiny_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp('cfg') / 'tiny.yaml'
-    path.write_text(yaml.safe_dump(dict(model_kwargs=TINY, warmup_epochs=1, aa='', reprob=0.0)))
-    return path
-
-
-def train_args(data, config, output, *extra):
-    return ('train', '--variant', 'ti', '--data', data, '--config', config, '--img-size', 32, '-b', 4, '-j', 0,
-            '--epochs', 1, '--output', output, '--log-interval', 1, *extra)
 
 
 @pytest.fixture(scope='module')

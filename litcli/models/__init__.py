@@ -6,5 +6,5 @@ from .lit import (LIT_ARCHS, Attention, LITBase, LITPvtStyle, LITSwinStyle, MlpB
                   relative_position_index)
 from .swin_dtm import swin_t_dtm
 
-from litcli.names import ABLATIONS, PAPER_VARIANTS  # noqa: F401  (the registered names, in one place)
+from .spec import ABLATIONS, PAPER_VARIANTS, REDUCTION, nearest_valid, size_problem, unwrap_state_dict  # noqa: F401
 

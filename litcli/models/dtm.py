@@ -115,17 +115,21 @@ def deform_conv2x2(x, offset, weight, bias, backend: str = 'auto'):
         backend: ``auto`` | ``torchvision`` | ``pure``.
 
     Returns:
-        (B, C_out, H/2, W/2), computed in at least float32 even under autocast (as the official code does;
-        torchvision's CPU kernel also rejects bf16).
+        (B, C_out, H/2, W/2) in the dtype of ``weight``: computed in at least float32 (as the official code does;
+        torchvision's CPU kernel also rejects bf16), so under autocast (fp32 weights) the result stays fp32, and
+        a model cast to bf16/fp16 gets its own dtype back for the BatchNorm that follows.
     """
     backend = resolve_dtm_backend(backend, x.device)
+    out_dtype = weight.dtype
     dtype = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays fp64
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, offset, weight, bias = (t.to(dtype) for t in (x, offset, weight, bias))
         if backend == 'torchvision':
             from torchvision.ops import deform_conv2d
-            return deform_conv2d(x, offset, weight, bias, stride=2)
-        return _deform_conv2x2_pure(x, offset, weight, bias)
+            out = deform_conv2d(x, offset, weight, bias, stride=2)
+        else:
+            out = _deform_conv2x2_pure(x, offset, weight, bias)
+    return out.to(out_dtype)
 
 
 class DeformConv2x2(nn.Module):

@@ -32,9 +32,8 @@ from timm.models._features import feature_take_indices
 from timm.models.pvt_v2 import Attention as SpatialReductionAttention
 from timm.models.swin_transformer import PatchMerging
 
-from litcli.sizes import REDUCTION, nearest_valid
-
 from .dtm import DeformableTokenMerging
+from .spec import REDUCTION, nearest_valid, unwrap_state_dict
 
 __all__ = ['LITBase', 'LITPvtStyle', 'LITSwinStyle', 'Attention', 'MlpBlock', 'TransformerBlock',
            'checkpoint_filter_fn', 'relative_position_index', 'resize_rel_pos_table', 'LIT_ARCHS']
@@ -563,19 +562,13 @@ class LITSwinStyle(LITBase):
         )
 
 
-def _unwrap_state_dict(state_dict: Dict) -> Dict[str, torch.Tensor]:
-    """Official files may be bare or wrapped as {'model': ...} / {'state_dict': ...}, with a DDP prefix."""
-    for key in ('model', 'state_dict'):
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+_unwrap_state_dict = unwrap_state_dict  # TEMP during the move to core/
 
 
 def checkpoint_filter_fn(state_dict: Dict, model: LITBase) -> Dict[str, torch.Tensor]:
     """Adapt an official or ``lit`` state dict to ``model``: unwrap, then resample position tables whose grid
     differs (a checkpoint trained at 224 loaded into a model built for 384, say). Otherwise a no-op."""
-    state_dict = _unwrap_state_dict(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     target = model.state_dict()
     out = {}
     for k, v in state_dict.items():

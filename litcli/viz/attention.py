@@ -146,24 +146,24 @@ class AttentionMeans:
         return rows
 
 
-def image_files(data: Optional[Path]) -> List[Path]:
-    """Images under ``data``: an ImageFolder tree (its val/ split if present) or a flat folder. Default: the
-    photos in assets/."""
-    from litcli.images import IMAGE_SUFFIXES
-    from litcli.info import REPO_ASSETS
-    root = Path(data) if data is not None else REPO_ASSETS / 'photos'
-    if not root.exists():
-        raise LitError(f'data folder not found: {root}')
-    if not root.is_dir():
-        raise LitError(f'--data must be a folder of images (or an ImageFolder tree), got the file {root}')
-    for split in ('val', 'validation'):
-        if (root / split).is_dir():
-            root = root / split
-            break
-    files = sorted(p for p in root.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise LitError(f'no images found under {root}; give a folder of JPEG/PNG files or an ImageFolder tree')
-    return files
+def figure_data(data: Optional[str], data_dir: Optional[str], raw: Dict, checkpoint) -> Tuple[str, Optional[str], str]:
+    """(data, data_dir, description) of the images a figure command uses: ``data`` if given, else the validation
+    data a ``lit train`` checkpoint records, else the photos in assets/."""
+    from litcli.data import resolve_data
+    from litcli.paths import PHOTOS_DIR
+
+    if data is not None:
+        return data, data_dir, str(data)
+    config = raw.get('config') if isinstance(raw.get('config'), dict) else {}
+    if config.get('data') is None and not config:
+        return str(PHOTOS_DIR), None, 'the photos in assets/'
+    data, data_dir = config.get('data'), config.get('data_dir')
+    try:
+        kind, root = resolve_data(data, data_dir)
+    except LitError as e:
+        raise LitError(f'the data {checkpoint} was trained on ({data}, recorded in the checkpoint) is not available '
+                       f'here ({e}); pass --data') from None
+    return data, data_dir, f'{data or kind} (the checkpoint\'s validation data)'
 
 
 def parse_query(spec: Optional[str], grid: Tuple[int, int]) -> Tuple[int, int]:
@@ -261,12 +261,18 @@ def _distributed() -> Tuple[int, int]:
 
 
 def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint: Optional[Path] = None,
-                  data: Optional[Path] = None, num_images: int = 100, batch_size: int = 25, img_size: int = 224,
-                  query: Optional[str] = None, per_head: bool = False, save_npy: bool = False,
-                  as_json: bool = False, output: Path = Path('runs/attn-maps'), name: Optional[str] = None,
-                  exist_ok: bool = False, device: Optional[str] = None, msa_stages: Optional[Sequence[int]] = None,
-                  seed: int = 0) -> Dict:
-    """The ``lit attn-maps`` command: mean attention maps of chosen stages over images, figures and stats."""
+                  data: Optional[str] = None, num_images: int = 100, batch_size: int = 25,
+                  img_size: Optional[int] = None, query: Optional[str] = None, per_head: bool = False,
+                  save_npy: bool = False, as_json: bool = False, output: Path = Path('runs/attn-maps'),
+                  name: Optional[str] = None, exist_ok: bool = False, device: Optional[str] = None,
+                  msa_stages: Optional[Sequence[int]] = None, seed: int = 0, data_dir: Optional[str] = None,
+                  use_ema: Optional[bool] = None) -> Dict:
+    """The ``lit attn-maps`` command: mean attention maps of chosen stages over images, figures and stats.
+
+    Images: ``data`` (a built-in set's test split, a folder's val/ split or a folder of images), by default the
+    checkpoint's own validation data, else the photos in assets/; each goes through the checkpoint's eval
+    transform at ``img_size`` (default: the checkpoint's size, else 224).
+    """
     import json
     import random
 
@@ -276,32 +282,38 @@ def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint:
     from rich.table import Table
 
     import litcli.models  # noqa: F401
-    from litcli.checkpoint import model_from_checkpoint
-    from litcli.images import eval_transform, load_image
+    from litcli.checkpoint import inference_data_config, model_from_checkpoint
+    from litcli.data import image_refs
     from litcli.models.lit import LITBase
     from litcli.rundir import new_run_dir
+    from litcli.transforms import eval_transform
 
     console = Console(stderr=as_json)
     if num_images < 1:
         raise LitError('--num-images must be at least 1')
-    LITBase._check_size((img_size, img_size))
     kwargs = {'msa_stages': tuple(msa_stages)} if msa_stages else {}
+    if img_size is not None:
+        LITBase._check_size((img_size, img_size))
+        kwargs['img_size'] = img_size
     torch.manual_seed(seed)  # a random-init model is then the same on every torchrun rank and every run
     if checkpoint is not None:
-        model, raw = model_from_checkpoint(checkpoint, variant, **kwargs)
-        weights = f'checkpoint {checkpoint}'
+        model, raw = model_from_checkpoint(checkpoint, variant, use_ema=use_ema, **kwargs)
+        weights = f'checkpoint {checkpoint}' + (' (EMA weights)' if raw['loaded_weights'] == 'ema' else '')
     else:
         model, raw = timm.create_model(variant or 'lit_s', **kwargs), {}
         weights = 'random initialisation'
         console.print('[yellow]No --checkpoint: the maps show a randomly initialised model, not what LIT learned.'
                       '[/yellow]')
+    data_cfg = inference_data_config(raw, model, img_size=img_size)
+    img_size = data_cfg['input_size'][-1]
     arch = model.pretrained_cfg.get('architecture', variant)
     stages = parse_stages(stage, model, arch)
     queries = {s: parse_query(query, (img_size // (4 * 2 ** (s - 1)),) * 2) for s in stages}
     for m in model.modules():
         if hasattr(m, 'fused_attn'):
             m.fused_attn = False  # the probabilities exist only on the explicit path
-    files = image_files(data)
+    data, data_dir, source = figure_data(data, data_dir, raw, checkpoint)
+    files, _ = image_refs(data, data_dir)
     random.Random(seed).shuffle(files)  # a shuffled, reproducible choice across classes
     files = files[:num_images]
     rank, world = _distributed()
@@ -309,11 +321,11 @@ def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint:
     if dev.type == 'cuda' and world > 1:
         dev = torch.device('cuda', torch.cuda.current_device())
     model = model.to(dev).eval()
-    transform = eval_transform(model, img_size, checkpoint=raw)  # the run's own normalisation, if recorded
+    transform = eval_transform(data_cfg)  # the run's own preprocessing, if recorded
     my_files = files[rank::world]
     with AttentionMeans(model, stages, (img_size, img_size)) as acc, torch.no_grad():
         for start in range(0, len(my_files), batch_size):
-            x = torch.stack([transform(load_image(p)) for p in my_files[start:start + batch_size]]).to(dev)
+            x = torch.stack([transform(ref.open()) for ref in my_files[start:start + batch_size]]).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == 'cuda'):
                 model(x)
         if not my_files:  # a rank with no images still takes part in the reduction
@@ -353,7 +365,6 @@ def run_attn_maps(stage: str = 'all', variant: Optional[str] = None, checkpoint:
     if as_json:
         print(json.dumps(result, indent=1))
         return result
-    source = f'{data}' if data is not None else 'the photos in assets/'
     table = Table(title=f'{arch} ({weights}): attention over {result["num_images"]} images from {source}, '
                         f'averaged over heads (min-max over heads)')
     for col in ('stage', 'block', 'heads', 'mean distance px', 'entropy nats (max)'):

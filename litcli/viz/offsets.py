@@ -61,37 +61,56 @@ class OffsetTrace:
     offsets: Dict[str, np.ndarray] = field(default_factory=dict)  # DTM name -> (8, h, w), forward order
 
 
-def open_checked_image(image):
-    """A path or PIL image as RGB, refusing images too small to hold one 32 px token."""
+def open_checked_image(image, min_side: int = 32):
+    """A path, ImageRef or PIL image as RGB, refusing images too small to hold one 32 px token."""
     from PIL import Image
 
     from litcli.images import load_image
-    pil = image.convert('RGB') if isinstance(image, Image.Image) else load_image(image)
-    if min(pil.size) < 32:
-        raise LitError(f'image is {pil.size[0]}x{pil.size[1]} px; LIT needs at least 32 px on each side')
+    if isinstance(image, Image.Image):
+        pil = image.convert('RGB')
+    elif isinstance(image, (str, Path)):
+        pil = load_image(image)
+    else:  # litcli.data.ImageRef
+        pil = image.open()
+    if min(pil.size) < min_side:
+        raise LitError(f'image is {pil.size[0]}x{pil.size[1]} px; LIT needs at least {min_side} px on each side')
     return pil
+
+
+def model_frame(pil, data_config: Dict, img_size: int) -> np.ndarray:
+    """The image as the model sees it before normalisation, (S, S, 3) uint8: zero-padded for a run that pads
+    (the built-in sets, ``crop_mode='pad'``), else the whole image resized to the input size (no crop), as the
+    official script does, so every part of it is shown."""
+    import torch
+    from PIL import Image
+
+    from litcli.transforms import PAD_MODE, pad_or_resize
+
+    if data_config.get('crop_mode') == PAD_MODE:
+        rgb = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)[None]  # 1, 3, H, W
+        return pad_or_resize(rgb, img_size)[0].permute(1, 2, 0).numpy().copy()
+    return np.array(pil.resize((img_size, img_size), Image.BICUBIC), dtype=np.uint8)  # a writable copy
 
 
 def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
                   checkpoint: Optional[Dict] = None) -> OffsetTrace:
-    """Run ``image`` (a path or PIL image) through ``model`` and back-project every top-grid token.
+    """Run ``image`` (a path, ImageRef or PIL image) through ``model`` and back-project every top-grid token.
 
-    ``trace.pixels[r * grid_w + c]`` holds the points of token (r, c). The normalisation is the one the
-    ``checkpoint`` records (a ``lit train`` run on the built-in gray sets has its own), else the model's cfg."""
+    ``trace.pixels[r * grid_w + c]`` holds the points of token (r, c). The preprocessing (pad or resize, and the
+    normalisation) is the one the ``checkpoint`` records (a ``lit train`` run on the built-in gray sets pads and
+    has its own mean/std), else the model's cfg."""
     import torch
-    from PIL import Image
+
     from litcli.checkpoint import inference_data_config
     from litcli.models.dtm import capture_offsets
     from litcli.models.lit import LITBase
 
     LITBase._check_size((img_size, img_size))
-    pil = open_checked_image(image)
-    # Resize the whole image to the input size (no crop), as the official script does, so every part is shown.
-    pil = pil.resize((img_size, img_size), Image.BICUBIC)
-    rgb = np.array(pil, dtype=np.uint8)  # a writable copy
+    cfg = inference_data_config(checkpoint or {}, model, img_size=img_size)
+    pil = open_checked_image(image, min_side=1 if cfg['crop_mode'] == 'pad' else 32)
+    rgb = model_frame(pil, cfg, img_size)
     x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).unsqueeze(0)  # 1, 3, H, W
     if normalize:
-        cfg = inference_data_config(checkpoint or {}, model)
         x = (x - torch.tensor(cfg['mean']).view(1, 3, 1, 1)) / torch.tensor(cfg['std']).view(1, 3, 1, 1)
     device = next(model.parameters()).device
     model.eval()
@@ -140,11 +159,15 @@ def fraction_outside_field(trace: OffsetTrace, cell: int = 32) -> float:
     return float(outside.sum() / max(valid.sum(), 1))
 
 
+MIN_PANEL_PX = 448  # figures of small inputs (32 px) are scaled up to stay readable
+
+
 def _figure(image: np.ndarray, scale: float = 2.0):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     h, w = image.shape[:2]
+    scale = max(scale, MIN_PANEL_PX / min(h, w))
     fig = plt.figure(figsize=(w * scale / 100, h * scale / 100), dpi=100)
     ax = fig.add_axes([0, 0, 1, 1])
     ax.imshow(image, interpolation='nearest')
@@ -224,10 +247,11 @@ def parse_tokens(spec: str, grid: Tuple[int, int]) -> Optional[np.ndarray]:
     return np.array(tokens, dtype=np.int64)
 
 
-def viz_offsets(image: Path, model, out_dir: Path, img_size: int = 224, tokens: str = 'all',
+def viz_offsets(image, model, out_dir: Path, img_size: int = 224, tokens: str = 'all',
                 normalize: bool = True, step: Optional[int] = None, save_json: bool = False,
                 save_npy: bool = False, checkpoint: Optional[Dict] = None) -> Dict:
-    """Write the figures (and optional data files) for one image into ``out_dir``; return paths and stats."""
+    """Write the figures (and optional data files) for one image (a path, ImageRef or PIL image) into
+    ``out_dir``; return paths and stats."""
     grid = (img_size // 32, img_size // 32)
     chosen = parse_tokens(tokens, grid)
     trace = trace_offsets(model, image, img_size=img_size, normalize=normalize, checkpoint=checkpoint)
@@ -247,8 +271,8 @@ def viz_offsets(image: Path, model, out_dir: Path, img_size: int = 224, tokens: 
         draw_token(trace, i, p)
         paths.append(p)
     result = {
-        'image': str(image), 'img_size': img_size, 'normalized': normalize, 'token_grid': list(grid),
-        'points_per_token': int(trace.pixels.shape[1]),
+        'image': str(getattr(image, 'name', image)), 'img_size': img_size, 'normalized': normalize,
+        'token_grid': list(grid), 'points_per_token': int(trace.pixels.shape[1]),
         'dropped_leaving_grid': trace.dropped_in_grids, 'dropped_outside_image': trace.dropped_outside_image,
         'frac_points_outside_field': fraction_outside_field(trace), 'stages': offset_stats(trace),
     }
@@ -269,54 +293,114 @@ def viz_offsets(image: Path, model, out_dir: Path, img_size: int = 224, tokens: 
     return result
 
 
-def run_viz_offsets(image: Path, variant: Optional[str] = None, checkpoint: Optional[Path] = None,
+def _slug(text: str) -> str:
+    """A folder name for an image: its file stem, or 'fashion-mnist-test-17' for an in-memory image."""
+    import re
+    stem = Path(text).stem if '/' in text or '.' in Path(text).name else text
+    return re.sub(r'[^A-Za-z0-9_.-]+', '-', stem).strip('-') or 'image'
+
+
+def run_viz_offsets(images: Sequence = (), variant: Optional[str] = None, checkpoint: Optional[Path] = None,
                     output: Path = Path('runs/viz-offsets'), name: Optional[str] = None, exist_ok: bool = False,
-                    summary: bool = False, **kwargs) -> Dict:
-    """The ``lit viz-offsets`` command: build/load the model, make a fresh output folder, draw, report."""
+                    summary: bool = False, data: Optional[str] = None, data_dir: Optional[str] = None,
+                    num_images: int = 4, use_ema: Optional[bool] = None, img_size: Optional[int] = None,
+                    **kwargs) -> Dict:
+    """The ``lit viz-offsets`` command: build/load the model, make a fresh output folder, draw, report.
+
+    Images: the ``images`` given (paths), else ``num_images`` images of different classes from ``data`` (a
+    built-in set's test split or a folder), by default the checkpoint's own validation data. Each is fed as the
+    checkpoint's eval transform does (the built-in sets are padded), at ``img_size`` (default: the checkpoint's,
+    else 224). One image writes into the output folder; several write a subfolder each.
+    """
     import timm
     from rich.console import Console
     from rich.table import Table
 
     import litcli.models  # noqa: F401
-    from litcli.checkpoint import model_from_checkpoint
+    from litcli.checkpoint import inference_data_config, model_from_checkpoint
+    from litcli.data import image_refs, one_per_class
     from litcli.models.lit import LITBase
     from litcli.rundir import new_run_dir
+    from litcli.viz.attention import figure_data
 
     console = Console()
-    open_checked_image(image)  # fail on a bad image before any model work or folder creation
+    if num_images < 1:
+        raise LitError('--num-images must be at least 1')
+    if images and data is not None:
+        raise LitError('give IMAGE paths or --data, not both')
+    model_kwargs = {}
+    if img_size is not None:
+        LITBase._check_size((img_size, img_size))
+        model_kwargs['img_size'] = img_size
     if checkpoint is not None:
-        model, raw = model_from_checkpoint(checkpoint, variant)
-        source = f'checkpoint {checkpoint}'
+        model, raw = model_from_checkpoint(checkpoint, variant, use_ema=use_ema, **model_kwargs)
+        source = f'checkpoint {checkpoint}' + (' (EMA weights)' if raw['loaded_weights'] == 'ema' else '')
     else:
-        model, raw = timm.create_model(variant or 'lit_ti'), {}
+        model, raw = timm.create_model(variant or 'lit_ti', **model_kwargs), {}
         source = 'random initialisation'
+    arch = model.pretrained_cfg.get('architecture', variant)
+    data_cfg = inference_data_config(raw, model, img_size=img_size)
+    img_size = data_cfg['input_size'][-1]
+    parse_tokens(kwargs.get('tokens', 'all'), (img_size // 32, img_size // 32))  # validate before writing anything
+    pad = data_cfg['crop_mode'] == 'pad'
+    if images:
+        chosen = list(images)
+        for image in chosen:  # fail on a bad image before any model work or folder creation
+            open_checked_image(image, min_side=1 if pad else 32)
+        origin = None
+    else:
+        if checkpoint is None and data is None:
+            raise LitError('give an IMAGE, or --data (a built-in set or a folder) to take images from, or a '
+                           '--checkpoint whose training data to use')
+        data, data_dir, origin = figure_data(data, data_dir, raw, checkpoint)
+        refs, class_names = image_refs(data, data_dir)
+        chosen = one_per_class(refs, num_images)
+    if checkpoint is None:
         console.print('[yellow]No --checkpoint: a randomly initialised LIT has zero offsets (DTM starts as a regular '
                       '2x2 merge), so the figures show the regular grid. Pass a trained checkpoint to see '
                       'learned offsets.[/yellow]')
-    arch = model.pretrained_cfg.get('architecture', variant)
-    img_size = kwargs.get('img_size', 224)
-    LITBase._check_size((img_size, img_size))
-    parse_tokens(kwargs.get('tokens', 'all'), (img_size // 32, img_size // 32))  # validate before writing anything
-    out_dir = new_run_dir(output, name or f'{Path(image).stem}-{arch}', exist_ok=exist_ok)
-    result = viz_offsets(image, model, out_dir, checkpoint=raw, **kwargs)
+    first = str(getattr(chosen[0], 'name', chosen[0]))
+    default_name = f'{_slug(first)}-{arch}' if len(chosen) == 1 else f'{arch}-{len(chosen)}-images'
+    out_dir = new_run_dir(output, name or default_name, exist_ok=exist_ok)
+    per_image = []
+    for image in chosen:
+        label = str(getattr(image, 'name', image))
+        target = out_dir if len(chosen) == 1 else out_dir / _slug(label)
+        target.mkdir(exist_ok=True)
+        r = viz_offsets(image, model, target, checkpoint=raw, img_size=img_size, **kwargs)
+        if getattr(image, 'label', None) is not None and not images:
+            r['label'] = class_names[image.label] if class_names else image.label
+        per_image.append(r)
+    result = dict(per_image[0]) if len(per_image) == 1 else {
+        'images': per_image, 'paths': [p for r in per_image for p in r['paths']]}
     result.update(variant=arch, weights=source, out_dir=str(out_dir))
+    if origin is not None:
+        result['data'] = origin
     if summary:
-        table = Table(title=f'DTM offsets of {arch} ({source}) on {image}')
-        for col in ('DTM', 'grid', 'mean |offset| px', 'max |offset| px', 'taps outside their cell'):
-            table.add_column(col, justify='left' if col == 'DTM' else 'right')
-        for st in result['stages']:
-            table.add_row(st['dtm'].replace('.dconv.conv_offset', ''), 'x'.join(map(str, st['grid'])),
-                          f"{st['mean_abs_offset_px']:.2f}", f"{st['max_abs_offset_px']:.2f}",
-                          f"{100 * st['frac_taps_outside_cell']:.1f}%")
-        console.print(table)
-        console.print(f"points outside their token's regular 32x32 field: "
-                      f"{100 * result['frac_points_outside_field']:.1f}%")
-    dropped = result['dropped_leaving_grid'] + result['dropped_outside_image']
-    if dropped:
-        console.print(f"{dropped} sampling points fell outside the map or image and were dropped "
-                      f"({result['dropped_leaving_grid']} left a DTM grid, {result['dropped_outside_image']} "
-                      f"left the image)")
+        for r in per_image:
+            title = r['image'] + (f' ({r["label"]})' if 'label' in r else '')
+            table = Table(title=f'DTM offsets of {arch} ({source}) on {title}')
+            for col in ('DTM', 'grid', 'mean |offset| px', 'max |offset| px', 'taps outside their cell'):
+                table.add_column(col, justify='left' if col == 'DTM' else 'right')
+            for st in r['stages']:
+                table.add_row(st['dtm'].replace('.dconv.conv_offset', ''), 'x'.join(map(str, st['grid'])),
+                              f"{st['mean_abs_offset_px']:.2f}", f"{st['max_abs_offset_px']:.2f}",
+                              f"{100 * st['frac_taps_outside_cell']:.1f}%")
+            console.print(table)
+            console.print(f"points outside their token's regular 32x32 field: "
+                          f"{100 * r['frac_points_outside_field']:.1f}%")
+    for r in per_image:
+        dropped = r['dropped_leaving_grid'] + r['dropped_outside_image']
+        if dropped:
+            console.print(f"{r['image']}: {dropped} sampling points fell outside the map or image and were dropped "
+                          f"({r['dropped_leaving_grid']} left a DTM grid, {r['dropped_outside_image']} left the "
+                          f"image)")
     console.print(f'wrote {len(result["paths"])} files to {out_dir}:')
+    if len(per_image) > 1:
+        for r in per_image:
+            label = f' ({r["label"]})' if 'label' in r else ''
+            console.print(f'  {Path(r["paths"][0]).parent}: {r["image"]}{label}', soft_wrap=True)
+        return result
     for p in result['paths'][:3]:
         console.print(f'  {p}')
     if len(result['paths']) > 3:

@@ -1,0 +1,48 @@
+"""Shared test helpers: the CLI runner, a tiny ImageFolder maker, a tiny LIT configuration and `lit train` args."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from litcli.cli import app
+
+# A 4-stage LIT-Ti layout small enough to train in a second on a CPU.
+TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    # Tiny models: intra-op threads only add synchronisation cost, badly so on a loaded 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def lit(*args):
+    """Run the CLI in-process; a traceback in its output is always a test failure."""
+    result = CliRunner().invoke(app, [str(a) for a in args], env={'COLUMNS': '160'}, prog_name='lit')
+    assert 'Traceback' not in result.output, result.output
+    return result
+
+
+def make_folder(root: Path, classes=('cat', 'dog'), n_train=8, n_val=4) -> Path:
+    """An ImageFolder tree of random 32x32 PNGs with a learnable colour cue per class."""
+    rng = np.random.default_rng(0)
+    for split, n in (('train', n_train), ('val', n_val)):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                a[..., c % 3] = 255  # a learnable cue per class
+                Image.fromarray(a).save(d / f'{i}.png')
+    return root
+
+
+def train_args(data, config, output, *extra):
+    return ('train', '--variant', 'ti', '--data', data, '--config', config, '--img-size', 32, '-b', 4, '-j', 0,
+            '--epochs', 1, '--output', output, '--log-interval', 1, *extra)

@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
 	  echo "error: could not create $(VENV): install the venv module (Debian: apt-get install python3-venv) and rerun" >&2; exit 1; }
 	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) $(TORCH_PINS)
+	@# The distribution was called `lit` before (PyPI's `lit` is LLVM's tool): an old editable install goes first.
+	-@$(PIP) uninstall --quiet --disable-pip-version-check -y lit 2>/dev/null
 	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[flops,export,dev]'
 	@touch $(STAMP)
 
@@ -32,18 +34,19 @@ demo: install
 	$(VENV)/bin/lit viz-offsets assets/photos/chelsea.jpg --checkpoint runs/demo/$(DEMO_NAME)/checkpoints/best.pt \
 	  --img-size 64 --output runs/demo/$(DEMO_NAME) --name offsets --summary
 
-# The CI suite: everything but GPU-only tests.
+# The CI suite: the import contracts (pyproject.toml [tool.importlinter]), then everything but GPU-only tests.
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not gpu"
 
-# GPU tests and benchmarks, for a machine with CUDA.
-gpu-check: install
-	$(PY) -m pytest -q -m gpu -rs
-	$(PY) benchmarks/bench_dtm.py --device cuda
-	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode infer
-	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode infer --compile
-	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode train --profile
-	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --device cuda -b 64 --amp bf16 --mode train --compile
+# Every GPU claim in one call (benchmarks/gpu_check.py: parts, time limits, JSON report, one table; README
+# "Development"). `make gpu-check` uses .venv (installed first if missing, as `make install`); `make gpu-check
+# PY=python3` uses that Python as it is, installs nothing and runs the package from this source tree (PYTHONPATH):
+# the way to run it on a lent GPU machine with its own stack and no network. Flags: GPU_CHECK_ARGS="--parts dtm,amp
+# --out report.json --quick --device cpu ...". Without a CUDA device it prints one line and fails.
+GPU_CHECK_ARGS ?=
+gpu-check: $(if $(filter command line,$(origin PY)),,install)
+	@PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Speed figures (side by side in one run; see README "Benchmarking").
 bench: install

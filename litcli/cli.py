@@ -1,15 +1,15 @@
-"""The ``lit`` command line. Argument parsing only: every command imports its (torch-heavy) module lazily,
-so ``lit --help`` stays instant. Logic lives in the package and is callable from Python."""
+"""The ``lit`` command line: Typer only. Each command parses its arguments into typed values and calls
+``litcli.commands.<name>.run(...)``, imported lazily so ``lit --help`` stays instant (no torch). A ``LitError`` from
+the package prints as one line with its exit code; any other exception is a bug and keeps its traceback."""
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple, Union
 
 import typer
 from typing_extensions import Annotated
 
-from litcli.errors import LitError, one_line
-from litcli.names import CLI_CHOICES, PAPER_VARIANTS, model_name
-from litcli.sizes import check_img_size
+from litcli.core.config import CLI_CHOICES, PAPER_VARIANTS, model_name
+from litcli.core.errors import LitError, UsageError, one_line
 
 app = typer.Typer(
     name='lit',
@@ -33,22 +33,73 @@ def fail(message: str, code: int = 1):
 
 
 class user_errors:
-    """Context manager that turns LitError/ValueError from the package into a one-line CLI error."""
+    """Context manager that turns a LitError from the package into a one-line error and its exit code (1; 2 for a
+    UsageError). Anything else is a bug: it propagates with its traceback."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, (LitError, ValueError)):
-            fail(one_line(str(exc)), getattr(exc, 'exit_code', 2))  # a ValueError is bad input: usage error, exit 2
+        if exc_type is not None and issubclass(exc_type, LitError):
+            fail(one_line(str(exc)), exc.exit_code)
         return False
+
+
+# ---- parsing command-line strings into typed values (no torch) ----
+def parse_names(text: Optional[str]) -> List[str]:
+    """'a, b,c' -> ['a', 'b', 'c']; None -> []."""
+    return [part.strip() for part in (text or '').split(',') if part.strip()]
+
+
+def parse_ints(text: Optional[str], what: str, example: str = '1,2') -> List[int]:
+    """'1,2' -> [1, 2]; a UsageError naming ``what`` otherwise."""
+    try:
+        return [int(part) for part in parse_names(text)]
+    except ValueError:
+        raise UsageError(f'{what} {text!r}: give whole numbers, e.g. {example}') from None
+
+
+def parse_sizes(text: str, what: str = '--img-size') -> List[Tuple[int, int]]:
+    """'224' | '224x320' | '224,512,800x1344' -> [(224, 224), (512, 512), (800, 1344)]."""
+    sizes = []
+    for item in (part.strip() for part in str(text).split(',')):
+        parts = item.lower().split('x')
+        if not item or len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+            raise UsageError(f"{what} {item!r} is not a size: use N or HxW (e.g. 224 or 800x1344), "
+                             "comma-separated for a sweep")
+        sizes.append((int(parts[0]), int(parts[-1])))
+    return sizes
+
+
+def parse_token(text: str, what: str) -> Tuple[int, int]:
+    """'ROW,COL' -> (row, col)."""
+    try:
+        r, c = (int(v) for v in text.split(','))
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: use ROW,COL (e.g. '3,3')") from None
+    return r, c
+
+
+def parse_tokens(text: str) -> Union[str, List[Tuple[int, int]]]:
+    """'all' | 'center' | 'ROW,COL;ROW,COL' -> 'all' | 'center' | [(row, col), ...]."""
+    if text.strip().lower() in ('all', 'center', 'centre'):
+        return text.strip().lower()
+    tokens = [parse_token(part, 'token') for part in filter(None, (p.strip() for p in text.split(';')))]
+    if not tokens:
+        raise UsageError("no token given: use 'all', 'center' or ROW,COL[;ROW,COL...]")
+    return tokens
+
+
+def variant_name(variant) -> Optional[str]:
+    """The registered name of a Variant choice (None stays None)."""
+    return model_name(variant.value) if variant is not None else None
 
 
 @app.command(rich_help_panel='Inspect')
 def env(json: Annotated[bool, typer.Option('--json', help='Machine-readable output.')] = False):
     """Versions, devices, and which DTM backend is active."""
-    from litcli.env import print_env
-    print_env(as_json=json)
+    from litcli.commands import env as command
+    command.run(as_json=json)
 
 
 @app.command(rich_help_panel='Inspect')
@@ -59,10 +110,11 @@ def info(
     img_size: Annotated[int, typer.Option('--img-size', min=32, help='Input size (a multiple of 32).')] = 224,
 ):
     """Structure, exact parameter counts and a timed forward pass of each variant on a real photo."""
-    from litcli.info import print_info
+    from litcli.commands import info as command
+    from litcli.core.config import checked_img_size
     variants = list(PAPER_VARIANTS) if variant.value == 'all' else [model_name(variant.value)]
     with user_errors():
-        print_info(variants, image, img_size)
+        command.run(variants, image, checked_img_size(img_size))
 
 
 @app.command(rich_help_panel='Inspect')
@@ -87,10 +139,10 @@ def flops(
     plot: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Save GMACs against input size as a PNG.')] = None,
 ):
     """Parameters and FLOPs (as MACs, the papers' convention), per stage: MLP / attention / DTM."""
-    from litcli.flops import run_flops_command
+    from litcli.commands import flops as command
     with user_errors():
-        run_flops_command(variant, img_size, batch, compare, two_x, depth, counter, json_out, json_file, plot,
-                          remove_msa)
+        command.run(model_name(variant), parse_sizes(img_size), batch, parse_names(compare), two_x, depth, counter,
+                    json_out, json_file, plot, parse_ints(remove_msa, '--remove-msa') if remove_msa else None)
 
 
 
@@ -119,10 +171,14 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Throughput and memory against input size (PNG).')] = None,
 ):
     """Images/s, ms/step, peak memory and share of the device's GEMM rate, models timed interleaved."""
-    from litcli.bench import run_bench_command
+    from litcli.commands import bench as command
+    from litcli.core.benchmark import BenchConfig
     with user_errors():
-        run_bench_command(variant, compare, mode, batch_size, img_size, amp, compile, channels_last, device, threads,
-                          warmup, repeats, memory, json_out, csv, plot, drop_path, profile)
+        sizes = parse_ints(img_size, '--img-size', '224,384,512')
+        cfg = BenchConfig(mode=mode, batch_size=batch_size, img_size=sizes[0] if sizes else 224, device=device,
+                          amp=amp, compile=compile, channels_last=channels_last, threads=threads, warmup=warmup,
+                          repeats=repeats, memory=memory, drop_path=drop_path, profile=profile)
+        command.run(model_name(variant), parse_names(compare), cfg, sizes, json_out, csv, plot)
 
 def use_ema_option():
     return typer.Option('--use-ema/--no-use-ema', help='EMA or raw weights of a --model-ema run (default: the '
@@ -130,7 +186,7 @@ def use_ema_option():
 
 
 # ---- Train ----
-_H = 'Hyperparameters (default: the recipe of --variant)'
+HYPER = 'Hyperparameters (default: the recipe of --variant)'
 
 
 @app.command(rich_help_panel='Train')
@@ -167,79 +223,79 @@ def train(
     strict_data: Annotated[Optional[bool], typer.Option(
         '--strict-data',
         help='Stop at the first unreadable image instead of skipping it.')] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=_H, help='Epochs (300).')] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=HYPER, help='Epochs (300).')] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        '--batch-size', '-b', min=1, rich_help_panel=_H,
+        '--batch-size', '-b', min=1, rich_help_panel=HYPER,
         help='Per-device batch (128).')] = None,
     grad_accum_steps: Annotated[Optional[int], typer.Option(
-        '--grad-accum-steps', min=1, rich_help_panel=_H,
+        '--grad-accum-steps', min=1, rich_help_panel=HYPER,
         help='Batches per optimizer update (1).')] = None,
     lr: Annotated[Optional[float], typer.Option(
-        min=0.0, rich_help_panel=_H,
+        min=0.0, rich_help_panel=HYPER,
         help='Absolute peak LR. Default: --lr-base x global batch / 512 (global = batch x processes x accum): 1e-3'
              ' at 1024.')] = None,
     lr_base: Annotated[Optional[float], typer.Option(
-        '--lr-base', min=0.0, rich_help_panel=_H,
+        '--lr-base', min=0.0, rich_help_panel=HYPER,
         help='LR at global batch 512, scaled linearly (5e-4).')] = None,
     warmup_epochs: Annotated[Optional[int], typer.Option(
-        '--warmup-epochs', min=0, rich_help_panel=_H,
+        '--warmup-epochs', min=0, rich_help_panel=HYPER,
         help='Linear warmup epochs (Ti 5, S/M/B 20).')] = None,
     warmup_lr: Annotated[Optional[float], typer.Option(
-        '--warmup-lr', min=0.0, rich_help_panel=_H,
+        '--warmup-lr', min=0.0, rich_help_panel=HYPER,
         help='Warmup start LR. Ti: absolute 1e-6; S/M/B: 5e-7 scaled by global batch/512 (1e-6 at 1024).')] = None,
     min_lr: Annotated[Optional[float], typer.Option(
-        '--min-lr', min=0.0, rich_help_panel=_H,
+        '--min-lr', min=0.0, rich_help_panel=HYPER,
         help='Cosine floor, shared by all groups (so the offset group stays at it). Ti: absolute 1e-5; S/M/B: 5e-6'
              ' scaled by global batch/512 (1e-5 at 1024).')] = None,
     weight_decay: Annotated[Optional[float], typer.Option(
-        '--weight-decay', min=0.0, rich_help_panel=_H,
+        '--weight-decay', min=0.0, rich_help_panel=HYPER,
         help='AdamW weight decay (0.05; none on 1-D params, biases, cls token, rel-pos tables).')] = None,
     drop_path: Annotated[Optional[float], typer.Option(
-        '--drop-path', min=0.0, max=1.0, rich_help_panel=_H,
+        '--drop-path', min=0.0, max=1.0, rich_help_panel=HYPER,
         help='Stochastic depth (Ti .1, S .2, M .3, B .5).')] = None,
     clip_grad: Annotated[Optional[float], typer.Option(
-        '--clip-grad', min=0.0, rich_help_panel=_H,
+        '--clip-grad', min=0.0, rich_help_panel=HYPER,
         help='Global grad-norm clip (S/M/B 5.0, Ti none; 0 = off).')] = None,
     aa: Annotated[Optional[str], typer.Option(
-        rich_help_panel=_H,
+        rich_help_panel=HYPER,
         help="timm auto-augment policy (rand-m9-mstd0.5-inc1; 'none' = off).")] = None,
     reprob: Annotated[Optional[float], typer.Option(
-        min=0.0, max=1.0, rich_help_panel=_H,
+        min=0.0, max=1.0, rich_help_panel=HYPER,
         help='Random-erasing probability (0.25).')] = None,
     mixup: Annotated[Optional[float], typer.Option(
-        min=0.0, rich_help_panel=_H,
+        min=0.0, rich_help_panel=HYPER,
         help='Mixup alpha (0.8; 0 = off).')] = None,
     cutmix: Annotated[Optional[float], typer.Option(
-        min=0.0, rich_help_panel=_H,
+        min=0.0, rich_help_panel=HYPER,
         help='CutMix alpha (1.0; 0 = off).')] = None,
     smoothing: Annotated[Optional[float], typer.Option(
-        min=0.0, max=1.0, rich_help_panel=_H,
+        min=0.0, max=1.0, rich_help_panel=HYPER,
         help='Label smoothing (0.1).')] = None,
     amp: Annotated[Optional[bool], typer.Option(
-        '--amp/--no-amp', rich_help_panel=_H,
+        '--amp/--no-amp', rich_help_panel=HYPER,
         help='Autocast (default: on for CUDA, off on CPU).')] = None,
     amp_dtype: Annotated[Optional[str], typer.Option(
-        '--amp-dtype', rich_help_panel=_H,
+        '--amp-dtype', rich_help_panel=HYPER,
         help='bfloat16 (default where supported) or float16 (with a grad scaler).')] = None,
     model_ema: Annotated[Optional[bool], typer.Option(
-        '--model-ema', rich_help_panel=_H,
+        '--model-ema', rich_help_panel=HYPER,
         help='Keep an EMA of the weights (timm ModelEmaV3), evaluate it and pick best.pt by it.')] = None,
     model_ema_decay: Annotated[Optional[float], typer.Option(
-        '--model-ema-decay', min=0.0, max=1.0, rich_help_panel=_H,
+        '--model-ema-decay', min=0.0, max=1.0, rich_help_panel=HYPER,
         help='EMA decay per optimizer step (0.9998).')] = None,
     model_ema_warmup: Annotated[Optional[bool], typer.Option(
-        '--model-ema-warmup', rich_help_panel=_H,
+        '--model-ema-warmup', rich_help_panel=HYPER,
         help='Ramp the EMA decay up over the first steps (timm\'s use_warmup).')] = None,
     channels_last: Annotated[Optional[bool], typer.Option(
-        '--channels-last', rich_help_panel=_H,
+        '--channels-last', rich_help_panel=HYPER,
         help='channels_last memory format.')] = None,
     torchcompile: Annotated[Optional[bool], typer.Option(
-        '--torchcompile', rich_help_panel=_H,
+        '--torchcompile', rich_help_panel=HYPER,
         help='torch.compile the model.')] = None,
     grad_checkpointing: Annotated[Optional[bool], typer.Option(
-        '--grad-checkpointing', rich_help_panel=_H,
+        '--grad-checkpointing', rich_help_panel=HYPER,
         help='Activation checkpointing (on for B).')] = None,
-    seed: Annotated[Optional[int], typer.Option(rich_help_panel=_H, help='Random seed (0).')] = None,
+    seed: Annotated[Optional[int], typer.Option(rich_help_panel=HYPER, help='Random seed (0).')] = None,
     workers: Annotated[Optional[int], typer.Option(
         '--workers', '-j', min=0,
         help='DataLoader worker processes (4).')] = None,
@@ -266,10 +322,11 @@ def train(
     if nproc_per_node is not None:
         import sys
 
-        from litcli.distributed import relaunch_with_torchrun
+        from litcli.core.runtime import relaunch_with_torchrun
         with user_errors():
             relaunch_with_torchrun(nproc_per_node, sys.argv)
-    from litcli.train import TrainingStopped, train as run_train
+    from litcli.commands import train as command
+    from litcli.core.runtime import TrainingStopped
     overrides = dict(
         data=data, data_dir=str(data_dir) if data_dir else None, num_classes=num_classes, img_size=img_size,
         strict_data=strict_data, epochs=epochs, batch_size=batch_size, grad_accum_steps=grad_accum_steps, lr=lr,
@@ -282,12 +339,10 @@ def train(
     if aa is not None and aa.lower() in ('none', 'off', ''):
         overrides['aa'] = ''
     with user_errors():
-        if img_size is not None:
-            check_img_size(img_size)
         try:
-            run_train(model_name(variant.value) if variant else None, config, overrides, resume=resume,
-                      initial_checkpoint=initial_checkpoint, name=name, output=output, exist_ok=exist_ok,
-                      save_interval=save_interval, keep_last=keep_last, sync_bn=sync_bn)
+            command.run(variant_name(variant), config, overrides, resume=resume, initial_checkpoint=initial_checkpoint,
+                        name=name, output=output, exist_ok=exist_ok, save_interval=save_interval,
+                        keep_last=keep_last, sync_bn=sync_bn)
         except TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved, resume command already printed
             raise typer.Exit(e.exit_code)
 
@@ -321,12 +376,12 @@ def eval_(
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Top-1/top-5, loss and images/s of a checkpoint on a dataset; writes eval.json."""
-    from litcli.evaluate import print_eval, run_eval
+    from litcli.commands import eval as command
     with user_errors():
-        result = run_eval(checkpoint, model_name(variant.value) if variant else None, data, data_dir, img_size,
-                          crop_pct, batch_size, workers, device, out, strict_data, use_ema)
+        result = command.run(checkpoint, variant_name(variant), data, str(data_dir) if data_dir else None, img_size,
+                             crop_pct, batch_size, workers, device, out, strict_data, use_ema)
     if result is not None:  # None on torchrun ranks other than 0
-        print_eval(result)
+        command.print_result(result)
 
 
 # ---- Deploy ----
@@ -359,11 +414,10 @@ def predict(
     if checkpoint is None:
         fail('lit predict needs trained weights: pass --checkpoint PATH (random weights make meaningless '
              'predictions)', 2)
-    from litcli.predict import predict as run_predict, print_predictions
+    from litcli.commands import predict as command
     with user_errors():
-        result = run_predict(images, checkpoint, model_name(variant.value) if variant else None, topk, batch_size,
-                             img_size, device, use_ema)
-    print_predictions(result, as_json=json_out)
+        result = command.run(images, checkpoint, variant_name(variant), topk, batch_size, img_size, device, use_ema)
+    command.print_result(result, as_json=json_out)
 
 
 @app.command(rich_help_panel='Deploy')
@@ -385,11 +439,10 @@ def export(
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Deployable model files: safetensors + JSON config, ONNX (checked with onnxruntime) or TorchScript."""
-    from litcli.export import export as run_export, print_export
+    from litcli.commands import export as command
     with user_errors():
-        result = run_export(checkpoint, fmt.value, out, model_name(variant.value) if variant else None, force,
-                            img_size, opset, use_ema)
-    print_export(result)
+        result = command.run(checkpoint, fmt.value, out, variant_name(variant), force, img_size, opset, use_ema)
+    command.print_result(result)
 
 
 @app.command('viz-offsets', rich_help_panel='Figures')
@@ -423,12 +476,12 @@ def viz_offsets(
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Where Deformable Token Merging looks: sampling points traced back onto the image (paper Fig. 2)."""
-    from litcli.viz.offsets import run_viz_offsets
+    from litcli.commands import viz_offsets as command
     with user_errors():
-        run_viz_offsets(images or (), model_name(variant.value) if variant else None, checkpoint, output, name,
-                        exist_ok, summary=summary, data=data, data_dir=str(data_dir) if data_dir else None,
-                        num_images=num_images, use_ema=use_ema, img_size=img_size, tokens=tokens,
-                        normalize=normalize, step=step, save_json=json_out, save_npy=save_npy)
+        command.run(images or (), variant_name(variant), checkpoint, output, name, exist_ok, summary=summary,
+                    data=data, data_dir=str(data_dir) if data_dir else None, num_images=num_images, use_ema=use_ema,
+                    img_size=img_size, tokens=parse_tokens(tokens), normalize=normalize, step=step,
+                    save_json=json_out, save_npy=save_npy)
 
 
 @app.command('attn-maps', rich_help_panel='Figures')
@@ -460,14 +513,18 @@ def attn_maps(
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Attention of a query token averaged over images per block and head (paper Fig. 3), distance, entropy."""
-    from litcli.viz.attention import run_attn_maps
+    from litcli.commands import attn_maps as command
     with user_errors():
-        stages = None
-        if msa_stages:
-            try:
-                stages = [int(s) for s in msa_stages.split(',')]
-            except ValueError:
-                fail(f"bad --msa-stages {msa_stages!r}: use stage numbers like 1,2,3,4", 2)
-        run_attn_maps(stage, model_name(variant.value) if variant else None, checkpoint, data, num_images,
-                      batch_size, img_size, query, per_head, save_npy, json_out, output, name, exist_ok, device,
-                      stages, data_dir=str(data_dir) if data_dir else None, use_ema=use_ema)
+        if stage.strip().lower() == 'all':
+            stage_number = None
+        else:
+            stage_number = parse_ints(stage, '--stage', '3')
+            if len(stage_number) != 1:
+                raise UsageError(f"bad --stage {stage!r}: use 1, 2, 3, 4 or all")
+            stage_number = stage_number[0]
+        stages = parse_ints(msa_stages, '--msa-stages', '1,2,3,4') if msa_stages else None
+        if stages and not set(stages) <= {1, 2, 3, 4}:
+            raise UsageError(f'bad --msa-stages {msa_stages!r}: use stage numbers like 1,2,3,4')
+        command.run(stage_number, variant_name(variant), checkpoint, data, num_images, batch_size, img_size,
+                    parse_token(query, '--query') if query else None, per_head, save_npy, json_out, output, name,
+                    exist_ok, device, stages, data_dir=str(data_dir) if data_dir else None, use_ema=use_ema)

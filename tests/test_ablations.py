@@ -7,7 +7,8 @@ import timm
 import torch
 
 import litcli.models  # noqa: F401
-from litcli.flops import analyse_model, msa_stages_without
+from litcli.commands.flops import msa_stages_without
+from litcli.core.flops import analyse_model
 from litcli.models import ABLATIONS, DeformConv2x2
 
 # Every params/FLOPs cell of Tables 3-5: (model, kwargs, paper params M, paper GMACs, rounding of params).
@@ -70,12 +71,12 @@ def test_merge_options_and_keys():
 
 
 def test_remove_msa_helper():
-    assert msa_stages_without('pvt_s_msa', '1,2') == (3, 4)
-    from litcli.errors import LitError
+    assert msa_stages_without('pvt_s_msa', [1, 2]) == (3, 4)
+    from litcli.core.errors import LitError
     with pytest.raises(LitError, match='has attention in stages 3,4'):
-        msa_stages_without('lit_s', '1')
+        msa_stages_without('lit_s', [1])
     with pytest.raises(LitError, match='LIT-family'):
-        msa_stages_without('swin_t_dtm', '1')
+        msa_stages_without('swin_t_dtm', [1])
 
 
 def test_cli_flops_remove_msa():
@@ -90,9 +91,9 @@ def test_cli_flops_remove_msa():
 
 
 def test_attn_maps_and_viz_offsets_on_ablations(tmp_path):
-    from litcli.errors import LitError
-    from litcli.viz.attention import AttentionMeans
-    from litcli.viz.offsets import trace_offsets
+    from litcli.core.errors import LitError
+    from litcli.core.attention import AttentionMeans
+    from litcli.core.offsets import trace_offsets
     model = timm.create_model('pvt_s_msa', img_size=64, fused_attn=False).eval()
     with AttentionMeans(model, [1, 2, 3, 4], (64, 64)) as acc, torch.no_grad():
         model(torch.randn(2, 3, 64, 64))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import litcli.models  # noqa: F401
 from litcli.cli import app
 from litcli.models import Attention
-from litcli.viz.attention import AttentionMeans, attention_stages
+from litcli.core.attention import AttentionMeans, attention_stages
 
 
 def _model(variant='lit_s', **kw):

@@ -6,8 +6,8 @@ import timm
 import torch
 
 import litcli.models  # noqa: F401
-from litcli.checkpoint import detect_variant, load_checkpoint, read_checkpoint, save_checkpoint
-from litcli.errors import CheckpointError
+from litcli.core.checkpoint import detect_variant, load_weights as load_checkpoint, read_checkpoint, save_checkpoint
+from litcli.core.errors import CheckpointError
 
 
 @pytest.fixture(scope='module')

@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from litcli import data
-from litcli.data import (BUILTIN_DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, build_datasets,
+from litcli.core import data
+from litcli.core.data import (BUILTIN_DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, build_datasets,
                          build_eval_dataset, resolve_data)
-from litcli.errors import LitError
+from litcli.core.errors import LitError
 
 HAVE_FULL = data.fashion_mnist_files(FASHION_MNIST_DIR) is not None
 needs_full = pytest.mark.skipif(not HAVE_FULL, reason=f'full Fashion-MNIST not installed at {FASHION_MNIST_DIR} '
@@ -230,10 +230,11 @@ def test_default_small_config_builds():
 
     import litcli.models  # noqa: F401
 
-    cfg = data.default_small_config()
+    from litcli.core.config import CONFIG_KEYS, demo_config
+
+    cfg = demo_config()
     model = timm.create_model(cfg['variant'], img_size=cfg['img_size'], num_classes=10, **cfg['model_kwargs'])
     assert model.msa_stages == (3, 4)  # MLP-early / MSA-late kept
     for key in ('batch_size', 'epochs', 'lr', 'weight_decay', 'warmup_epochs', 'hflip'):
         assert key in cfg
-    recipes = pytest.importorskip('litcli.recipes')
-    assert set(cfg) <= recipes.CONFIG_KEYS  # every key is a trainer setting (model kwargs live in model_kwargs)
+    assert set(cfg) <= CONFIG_KEYS  # every key is a trainer setting (model kwargs live in model_kwargs)

@@ -21,11 +21,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from litcli.checkpoint import read_checkpoint
+from litcli.core.checkpoint import read_checkpoint
 from litcli.cli import app
-from litcli.distributed import ResumableSampler, ShardSampler
-from litcli.errors import CheckpointError
-from litcli.resume import newest_valid_checkpoint
+from litcli.core.runtime import ResumableSampler, ShardSampler
+from litcli.core.errors import CheckpointError
+from litcli.core.checkpoint import newest_valid_checkpoint
 
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
 N_TRAIN, N_VAL = 20, 7  # 7: an uneven evaluation set for 2 processes (shards of 4 and 3)
@@ -115,7 +115,7 @@ def test_resumable_sampler_skips_exactly_the_consumed_batches():
 
 @pytest.mark.parametrize('aug_repeats', [0, 3])
 def test_train_sampler_shards_are_reproducible_per_seed_and_epoch(aug_repeats):
-    from litcli.distributed import World, train_sampler
+    from litcli.core.runtime import World, train_sampler
 
     def order(rank, seed, epoch):
         sampler = ResumableSampler(train_sampler(range(50), World(rank, 2, rank, True), seed, aug_repeats), 4)

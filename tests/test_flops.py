@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 import litcli.models  # noqa: F401
-from litcli import flops as F
+from litcli.core import flops as F
 from litcli.cli import app
 from litcli.models.dtm import DeformConv2x2, torchvision_ops_available
 
@@ -135,10 +135,14 @@ def test_falls_back_to_flop_counter_mode_without_fvcore(monkeypatch):
 
 
 def test_parse_img_sizes():
-    assert F.parse_img_sizes('224') == [(224, 224)]
-    assert F.parse_img_sizes('224, 512,800x1344') == [(224, 224), (512, 512), (800, 1344)]
-    with pytest.raises(F.BadFlopsInput, match='1312 or 1344'):
-        F.parse_img_sizes('800x1333')
+    from litcli.cli import parse_sizes
+    from litcli.core.config import checked_img_size
+    from litcli.core.errors import UsageError
+
+    assert parse_sizes('224') == [(224, 224)]
+    assert parse_sizes('224, 512,800x1344') == [(224, 224), (512, 512), (800, 1344)]
+    with pytest.raises(UsageError, match='1312 or 1344'):
+        checked_img_size(1333)
 
 
 def test_cli_json_schema(tmp_path):

@@ -12,9 +12,10 @@ import yaml
 from PIL import Image
 
 import litcli.models  # noqa: F401
-from litcli.checkpoint import model_from_checkpoint, read_checkpoint, sidecar_path
+from litcli.core.checkpoint import read_checkpoint, sidecar_path
 from litcli.paths import REPO_ASSETS
-from litcli.predict import load_predictor
+from litcli.core.factory import load_model
+from litcli.core.transforms import eval_transform
 from helpers import lit, one_thread  # noqa: F401  (CLI helper; autouse one-thread fixture)
 
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
@@ -170,7 +171,8 @@ def test_official_pth_to_safetensors_in_one_command(official):
     result = lit('export', '--checkpoint', official, '--format', 'safetensors')
     assert result.exit_code == 0, result.output
     out = official.with_suffix('.safetensors')
-    model, raw = model_from_checkpoint(out)
+    loaded = load_model(out)
+    model, raw = loaded.model, loaded.checkpoint
     assert raw['variant'] == 'lit_ti' and len(raw['class_names']) == 1000
     original = torch.load(official, weights_only=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in original.items())
@@ -184,7 +186,7 @@ def check_onnx_export(checkpoint, out: Path, img_size: int):
     import onnx
     import onnxruntime as ort
 
-    from litcli.images import load_image
+    from litcli.core.images import load_image
 
     result = lit('export', '--checkpoint', checkpoint, '--format', 'onnx', '--out', out, '--img-size', img_size)
     assert result.exit_code == 0, result.output
@@ -197,7 +199,8 @@ def check_onnx_export(checkpoint, out: Path, img_size: int):
     assert {'Gather', 'ReduceSum'} <= ops and 'Loop' not in ops
     assert all(n.domain in ('', 'ai.onnx') for n in nodes)
     # Independently of the exporter's own check: real photos through the eval transform, two batch sizes.
-    model, transform, _, _ = load_predictor(checkpoint, img_size=img_size)
+    loaded = load_model(checkpoint, img_size=img_size)
+    model, transform = loaded.model, eval_transform(loaded.data_config)
     session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
     for photos in (PHOTOS[:1], PHOTOS + PHOTOS[:1]):
         x = torch.stack([transform(load_image(p)) for p in photos])
@@ -229,7 +232,7 @@ def test_torchscript_export_matches_pytorch(trained, tmp_path):
     result = lit('export', '--checkpoint', trained, '--format', 'torchscript', '--out', out)
     assert result.exit_code == 0, result.output
     scripted = torch.jit.load(str(out))
-    model, _, _, _ = load_predictor(trained)
+    model = load_model(trained).model
     x = torch.randn(5, 3, 32, 32)
     with torch.inference_mode():
         assert (scripted(x) - model(x)).abs().max().item() < 1e-4

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 import litcli.models  # noqa: F401
-from litcli.errors import LitError
+from litcli.core.errors import LitError
 from helpers import TINY, lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
 
 
@@ -29,7 +29,7 @@ def mini_run(tmp_path_factory):
 
 
 def test_config_file_data_and_variant_count_like_flags(tmp_path):
-    from litcli.train import new_run_config
+    from litcli.core.config import new_run_config
 
     folder = make_folder(tmp_path / 'small', n_train=2, n_val=1)
     (tmp_path / 'ti.yaml').write_text(f'variant: ti\ndata: {folder}\nimg_size: 32\nepochs: 1\n')
@@ -70,9 +70,9 @@ def test_demo_log_names_its_size(tmp_path):
 
 def test_predict_over_test_pngs_equals_eval(mini_run, tmp_path):
     """The built-in sets are zero-padded 28 -> 32 in training; predict (and export's config) must do the same."""
-    from litcli.data import load_fashion_mnist_mini
-    from litcli.evaluate import run_eval
-    from litcli.predict import predict
+    from litcli.core.data import load_fashion_mnist_mini
+    from litcli.commands.eval import run as run_eval
+    from litcli.commands.predict import run as predict
 
     ckpt = mini_run / 'checkpoints' / 'last.pt'
     ev = run_eval(ckpt, out=tmp_path / 'ev', workers=0)
@@ -191,7 +191,7 @@ def test_paper_variant_without_data_refuses_with_the_alternatives(tmp_path):
 
 
 def test_smaller_defects(tmp_path, mini_run):
-    from litcli.predict import expand_images
+    from litcli.core.images import expand_images
 
     help_text = lit('export', '--help').output
     assert 'lit_s.safetensors.json' in ''.join(c for c in help_text if c not in ' \n│')
@@ -217,8 +217,8 @@ def test_smaller_defects(tmp_path, mini_run):
     assert 'weights_only' not in result.output
     # lit eval names the dataset, not its split folder
     data = make_folder(tmp_path / 'flowers', n_train=1, n_val=1)
-    from litcli.data import build_eval_dataset
-    from litcli.evaluate import dataset_name
+    from litcli.core.data import build_eval_dataset
+    from litcli.core.data import dataset_name
     _, spec = build_eval_dataset(str(data / 'val'))
     assert dataset_name(spec) == 'flowers'
 

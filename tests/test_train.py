@@ -13,7 +13,7 @@ from PIL import Image
 
 import litcli.models  # noqa: F401
 from helpers import TINY, lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
-from litcli.recipes import RECIPE_DIR, RECIPES, resolve_config
+from litcli.core.config import RECIPE_DIR, RECIPES, resolve_config
 
 CKPT_KEYS = {'model', 'optimizer', 'scheduler', 'scaler', 'ema', 'epoch', 'step', 'best_metric', 'config',
              'variant', 'model_kwargs', 'class_names', 'num_classes'}
@@ -73,23 +73,23 @@ def test_resume_continues_epoch_and_step(first_run, tiny_data, tiny_config, tmp_
 
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tiny_config, tmp_path, monkeypatch):
     """A run stopped after epoch 0 and resumed ends with bit-identical weights to one run straight through."""
-    import litcli.engine
-    from litcli.train import train
+    from litcli.commands.train import run as train
+    from litcli.core import engine
 
     flags = dict(data=str(tiny_data), img_size=32, batch_size=4, workers=0, epochs=2, log_interval=100,
                  reprob=0.25, drop_path=0.1)  # random erasing, drop path and mixup all draw random numbers
     straight = train('lit_ti', tiny_config, flags, name='straight', output=tmp_path)
-    real = litcli.engine.train_one_epoch
+    real = engine.train_one_epoch
 
     def stop_at_epoch_1(*args, **kwargs):
-        if args[5] == 1:  # epoch
+        if args[2] == 1:  # train_one_epoch(setup, loader, epoch, ...)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(litcli.engine, 'train_one_epoch', stop_at_epoch_1)
+    monkeypatch.setattr(engine, 'train_one_epoch', stop_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         train('lit_ti', tiny_config, flags, name='cut', output=tmp_path)
-    monkeypatch.setattr(litcli.engine, 'train_one_epoch', real)
+    monkeypatch.setattr(engine, 'train_one_epoch', real)
     resumed = train(None, None, {'workers': 0}, resume=str(tmp_path / 'cut' / 'checkpoints' / 'last.pt'),
                     output=tmp_path)
     assert resumed == tmp_path / 'cut'
@@ -226,8 +226,8 @@ def test_shipped_recipe_yaml_matches(name):
 
 
 def test_builtin_demo_config_on_mini_set_trains_and_evaluates(tmp_path):
-    """No --variant on a built-in set: data.py's small config (fast tensor path); eval reproduces the metrics."""
-    from litcli.data import default_small_config
+    """No --variant on a built-in set: the demo config (fast tensor path); eval reproduces the metrics."""
+    from litcli.core.config import demo_config as default_small_config
 
     result = lit('train', '--data', 'fashion-mnist-mini', '--epochs', 1, '--output', tmp_path, '--name', 'mini')
     assert result.exit_code == 0, result.output

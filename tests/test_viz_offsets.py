@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 import litcli.models  # noqa: F401
 from litcli.cli import app
 from litcli.models import DeformConv2x2
-from litcli.viz.offsets import back_project, trace_offsets, viz_offsets
+from litcli.commands.viz_offsets import viz_offsets
+from litcli.core.offsets import back_project, trace_offsets
 
 PHOTO = 'assets/photos/chelsea.jpg'
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from litcli.images import load_image
-from litcli.recipes import RECIPES
-from litcli.transforms import TransformError, _posterize_any_bits, train_transform
+from litcli.core.images import load_image
+from litcli.core.config import RECIPES
+from litcli.core.transforms import TransformError, _posterize_any_bits, train_transform
 from helpers import TINY, lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,8 +71,8 @@ def test_every_recipe_transform_on_thousands_of_varied_images():
 
 def test_builtin_pil_path_runs_the_recipe_transform():
     """The built-in sets' PIL path (a paper variant on Fashion-MNIST) runs the same guarded transform."""
-    from litcli.data import build_datasets
-    from litcli.train import transforms
+    from litcli.core.data import build_datasets
+    from litcli.core.data import run_transforms as transforms
 
     cfg = dict(RECIPES['pvt_s_msa'], img_size=32, data='fashion-mnist-mini')
     train_tf, eval_tf = transforms(cfg, 'fashion-mnist-mini')
@@ -82,7 +82,7 @@ def test_builtin_pil_path_runs_the_recipe_transform():
 
 
 def test_transform_errors_name_the_image_and_step_and_are_not_skips(tmp_path):
-    from litcli.data import SkipUnreadable, _image_folder
+    from litcli.core.data import SkipUnreadable, _image_folder
 
     root = make_folder(tmp_path / 'd', n_train=3, n_val=1) / 'train'
 
@@ -214,7 +214,7 @@ def test_workers_still_stop_when_the_main_process_exits(tmp_path):
     script = tmp_path / 'exit.py'
     script.write_text(
         'import torch\n'
-        'from litcli.distributed import ignore_stop_signals\n'
+        'from litcli.core.runtime import ignore_stop_signals\n'
         'loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, num_workers=2, persistent_workers=True,\n'
         '                                     worker_init_fn=ignore_stop_signals)\n'
         'it = iter(loader)\n'

@@ -562,9 +562,6 @@ class LITSwinStyle(LITBase):
         )
 
 
-_unwrap_state_dict = unwrap_state_dict  # TEMP during the move to core/
-
-
 def checkpoint_filter_fn(state_dict: Dict, model: LITBase) -> Dict[str, torch.Tensor]:
     """Adapt an official or ``lit`` state dict to ``model``: unwrap, then resample position tables whose grid
     differs (a checkpoint trained at 224 loaded into a model built for 384, say). Otherwise a no-op."""

@@ -18,7 +18,8 @@ def size_problem(side: int) -> Optional[str]:
     """None when LIT takes an input side of ``side`` pixels, else what is wrong with it and the nearest valid sides."""
     if side > 0 and side % REDUCTION == 0:
         return None
-    return f'{side} is not a multiple of {REDUCTION} (LIT downsamples 32x); nearest valid: {nearest_valid(side)}'
+    return (f'{side} is not a multiple of {REDUCTION} (LIT downsamples 32x, so sides must be divisible by '
+            f'{REDUCTION}); nearest valid: {nearest_valid(side)}')
 
 
 def unwrap_state_dict(state_dict: Dict) -> Dict:

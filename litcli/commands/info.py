@@ -6,25 +6,17 @@ from typing import Dict, List, Optional, Sequence
 from litcli.paths import DEFAULT_PHOTO
 
 
-def param_counts(model) -> Dict[str, int]:
-    """Exact parameter counts with and without the classifier (the paper's 19/27/48/86M are the latter)."""
-    total = sum(p.numel() for p in model.parameters())
-    head = sum(p.numel() for p in model.get_classifier().parameters())
-    return {'params': total, 'params_without_head': total - head}
-
-
 def describe_variant(variant: str, image: Optional[Path] = None, img_size: int = 224, repeats: int = 3) -> Dict:
     """Build ``variant`` (random weights), run ``image`` through it, and report structure, counts and timing."""
-    import timm
     import torch
 
-    import litcli.models  # noqa: F401  (registers the variants)
-    from litcli.checkpoint import inference_data_config
-    from litcli.images import load_image
-    from litcli.transforms import eval_transform
+    from litcli.core.factory import load_model, param_counts
+    from litcli.core.images import load_image
+    from litcli.core.transforms import eval_transform, normalize_data_config
 
-    model = timm.create_model(variant).eval()
-    transform = eval_transform(inference_data_config({}, model, img_size))
+    loaded = load_model(None, variant)  # built at its 224 size; other sizes resample the position tables
+    model = loaded.model
+    transform = eval_transform(normalize_data_config(loaded.data_config, img_size))
     x = transform(load_image(image or DEFAULT_PHOTO)).unsqueeze(0)  # 1, 3, H, W
     with torch.inference_mode():
         feats = model.forward_intermediates(x, intermediates_only=True)
@@ -46,7 +38,8 @@ def describe_variant(variant: str, image: Optional[Path] = None, img_size: int =
     }
 
 
-def print_info(variants: Sequence[str], image: Optional[Path] = None, img_size: int = 224) -> List[Dict]:
+def run(variants: Sequence[str], image: Optional[Path] = None, img_size: int = 224) -> List[Dict]:
+    """Describe each variant and print one table."""
     from rich.console import Console
     from rich.table import Table
 

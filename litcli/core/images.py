@@ -1,8 +1,9 @@
-"""Reading user images and turning them into model input with the model's eval transform."""
+"""Reading user images: any file PIL opens as 8-bit RGB, and image paths from files, folders and globs."""
+import glob
 from pathlib import Path
-from typing import Union
+from typing import List, Sequence, Union
 
-from litcli.errors import LitError
+from litcli.core.errors import LitError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -36,3 +37,27 @@ def load_image(path: Union[str, Path]):
         background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
     return im.convert('RGB')
+
+
+def expand_images(inputs: Sequence[str]) -> List[Path]:
+    """Files, folders (their images, recursively, sorted) and glob patterns -> image paths, in order, once each."""
+    paths = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise LitError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in folder {p}')
+        elif p.is_file():
+            found = [p]
+        else:
+            matches = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            # A pattern selects images among its matches (labels.txt beside them is not one); a named file is
+            # taken as given, so a bad one gets its own error.
+            found = [f for f in matches if f.suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise LitError(f'{item}: no such file, folder or matching pattern' if not matches else
+                               f'{item}: {len(matches)} file(s) match but none is an image '
+                               f'({", ".join(IMAGE_SUFFIXES)})')
+        paths.extend(found)
+    return list(dict.fromkeys(paths))  # drop repeats, keep order

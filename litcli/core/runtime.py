@@ -1,10 +1,12 @@
-"""Multi-process plumbing for ``lit train`` / ``lit eval``: process group, samplers, reductions, stop signals.
+"""Where and how a job runs: the device, autocast (AMP), the torchrun/SLURM process group, samplers, reductions
+and stop signals.
 
 Launch with PyTorch's own launcher (``torchrun`` = ``python -m torch.distributed.run``), single or multi node, or
 under SLURM (``srun``: SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, read by timm's ``world_info_from_env``, with
 MASTER_ADDR/MASTER_PORT set by the job script). Backend: NCCL for CUDA devices (one device per process, chosen
 by LOCAL_RANK), gloo on CPU.
 """
+import contextlib
 import itertools
 import os
 import signal
@@ -16,7 +18,47 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from litcli.errors import LitError
+from litcli.core.errors import LitError
+
+
+AMP_DTYPES = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16}
+
+
+def resolve_device(name: Optional[str] = None) -> torch.device:
+    """``cpu`` | ``cuda`` | ``cuda:N``; None: CUDA when available, else the CPU."""
+    name = name or ('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LitError(f'unknown device {name!r}; use cpu, cuda or cuda:N')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise LitError('--device cuda was asked for but no CUDA device is available; use --device cpu')
+    return device
+
+
+def resolve_amp(device: torch.device, enabled: Optional[bool] = None,
+                dtype: Optional[str] = None) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for full precision. ``enabled`` None: on for CUDA, off on the CPU. ``dtype``
+    None: bfloat16 where supported (every CPU; CUDA from Ampere on), else float16 (with a grad scaler)."""
+    if not (device.type == 'cuda' if enabled is None else enabled):
+        return None
+    name = dtype or ('bfloat16' if device.type != 'cuda' or torch.cuda.is_bf16_supported() else 'float16')
+    if name not in AMP_DTYPES:
+        raise LitError(f'unknown --amp-dtype {name!r}; use bfloat16 or float16')
+    if AMP_DTYPES[name] is torch.float16 and device.type != 'cuda':
+        raise LitError('float16 autocast needs a CUDA device; use --amp-dtype bfloat16 or --no-amp on CPU')
+    return AMP_DTYPES[name]
+
+
+def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """A factory of ``torch.autocast`` contexts for ``amp_dtype``, or of no-op contexts for full precision."""
+    if amp_dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def dtype_name(dtype: Optional[torch.dtype]) -> Optional[str]:
+    return str(dtype).removeprefix('torch.') if dtype is not None else None
 
 
 @dataclass
@@ -85,9 +127,17 @@ def shutdown():
         dist.destroy_process_group()
 
 
-def barrier(world: World):
-    if world.distributed:
-        dist.barrier()
+@contextlib.contextmanager
+def distributed_session(device: torch.device):
+    """The ``World`` of this process for the duration of a job: joins the torchrun/SLURM process group if launched
+    so (and leaves it afterwards, unless the caller had already joined one)."""
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    world = init_distributed(device)
+    try:
+        yield world
+    finally:
+        if owns_group:
+            shutdown()
 
 
 def broadcast_object(obj: Any, world: World, src: int = 0) -> Any:
@@ -198,6 +248,28 @@ class _SeededRepeatAug(Sampler):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Stop signals
+
+
+class TrainingStopped(LitError):
+    """SIGTERM/SIGINT: a checkpoint was saved at a step boundary and the run stopped (the message says how to
+    resume). Exit code 143 for SIGTERM and 130 for SIGINT (128 + signal number), so a job script can tell a
+    preempted run (resume it) from a finished one (0)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def resume_hint(path) -> str:
+    """The command that continues a run from ``path``, for the launch this process is part of."""
+    nproc = os.environ.get('LOCAL_WORLD_SIZE')
+    if 'TORCHELASTIC_RUN_ID' in os.environ and nproc:
+        nodes = int(os.environ.get('WORLD_SIZE', nproc)) // max(int(nproc), 1)
+        launcher = f'torchrun --nproc_per_node={nproc} -m litcli train' if nodes == 1 else \
+            f'torchrun --nnodes={nodes} --nproc_per_node={nproc} --rdzv_endpoint=HOST:PORT -m litcli train'
+    else:
+        launcher = 'lit train'
+    return f'{launcher} --resume {path}'
 
 
 class StopRequest:

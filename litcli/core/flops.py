@@ -1,4 +1,4 @@
-"""``lit flops``: parameter and FLOP counts in the vision papers' convention, and where the cost goes.
+"""Parameter and FLOP counts in the vision papers' convention, and where the cost goes (``lit flops``, ``lit bench``).
 
 Convention (lit-architecture.md section 11, ecosystem.md section 4): "FLOPs" in the LIT/Swin/PVT/DeiT papers
 are multiply-accumulates (MACs), which is what fvcore counts. ``torch.utils.flop_counter`` counts 2 x MAC.
@@ -22,20 +22,14 @@ The paper rounds the official analytic formula (4.082 / 8.599 / 15.037 for S/M/B
 terms turns our count into the official one (tests/test_flops.py). fvcore is optional: without it the same
 numbers come from ``FlopCounterMode`` (halved), which ignores norms, so totals are slightly lower.
 """
-import difflib
-import json
-import sys
 import warnings
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from litcli.errors import UsageError
-from litcli.sizes import check_img_size
+from litcli.core.errors import UsageError
 
-__all__ = ['PAPER', 'Count', 'run_flops_command', 'resolve_variant', 'parse_img_sizes', 'resolve_model_names', 'count_macs', 'lit_breakdown',
-           'analyse_model', 'flops_report', 'print_report', 'plot_sweep', 'write_json']
 
 # The paper's Table 2 (params in M, as printed; FLOPs = GMACs at 224x224).
 PAPER = {
@@ -61,41 +55,6 @@ STAGE_PARTS = ('mlp', 'attn_linear', 'attn_matmul', 'dtm', 'other')
 ATTN_MATMUL_OPS = ('matmul', 'bmm', 'einsum', 'scaled_dot_product_attention',
                    '_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_product_efficient_attention',
                    '_scaled_dot_product_flash_attention', '_scaled_dot_product_cudnn_attention')
-
-
-class BadFlopsInput(UsageError):
-    """A bad ``lit flops`` value (exit code 2)."""
-
-
-# ---------------------------------------------------------------- input parsing
-def parse_img_sizes(text: str) -> List[Tuple[int, int]]:
-    """'224' | '224x320' | '224,512,800x1344' -> [(224, 224), (512, 512), (800, 1344)], each side checked."""
-    sizes = []
-    for item in (s.strip() for s in str(text).split(',')):
-        parts = item.lower().split('x')
-        if not item or len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
-            raise BadFlopsInput(f"--img-size {item!r} is not a size: use N or HxW (e.g. 224 or 800x1344), "
-                                "comma-separated for a sweep")
-        h, w = (int(parts[0]), int(parts[-1]))
-        for side in (h, w):
-            check_img_size(side, what=f'--img-size {item}: side', error=BadFlopsInput)
-        sizes.append((h, w))
-    return sizes
-
-
-def resolve_model_names(names: Sequence[str]) -> List[str]:
-    """Check timm model names (LIT variants included), with a did-you-mean on a typo."""
-    import timm
-
-    import litcli.models  # noqa: F401  (registers lit_*)
-    known = set(timm.list_models())
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
-                "; `python -c \"import timm; print(timm.list_models('*swin*'))\"` lists names"
-            raise BadFlopsInput(f'unknown timm model {name!r}{hint}')
-    return list(names)
 
 
 # ---------------------------------------------------------------- op handles
@@ -269,17 +228,6 @@ def lit_breakdown(model, count: Count) -> List[Dict]:
 
 
 # ---------------------------------------------------------------- models
-def _build(name: str, img_size: Tuple[int, int], **kwargs):
-    """timm model at ``img_size`` when it takes one (ViTs, Swin, LIT); CNNs take any size as is."""
-    import timm
-
-    import litcli.models  # noqa: F401
-    try:
-        return timm.create_model(name, pretrained=False, img_size=img_size, **kwargs).eval()
-    except TypeError:  # the constructor has no img_size (ResNets, ...)
-        return timm.create_model(name, pretrained=False, **kwargs).eval()
-
-
 def analyse_model(name: str, img_size: Tuple[int, int] = (224, 224), batch: int = 1, counter: str = 'auto',
                   keep_analysis: bool = True, **model_kwargs) -> Dict:
     """Params and MACs of one timm model (LIT or not) at one input size; LIT models get the per-stage split.
@@ -289,9 +237,10 @@ def analyse_model(name: str, img_size: Tuple[int, int] = (224, 224), batch: int 
     """
     import torch
 
-    from litcli.info import param_counts
+    from litcli.core.factory import create_model, param_counts
     from litcli.models.lit import LITBase
-    model = _build(name, img_size, **model_kwargs)
+    # Each model is built for the size it is counted at (CNNs take any size as they are).
+    model = create_model(name, optional=dict(img_size=img_size), **model_kwargs).eval()
     x = torch.randn(batch, 3, *img_size)
     count = count_macs(model, x, counter)
     result = dict(model=name, img_size=list(img_size), batch=batch, counter=count.counter, **param_counts(model),
@@ -318,11 +267,13 @@ def flops_report(variant: str, img_sizes: Sequence[Tuple[int, int]] = ((224, 224
                  model_kwargs: Optional[Dict] = None) -> Dict:
     """Everything ``lit flops`` prints: the LIT variant (built with ``model_kwargs``) and each compared model at
     every size."""
+    from litcli.core.factory import check_model_names
+
     if batch < 1:
-        raise BadFlopsInput(f'--batch must be a positive integer, got {batch}')
-    names = resolve_model_names([variant, *compare])
+        raise UsageError(f'--batch must be a positive integer, got {batch}')
+    names = check_model_names([variant, *compare])
     if counter == 'fvcore' and not fvcore_available():
-        raise BadFlopsInput("--counter fvcore needs fvcore: pip install 'litcli[flops]'")
+        raise UsageError("--counter fvcore needs fvcore: pip install 'litcli[flops]'")
     results = []
     for hw in img_sizes:
         for name in names:
@@ -335,180 +286,3 @@ def flops_report(variant: str, img_sizes: Sequence[Tuple[int, int]] = ((224, 224
                 results.append(dict(model=name, img_size=list(hw), batch=batch, error=str(e).splitlines()[0]))
     return dict(unit='MACs', batch=batch, variant=variant, compare=list(compare),
                 img_sizes=[list(s) for s in img_sizes], results=results)
-
-
-# ---------------------------------------------------------------- output
-def _public(report: Dict) -> Dict:
-    """The JSON view: numbers only, no live objects."""
-    return {**report, 'results': [{k: v for k, v in r.items() if not k.startswith('_')} for r in report['results']]}
-
-
-def write_json(report: Dict, path: Optional[Path] = None) -> str:
-    text = json.dumps(_public(report), indent=2)
-    if path is not None:  # atomic, with a normal file's permissions
-        from litcli.checkpoint import atomic_write
-        atomic_write(path, lambda name: Path(name).write_text(text + '\n'))
-    return text
-
-
-def print_report(report: Dict, two_x: bool = False, depth: int = 0, console=None):
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    scale = 2 if two_x else 1
-    unit = 'GFLOPs (2xMAC)' if two_x else 'GMACs (FLOPs in papers)'
-    g = lambda macs: f'{scale * macs / 1e9:.3f}'  # noqa: E731
-    batch = report['batch']
-
-    summary = Table(title=f'Parameters and {unit}, batch {batch}')
-    for col, just in (('model', 'left'), ('input', 'left'), ('params', 'right'), ('w/o head', 'right'),
-                      (unit, 'right'), ('paper', 'right'), ('attn matmuls', 'right'), ('DTM sampling*', 'right')):
-        summary.add_column(col, justify=just)
-    for r in report['results']:
-        size = 'x'.join(map(str, r['img_size']))
-        if 'error' in r:
-            summary.add_row(r['model'], size, '', '', f"n/a: {r['error'][:60]}", '', '', '')
-            continue
-        paper = r.get('paper')
-        paper_txt = f"{paper['params_m']}M / {scale * paper['gmacs']:.1f}G" if paper else ''
-        share = f"{g(r['attn_matmul_macs'])} ({100 * r['attn_matmul_macs'] / max(r['macs'], 1):.1f}%)"
-        summary.add_row(r['model'], size, f"{r['params'] / 1e6:.2f}M", f"{r['params_without_head'] / 1e6:.2f}M",
-                        g(r['macs']), paper_txt, share, g(r['dtm_sampling_macs']) if r['stages'] else '')
-    console.print(summary)
-    console.print("Paper params (19/27/48/86M) are the counts [b]without[/b] the classifier head, truncated. "
-                  "*Bilinear sampling in DTM is not in the total (the paper leaves it out).")
-
-    for r in report['results']:
-        if not r.get('stages'):
-            continue
-        size = 'x'.join(map(str, r['img_size']))
-        table = Table(title=f"{r['model']} at {size}: {unit} per stage")
-        for col in ('part', 'MLP', 'attn qkv/proj', 'attn matmuls', 'DTM', 'other', 'total', 'share'):
-            table.add_column(col, justify='left' if col == 'part' else 'right')
-        for row in r['stages']:
-            table.add_row(row['name'], *(g(row[p]) for p in STAGE_PARTS), g(row['total']),
-                          f"{100 * row['total'] / max(r['macs'], 1):.1f}%")
-        table.add_row('[b]total[/b]', *(g(sum(row[p] for row in r['stages'])) for p in STAGE_PARTS),
-                      f"[b]{g(r['macs'])}[/b]", '100%')
-        console.print(table)
-        console.print('DTM = offset conv + deformable 2x2/s2 conv counted as a plain conv + BatchNorm (for the '
-                      'uniform-merge ablations: their merge); the merge producing stage i is in stage i. '
-                      'other = stem conv and LayerNorms. head = final norm + classifier.')
-        if depth > 0:
-            _print_module_table(r, depth, console)
-
-    counters = {r['counter'] for r in report['results'] if 'counter' in r}
-    console.print(f"Counter: {', '.join(sorted(counters))}.")
-    notes = {n for r in report['results'] for n in r.get('notes', [])}
-    for note in sorted(notes):
-        console.print(f'[yellow]{note}[/yellow]')
-    seen = set()
-    for r in report['results']:  # unsupported ops are listed, never silently dropped (once per model)
-        if r.get('unsupported_ops') and r['model'] not in seen:
-            seen.add(r['model'])
-            ops = ', '.join(f'{op} x{n}' for op, n in sorted(r['unsupported_ops'].items()))
-            console.print(f"Counted as 0 in {r['model']} (no MAC rule; elementwise ops are 0 in the papers): {ops}",
-                          markup=False)
-
-
-def _print_module_table(result: Dict, depth: int, console):
-    count = result['_count']
-    console.print(f"Per module, {result['model']} (#flops = MACs):")
-    if count.analysis is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            from fvcore.nn import flop_count_table
-            table = flop_count_table(count.analysis, max_depth=depth, show_param_shapes=False)  # cached results
-        console.print(table, markup=False)
-    else:
-        for name, macs in sorted(count.by_module.items()):
-            if name.count('.') < depth:
-                console.print(f'{name or "model"}: {macs / 1e9:.3f} GMACs', markup=False)
-
-
-def plot_sweep(report: Dict, path: Path) -> Path:
-    """GMACs against input pixels (log-log) for every model of the sweep; one line per model."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    try:
-        by_model: Dict[str, List[Tuple[int, float, str]]] = {}
-        for r in report['results']:
-            if 'error' not in r:
-                h, w = r['img_size']
-                by_model.setdefault(r['model'], []).append((h * w, r['macs'] / 1e9 / r['batch'], f'{h}x{w}'))
-        for name, pts in by_model.items():
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o',
-                    lw=2.5 if name == report['variant'] else 1.5, label=name)
-        sizes = sorted({p[0]: p[2] for pts in by_model.values() for p in pts}.items())
-        ax.set_xscale('log')
-        ax.set_yscale('log')
-        ax.set_xticks([s[0] for s in sizes], [s[1] for s in sizes], rotation=30)
-        ax.minorticks_off()
-        ax.set_xlabel('input size (H x W)')
-        ax.set_ylabel('GMACs per image')
-        ax.set_title('Compute against resolution')
-        ax.grid(True, alpha=.3)
-        ax.legend()
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------- CLI entry
-def resolve_variant(variant: str) -> str:
-    """'s' | 'lit_s' | an ablation name -> the registered name (did-you-mean and exit 2 otherwise)."""
-    from litcli.names import model_name
-    return model_name(variant)
-
-
-def msa_stages_without(name: str, remove: str) -> Tuple[int, ...]:
-    """The model's attention stages minus ``remove`` ('1,2'): the paper's 'w/o MSA in stages ...' (Table 5)."""
-    from litcli.models.lit import LIT_ARCHS
-    if name not in LIT_ARCHS:
-        raise BadFlopsInput(f'--remove-msa applies to LIT-family models (e.g. pvt_s_msa), not {name}')
-    try:
-        removed = {int(v) for v in remove.split(',') if v.strip()}
-    except ValueError:
-        raise BadFlopsInput(f"--remove-msa {remove!r}: give stage numbers, e.g. 1,2")
-    have = set(LIT_ARCHS[name].get('msa_stages', (3, 4)))
-    if not removed or not removed <= have:
-        raise BadFlopsInput(f'--remove-msa {remove}: {name} has attention in stages '
-                            f'{",".join(map(str, sorted(have))) or "none"}')
-    return tuple(sorted(have - removed))
-
-
-def run_flops_command(variant: str, img_size: str = '224', batch: int = 1, compare: Optional[str] = None,
-                      two_x: bool = False, depth: int = 0, counter: str = 'auto', json_out: bool = False,
-                      json_file: Optional[Path] = None, plot: Optional[Path] = None,
-                      remove_msa: Optional[str] = None) -> Dict:
-    """``lit flops``: validate everything first (cheap), then count, then print / write."""
-    name = resolve_variant(variant)
-    model_kwargs = {'msa_stages': msa_stages_without(name, remove_msa)} if remove_msa else None
-    sizes = parse_img_sizes(img_size)
-    if counter not in ('auto', 'fvcore', 'torch'):
-        raise BadFlopsInput(f"--counter must be auto, fvcore or torch, got {counter!r}")
-    for target in (json_file, plot):
-        if target is not None and not Path(target).resolve().parent.is_dir():
-            raise BadFlopsInput(f'cannot write {target}: folder {Path(target).parent} does not exist')
-    compared = [c.strip() for c in (compare or '').split(',') if c.strip()]
-    report = flops_report(name, sizes, batch, compared, counter, keep_analysis=depth > 0, model_kwargs=model_kwargs)
-    if json_file is not None:
-        write_json(report, json_file)
-    if json_out:
-        print(write_json(report))
-    else:
-        print_report(report, two_x=two_x, depth=depth)
-        if json_file is not None:
-            print(f'JSON written to {json_file}')
-    if plot is not None:
-        path = plot_sweep(report, plot)
-        print(f'Plot written to {path}', file=sys.stderr if json_out else sys.stdout)
-    return report

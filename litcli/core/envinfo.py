@@ -1,4 +1,4 @@
-"""What ``lit env`` reports; also recorded in run directories."""
+"""The software and hardware a job runs on: what ``lit env`` prints and every run directory records (env.json)."""
 import platform
 from importlib import metadata
 from typing import Dict
@@ -39,17 +39,3 @@ def collect_env() -> Dict:
         info['dtm_backend_cuda'] = resolve_dtm_backend('auto', torch.device('cuda'))
         info['bf16_supported'] = torch.cuda.is_bf16_supported()
     return info
-
-
-def print_env(as_json: bool = False):
-    info = collect_env()
-    if as_json:
-        import json
-        print(json.dumps(info, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-    table = Table(title='lit environment', show_header=False)
-    for k, v in info.items():
-        table.add_row(k, ', '.join(map(str, v)) if isinstance(v, list) else str(v))
-    Console().print(table)

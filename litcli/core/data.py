@@ -29,7 +29,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,12 +38,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from litcli.errors import LitError
-from litcli.images import IMAGE_SUFFIXES, load_image
-from litcli.transforms import apply_transform, pad_or_resize
+from litcli.core.config import BUILTIN_DATASETS
+from litcli.core.errors import LitError
+from litcli.core.images import IMAGE_SUFFIXES, load_image
+from litcli.core.transforms import (PAD_MODE, apply_transform, eval_transform, normalize_data_config, pad_or_resize,
+                                    train_transform)
 from litcli.paths import REPO_ASSETS
 
-BUILTIN_DATASETS = ('fashion-mnist', 'fashion-mnist-mini')
 FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                          'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 # Per-pixel statistics of the 60k training images (gray, in [0, 1]); used for all three replicated channels.
@@ -70,9 +71,6 @@ class DataSpec:
     train_size: int
     val_size: int
     description: str  # one line for the log
-    # Normalisation statistics of the data itself (built-ins); None: use the model's (ImageNet) cfg.
-    mean: Optional[Tuple[float, ...]] = None
-    std: Optional[Tuple[float, ...]] = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -469,8 +467,7 @@ def build_datasets(data: Optional[str], data_dir: Optional[str] = None, train_tr
     train = _builtin_dataset(x_train, y_train, train_transform, fast_tensors, img_size)
     val = _builtin_dataset(x_val, y_val, eval_transform, fast_tensors, img_size)
     spec = DataSpec(kind, root, len(FASHION_MNIST_CLASSES), list(FASHION_MNIST_CLASSES), len(train), len(val),
-                    _builtin_description(kind, root, len(train), len(val), defaulted=data is None),
-                    mean=(FASHION_MNIST_MEAN,) * 3, std=(FASHION_MNIST_STD,) * 3)
+                    _builtin_description(kind, root, len(train), len(val), defaulted=data is None))
     return train, val, spec
 
 
@@ -504,56 +501,8 @@ def build_eval_dataset(data: Optional[str], data_dir: Optional[str] = None, tran
     spec = DataSpec(kind, root, len(FASHION_MNIST_CLASSES), list(FASHION_MNIST_CLASSES),
                     n if split == 'train' else 0, n if split == 'val' else 0,
                     _builtin_description(kind, root, n if split == 'train' else 0, n if split == 'val' else 0,
-                                         defaulted=data is None),
-                    mean=(FASHION_MNIST_MEAN,) * 3, std=(FASHION_MNIST_STD,) * 3)
+                                         defaulted=data is None))
     return dataset, spec
-
-
-def default_small_config() -> dict:
-    """The small configuration for ``lit train`` with no arguments: the built-in Fashion-MNIST on a 2-core CPU.
-
-    A non-paper size of the LIT-Ti layout (PVT style): same structure (4x4 patch stem, MLP-only stages 1-2,
-    global MSA in stages 3-4, DTM between stages), 1.4M parameters. Input: 28x28 zero-padded to 32x32 (stage
-    grids 8/4/2/1) through the fast tensor path (``fast_tensors=True``, ``augment_batch``, ``normalize_batch``
-    with the Fashion-MNIST mean/std). Optimiser: AdamW (betas 0.9/0.999), weight decay 0.05 off for 1-D
-    params, biases and ``no_weight_decay()``; LR warmed up linearly from 0 over the first half epoch, then
-    cosine to ``min_lr``, updated every step; plain cross-entropy; no mixup/cutmix/RandAugment/erasing.
-    Measured with a plain AdamW + cosine loop on the same data path (1 thread on a shared 2-core CPU): 90.5%
-    top-1 on the full 10,000-image test split after 8 epochs (88.5% after 5), 452 s of CPU time for training
-    (50-57 s per epoch), about 4.5 s per evaluation of the 10k split. With a 1 px random crop added: 90.4%, so
-    the default keeps the flip only. On the mini set (6,000 images), the same 8 epochs take about 40 s and reach
-    85.7% on the full test split.
-    """
-    return {
-        'variant': 'lit_ti',
-        'model_kwargs': {'embed_dims': (32, 64, 128, 256), 'depths': (1, 1, 2, 1), 'num_heads': (1, 2, 4, 8),
-                         'mlp_ratios': (4, 4, 4, 4)},
-        'img_size': 32,
-        'fast_tensors': True,  # in-memory uint8 tensors; augment_batch + normalize_batch on the batch
-        'workers': 0,
-        'batch_size': 128,
-        'epochs': 8,
-        'opt': 'adamw',
-        'opt_betas': (0.9, 0.999),
-        'lr': 2e-3,  # as is, not scaled by batch size
-        'min_lr': 1e-5,
-        'warmup_lr': 1e-6,
-        'warmup_epochs': 0.5,
-        'sched': 'cosine',
-        'sched_on_epochs': False,  # per-step warmup and cosine
-        'offset_lr_mult': 1.0,  # DTM offsets at the same LR as the rest (as measured)
-        'weight_decay': 0.05,
-        'drop_path': 0.0,
-        'smoothing': 0.0,
-        'mixup': 0.0,
-        'cutmix': 0.0,
-        'aa': None,
-        'reprob': 0.0,
-        'aug_repeats': 0,
-        'clip_grad': None,
-        'model_ema': False,
-        'hflip': 0.5,  # and no random crop (augment_batch's default crop_padding=0)
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -607,3 +556,86 @@ def one_per_class(refs: Sequence[ImageRef], n: int) -> List[ImageRef]:
         chosen += [v[depth] for _, v in sorted(by_class.items()) if depth < len(v)][:n - len(chosen)]
         depth += 1
     return chosen
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# How a run's images are normalised and fed (recorded in its checkpoints)
+
+
+def data_statistics(kind: str):
+    """Normalisation mean/std: the built-in gray sets' own, None (the model's ImageNet cfg) for folders."""
+    if kind == 'folder':
+        return None, None
+    return (FASHION_MNIST_MEAN,) * 3, (FASHION_MNIST_STD,) * 3
+
+
+def uses_fast_tensors(cfg: Dict, kind: str) -> bool:
+    """The built-in sets' in-memory tensor path (padded to size, augmented and normalised on the batch)."""
+    return bool(cfg.get('fast_tensors')) and kind != 'folder'
+
+
+def run_data_config(cfg: Dict, kind: str) -> Dict:
+    """The evaluation preprocessing of a run, recorded in its checkpoints (``data_config``) and rebuilt from there
+    by every command: the tensor path's pad-to-size for the built-in sets, else timm's resize + center crop, at
+    the run's size with the variant's registered interpolation and (for folders) mean/std."""
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    import litcli.models  # noqa: F401  (registers lit_* in timm)
+
+    pretrained_cfg = get_pretrained_cfg(cfg['variant'])
+    dc = resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {})
+    dc.update(input_size=(3, cfg['img_size'], cfg['img_size']), crop_pct=cfg['crop_pct'],
+              interpolation=cfg['interpolation'])
+    mean, std = data_statistics(kind)
+    if mean is not None:
+        dc['mean'], dc['std'] = mean, std
+    if uses_fast_tensors(cfg, kind):
+        dc['crop_mode'] = PAD_MODE
+    return normalize_data_config(dc)
+
+
+def run_transforms(cfg: Dict, kind: str):
+    """(training transform, eval transform) of a run on PIL images: timm's RandomResizedCrop, RandAugment and
+    random erasing for training; the run's recorded eval preprocessing."""
+    dc = run_data_config(cfg, kind)
+    train_tf = train_transform(dc, cfg['aa'], cfg['hflip'], cfg['reprob'], cfg['remode'], cfg['recount'])
+    return train_tf, eval_transform(dc)
+
+
+def batch_transforms(cfg: Dict, fast: bool):
+    """(train, eval) augmentation/normalisation on whole uint8 batches for the tensor path (None, None: the images
+    were transformed one by one)."""
+    if not fast:
+        return None, None
+    crop_padding, hflip = cfg.get('crop_padding', 0), cfg['hflip'] > 0
+    return (lambda x: normalize_batch(augment_batch(x, crop_padding=crop_padding, hflip=hflip))), normalize_batch
+
+
+def dataset_name(spec: DataSpec) -> str:
+    """A built-in's name, else the dataset folder's own name: ``imagenet`` for ``/data/imagenet`` and for
+    ``/data/imagenet/val`` (the split folder is not the dataset)."""
+    if spec.name != 'folder':
+        return spec.name
+    root = Path(spec.root)
+    split_names = ('train', 'val', 'validation', 'test')
+    return root.parent.name if root.name.lower() in split_names and root.parent.name else root.name
+
+
+def figure_data(data: Optional[str], data_dir: Optional[str], loaded) -> Tuple[str, Optional[str], str]:
+    """(data, data_dir, description) of the images a figure command shows for a ``LoadedModel``: ``data`` if
+    given, else the validation data its ``lit train`` checkpoint records, else the photos in assets/."""
+    from litcli.paths import PHOTOS_DIR
+
+    if data is not None:
+        return data, data_dir, str(data)
+    config = loaded.train_config
+    if config is None:
+        return str(PHOTOS_DIR), None, 'the photos in assets/'
+    data, data_dir = config.get('data'), config.get('data_dir')
+    try:
+        kind, _ = resolve_data(data, data_dir)
+    except LitError as e:
+        raise LitError(f'the data {loaded.source} was trained on ({data}, recorded in the checkpoint) is not '
+                       f'available here ({e}); pass --data') from None
+    return data, data_dir, f'{data or kind} (the checkpoint\'s validation data)'

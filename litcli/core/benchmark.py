@@ -1,4 +1,4 @@
-"""``lit bench``: throughput and memory of LIT against other timm models, measured side by side.
+"""Throughput and memory of LIT against other timm models, measured side by side (``lit bench``).
 
 Method (timm's benchmark method, made robust to shared machines): every model is built, warmed up, then timed
 *interleaved* (A B C A B C ...) so a slow spell of the machine hits all models alike; each model's figure is the
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from litcli.errors import LitError
+from litcli.core.errors import LitError
 
 AMP_DTYPES = ('bf16', 'fp16')
 
@@ -102,22 +102,11 @@ def _autocast(cfg: BenchConfig):
 def build_model(name: str, cfg: BenchConfig, img_size: int):
     """A timm model at ``img_size`` (when its constructor takes one) on the bench device; in train mode with
     ``cfg.drop_path`` (when it has stochastic depth)."""
-    import timm
     import torch
 
-    import litcli.models  # noqa: F401
-    size = dict(img_size=img_size)
-    drop = dict(drop_path_rate=cfg.drop_path) if cfg.mode == 'train' else {}
-    # CNNs take any size as they are (no img_size argument); a few models have no stochastic depth.
-    attempts = [{**size, **drop}, size, drop, {}]
-    for i, kwargs in enumerate(attempts):
-        try:
-            model = timm.create_model(name, **kwargs)
-            break
-        except TypeError:
-            if i == len(attempts) - 1:
-                raise
-    model = model.to(cfg.device)
+    from litcli.core.factory import create_model
+    optional = dict(img_size=img_size, **(dict(drop_path_rate=cfg.drop_path) if cfg.mode == 'train' else {}))
+    model = create_model(name, optional=optional).to(cfg.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -143,7 +132,7 @@ def make_step(model, cfg: BenchConfig, batch_size: int, img_size: int) -> Callab
     model.train()
     fn = torch.compile(model) if cfg.compile else model
     target = torch.randint(0, model.num_classes, (batch_size,), device=dev)
-    from litcli.optim import create_optimizer
+    from litcli.core.optim import create_optimizer
     opt = create_optimizer(model, lr=1e-4, weight_decay=0.05, offset_lr=1e-6)  # as `lit train`: fused AdamW
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == 'fp16')
 
@@ -328,7 +317,7 @@ def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int]
                 entry.profile = {'error': str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}
                 log(f'{entry.name}: profiling failed: {entry.profile["error"]}')
     if count_macs:
-        from litcli.flops import analyse_model
+        from litcli.core.flops import analyse_model
         for entry, _, _ in live:
             try:
                 entry.gmacs = analyse_model(entry.name, (img_size, img_size), keep_analysis=False)['macs'] / 1e9
@@ -367,123 +356,3 @@ def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig, sizes: Seq
             'compile': cfg.compile, 'channels_last': cfg.channels_last,
             'drop_path': cfg.drop_path if cfg.mode == 'train' else None, 'profile': cfg.profile,
             'results': results}
-
-
-def print_bench(report: Dict, console=None):
-    from rich.console import Console
-    from rich.table import Table
-    console = console or Console()
-    for block in report['results']:
-        table = Table(title=f"{report['mode']} @ {block['img_size']}x{block['img_size']}, {report['device']}, "
-                            f"{report['amp']}, {report['threads']} threads, batch {report['batch_size']}, "
-                            f"median of {report['repeats']} interleaved"
-                            + (f", drop path {report['drop_path']}" if report.get('drop_path') is not None else ''))
-        for col in ('model', 'img/s (min-max)', 'ms/step', 'peak MB', 'GMACs', 'GFLOP/s', '% of GEMM', 'ratio'):
-            table.add_column(col, justify='left' if col == 'model' else 'right')
-        for r in block['rows']:
-            if 'error' in r:
-                table.add_row(r['model'], r['error'], *[''] * 6)
-                continue
-            fmt = lambda v, f: (f.format(v) if v is not None else '-')  # noqa: E731
-            table.add_row(r['model'] + (f" (batch {r['batch_size']})" if r['batch_size'] != report['batch_size'] else ''),
-                          f"{r['img_per_s']:.1f} ({r['img_per_s_min']:.1f}-{r['img_per_s_max']:.1f})",
-                          f"{r['ms_per_step']:.0f}", fmt(r['peak_mem_mb'], '{:.0f}'), fmt(r['gmacs_per_img'], '{:.2f}'),
-                          fmt(r.get('achieved_gflops'), '{:.1f}'),
-                          fmt(100 * r['share_of_gemm'] if r.get('share_of_gemm') else None, '{:.0f}%'),
-                          fmt(r.get('ratio_to_first'), '{:.2f}x'))
-        console.print(table)
-        if report.get('profile'):
-            print_profile(block, console)
-    console.print(f"device GEMM rate: {report['gemm_gflops']:.1f} GFLOP/s; GFLOP/s = 2 x MACs x images (x3 in train "
-                  f"mode) / step time.")
-
-
-def print_profile(block: Dict, console):
-    """Share of one profiled step per kind of op, one row per model, and each model's top ops."""
-    from rich.table import Table
-    rows = [r for r in block['rows'] if r.get('profile') and 'error' not in r['profile']]
-    if not rows:
-        return
-    kinds = [k for k, _ in OP_KINDS] + ['other']
-    table = Table(title=f"where the time goes @ {block['img_size']}x{block['img_size']} (one profiled step, % of "
-                        f"self time)")
-    table.add_column('model')
-    for kind in kinds:
-        table.add_column(kind, justify='right')
-    for r in rows:
-        share = r['profile']['kinds_share']
-        table.add_row(r['model'], *[f"{100 * share.get(k, 0):.0f}%" for k in kinds])
-    console.print(table)
-    for r in rows:
-        tops = ', '.join(f"{t['op']} {100 * t['share']:.0f}%" for t in r['profile']['top_ops'])
-        console.print(f"  {r['model']} top ops: {tops}")
-
-
-def plot_sweep(report: Dict, path) -> str:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    sizes = [b['img_size'] for b in report['results']]
-    models = [r['model'] for r in report['results'][0]['rows']]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for m in models:
-        rows = [next(r for r in b['rows'] if r['model'] == m) for b in report['results']]
-        ax1.plot(sizes, [r.get('img_per_s', math.nan) for r in rows], marker='o', label=m)
-        ax2.plot(sizes, [r.get('peak_mem_mb') or math.nan for r in rows], marker='o', label=m)
-    ax1.set(xlabel='input size (px)', ylabel='images / s', title=f"{report['mode']} throughput")
-    ax2.set(xlabel='input size (px)', ylabel='peak memory (MB)', title='peak memory per step')
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
-
-
-def write_csv(report: Dict, path) -> str:
-    import csv
-    cols = ['img_size', 'model', 'batch_size', 'img_per_s', 'img_per_s_min', 'img_per_s_max', 'ms_per_step',
-            'peak_mem_mb', 'gmacs_per_img', 'achieved_gflops', 'share_of_gemm', 'ratio_to_first', 'error']
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore')
-        writer.writeheader()
-        for block in report['results']:
-            for row in block['rows']:
-                writer.writerow({'img_size': block['img_size'], **row})
-    return str(path)
-
-
-def run_bench_command(variant: str, compare: Optional[str], mode: str, batch_size: int, img_size: str,
-                      amp: Optional[str], compile: bool, channels_last: bool, device: str, threads: Optional[int],
-                      warmup: int, repeats: int, memory: bool, as_json: bool, csv_path=None, plot=None,
-                      drop_path: float = 0.1, profile: bool = False) -> Dict:
-    """``lit bench``: validate, measure, print / write."""
-    import json
-    import sys
-
-    from litcli.flops import resolve_model_names, resolve_variant
-    name = resolve_variant(variant)
-    compared = [c.strip() for c in (compare or '').split(',') if c.strip()]
-    resolve_model_names(compared)  # unknown names fail now, with a suggestion
-    try:
-        sizes = [int(s) for s in img_size.split(',')]
-    except ValueError:
-        raise LitError(f"--img-size {img_size!r}: give sizes like 224 or 224,384,512")
-    from litcli.models.lit import LITBase
-    for s in sizes:
-        LITBase._check_size((s, s))
-    cfg = BenchConfig(mode=mode, batch_size=batch_size, img_size=sizes[0], device=device, amp=amp, compile=compile,
-                      channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats, memory=memory,
-                      drop_path=drop_path, profile=profile)
-    log = (lambda s: print(s, file=sys.stderr)) if as_json else print
-    report = run_bench(name, compared, cfg, sizes, log=log)
-    if as_json:
-        print(json.dumps(report, indent=1))
-    else:
-        print_bench(report)
-    if csv_path:
-        log(f'CSV written to {write_csv(report, csv_path)}')
-    if plot:
-        log(f'plot written to {plot_sweep(report, plot)}')
-    return report

@@ -1,13 +1,14 @@
-"""The training and evaluation loops, and nothing else (run setup, files and logging live in train.py)."""
+"""The training and evaluation loops (ConvNeXt's engine.py): set-up, files and logging live in commands/train.py."""
 import contextlib
 import math
 import time
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from litcli.errors import LitError
+from litcli.core.errors import LitError
 
 
 class NonFiniteLossError(LitError):
@@ -19,36 +20,44 @@ class NonFiniteLossError(LitError):
                          f'checkpoint is kept; lower --lr, enable --clip-grad or use --amp-dtype bfloat16')
 
 
-def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """torch.autocast for ``amp_dtype``, or a no-op context for full precision."""
-    if amp_dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)
+@dataclass
+class TrainSetup:
+    """What stays fixed across a run's epochs: the module that trains (DDP-wrapped and/or compiled), the optimizer
+    and the options of each update."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    device: torch.device
+    scheduler: Any = None
+    per_update_schedule: bool = False  # timm's step_update after every update (S/M/B), else per epoch (Ti)
+    mixup: Optional[Callable] = None
+    autocast: Callable = contextlib.nullcontext
+    loss_scaler: Any = None  # fp16: timm's NativeScaler
+    clip_grad: Optional[float] = None
+    accum_steps: int = 1
+    ema: Any = None  # timm ModelEmaV3
+    channels_last: bool = False
+    batch_transform: Optional[Callable] = None  # augmentation/normalisation on the whole batch (built-in sets)
 
 
-def train_one_epoch(
-        model: nn.Module,
-        loader,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: nn.Module,
-        device: torch.device,
-        epoch: int,
-        num_updates: int,
-        scheduler=None,
-        step_scheduler_per_update: bool = False,
-        mixup_fn: Optional[Callable] = None,
-        amp_autocast=contextlib.nullcontext,
-        loss_scaler=None,
-        clip_grad: Optional[float] = None,
-        grad_accum_steps: int = 1,
-        model_ema=None,
-        channels_last: bool = False,
-        batch_transform: Optional[Callable] = None,
-        on_step: Optional[Callable[[Dict], None]] = None,
-        start_batch: int = 0,
-        loss_totals=(0.0, 0),
-        on_update: Optional[Callable[[Dict], bool]] = None,
-) -> Dict:
+def build_loss(cfg: Dict, num_classes: int):
+    """(loss, mixup) of a recipe: Mixup/CutMix with soft-target CE, else label smoothing, else plain CE."""
+    if cfg['mixup'] > 0 or cfg['cutmix'] > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+        mixup = Mixup(mixup_alpha=cfg['mixup'], cutmix_alpha=cfg['cutmix'], prob=cfg['mixup_prob'],
+                      switch_prob=cfg['mixup_switch_prob'], mode=cfg['mixup_mode'],
+                      label_smoothing=cfg['smoothing'], num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    if cfg['smoothing'] > 0:
+        from timm.loss import LabelSmoothingCrossEntropy
+        return LabelSmoothingCrossEntropy(smoothing=cfg['smoothing']), None
+    return nn.CrossEntropyLoss(), None
+
+
+def train_one_epoch(setup: TrainSetup, loader, epoch: int, num_updates: int, start_batch: int = 0,
+                    loss_totals=(0.0, 0), on_update: Optional[Callable[[Dict], bool]] = None,
+                    on_step: Optional[Callable[[Dict], None]] = None) -> Dict:
     """One pass over ``loader``. ``num_updates`` counts optimizer steps across epochs (it continues on resume).
 
     Each optimizer update accumulates ``grad_accum_steps`` batches (loss divided accordingly); a trailing
@@ -62,6 +71,8 @@ def train_one_epoch(
     the updated ``num_updates`` and the position (``batch``) reached; ``lr`` is the rate of the epoch's last update
     (per-epoch schedules: the epoch's rate), not the one the schedule set after it.
     """
+    s = setup
+    model, optimizer, device, grad_accum_steps = s.model, s.optimizer, s.device, s.accum_steps
     model.train()
     total_batches = start_batch + len(loader)
     updates_per_epoch = total_batches // grad_accum_steps
@@ -81,29 +92,29 @@ def train_one_epoch(
             batch_idx -= 1
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if batch_transform is not None:  # augmentation/normalisation done on the whole batch (built-in sets)
-            x = batch_transform(x)
-        if mixup_fn is not None:
-            x, y = mixup_fn(x, y)
-        if channels_last:
+        if s.batch_transform is not None:  # augmentation/normalisation done on the whole batch (built-in sets)
+            x = s.batch_transform(x)
+        if s.mixup is not None:
+            x, y = s.mixup(x, y)
+        if s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         need_update = (batch_idx + 1) % grad_accum_steps == 0
         sync = contextlib.nullcontext() if need_update or no_sync is None else no_sync()
         with sync:  # forward and backward inside: DDP decides at backward whether to all-reduce
-            with amp_autocast():
-                loss = loss_fn(model(x), y)
+            with s.autocast():
+                loss = s.loss_fn(model(x), y)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(num_updates + 1, epoch, loss_value)
             loss = loss / grad_accum_steps
-            if loss_scaler is not None:  # fp16: timm NativeScaler unscales before clipping
-                loss_scaler(loss, optimizer, clip_grad=clip_grad, parameters=model.parameters(),
-                            need_update=need_update)
+            if s.loss_scaler is not None:  # fp16: timm NativeScaler unscales before clipping
+                s.loss_scaler(loss, optimizer, clip_grad=s.clip_grad, parameters=model.parameters(),
+                              need_update=need_update)
             else:
                 loss.backward()
-        if loss_scaler is None and need_update:
-            if clip_grad is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if s.loss_scaler is None and need_update:
+            if s.clip_grad is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad)
             optimizer.step()
         if need_update:
             step_lr = optimizer.param_groups[0]['lr']
@@ -114,10 +125,10 @@ def train_one_epoch(
             continue
         optimizer.zero_grad(set_to_none=True)
         num_updates += 1
-        if model_ema is not None:
-            model_ema.update(model, step=num_updates)
-        if scheduler is not None and step_scheduler_per_update:
-            scheduler.step_update(num_updates=num_updates)
+        if s.ema is not None:
+            s.ema.update(model, step=num_updates)
+        if s.scheduler is not None and s.per_update_schedule:
+            s.scheduler.step_update(num_updates=num_updates)
         if on_update is not None:  # checkpoint / stop request, at an update boundary (no gradient pending)
             stopped = bool(on_update(dict(epoch=epoch, step=num_updates, batch=batch_idx + 1,
                                           loss_totals=(loss_sum, loss_count))))
@@ -147,7 +158,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_autocast=contex
     """Top-1/top-5 accuracy (%) and cross-entropy over the whole loader, and images/s.
 
     Correct predictions are counted exactly (integers, not rounded percentages). With a distributed ``world``
-    (litcli.distributed.World) every rank must pass a loader over its own disjoint shard (``ShardSampler``):
+    (litcli.core.runtime.World) every rank must pass a loader over its own disjoint shard (``ShardSampler``):
     the sums are all-reduced, so every rank returns the metrics of the whole dataset.
     """
     model.eval()
@@ -155,7 +166,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_autocast=contex
     loss_sum, top1_sum, top5_sum, count = 0.0, 0, 0, 0
     start = time.perf_counter()
     for batch in loader:
-        if batch is None:  # every image of this batch was unreadable (litcli.data.collate_readable)
+        if batch is None:  # every image of this batch was unreadable (litcli.core.data.collate_readable)
             continue
         x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -176,7 +187,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_autocast=contex
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     if world is not None and world.distributed:
-        from litcli.distributed import all_reduce_sum
+        from litcli.core.runtime import all_reduce_sum
         loss_sum, top1_sum, top5_sum, count = all_reduce_sum([loss_sum, top1_sum, top5_sum, count], world, device)
         top1_sum, top5_sum, count = int(top1_sum), int(top5_sum), int(count)
     if count == 0:

@@ -1,9 +1,12 @@
-"""User-facing errors: the CLI prints these as one line (no traceback) and exits non-zero."""
+"""User-facing errors: the CLI prints these as one line (no traceback) and exits non-zero.
+
+Any other exception is a bug and keeps its traceback.
+"""
 import re
 
 
 class LitError(Exception):
-    """A problem with the user's input or files, with a message that names the problem and the fix."""
+    """A problem with the user's input or files, with a message that names the problem and the fix (exit 1)."""
 
     exit_code = 1
 
@@ -24,5 +27,5 @@ def one_line(message: str) -> str:
     Original Traceback ..."); its last line holds the original message."""
     if 'Original Traceback' in message:
         last = [line for line in message.strip().splitlines() if line.strip()][-1]
-        message = re.sub(r'^[\w.]+: ', '', last.strip())  # 'litcli.errors.LitError: unreadable image ...'
+        message = re.sub(r'^[\w.]+: ', '', last.strip())  # 'litcli.core.errors.LitError: unreadable image ...'
     return message

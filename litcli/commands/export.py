@@ -11,8 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
-from litcli.errors import LitError, UsageError
-from litcli.sizes import check_img_size
+from litcli.core.errors import LitError, UsageError
 
 FORMATS = ('onnx', 'safetensors', 'torchscript')
 SUFFIXES = {'onnx': '.onnx', 'safetensors': '.safetensors', 'torchscript': '.torchscript.pt'}
@@ -29,8 +28,7 @@ def _portable(model):
     torch 2.14 the ONNX exporter cannot decompose fused SDPA with a relative-position bias and a dynamic batch
     (lit_s/m/b fail with "Cannot view a tensor ..."); the explicit path exports as MatMul/Softmax.
     """
-    from litcli.models.dtm import DeformConv2x2
-    from litcli.models.lit import Attention
+    from litcli.models import Attention, DeformConv2x2
 
     for m in model.modules():
         if isinstance(m, DeformConv2x2):
@@ -129,13 +127,13 @@ def default_out(checkpoint, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.name.removesuffix(checkpoint.suffix) + SUFFIXES[fmt])
 
 
-def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force: bool = False,
-           img_size: Optional[int] = None, opset: int = 18, use_ema: Optional[bool] = None) -> Dict:
+def run(checkpoint: Path, fmt: str, out: Optional[Path] = None, variant: Optional[str] = None, force: bool = False,
+        img_size: Optional[int] = None, opset: int = 18, use_ema: Optional[bool] = None) -> Dict:
     """Export ``checkpoint`` (official ``.pth``, ``lit train`` checkpoint or safetensors) to ``fmt`` at ``out``
     and write the JSON config next to it; returns a summary."""
-    from litcli.checkpoint import atomic_write, inference_data_config, is_train_checkpoint, model_from_checkpoint
-    from litcli.checkpoint import sidecar_path
-    from litcli.predict import class_names_for
+    from litcli.core.checkpoint import atomic_write, sidecar_path
+    from litcli.core.config import checked_img_size
+    from litcli.core.factory import load_model
 
     if fmt not in FORMATS:
         raise UsageError(f'unknown format {fmt!r}: choose one of {", ".join(FORMATS)}')
@@ -143,7 +141,7 @@ def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force:
         raise UsageError(f'--opset {opset} is too old: torch\'s ONNX exporter writes opset {MIN_OPSET} or newer; '
                          f'use --opset {MIN_OPSET}')
     if img_size is not None:
-        check_img_size(img_size)
+        checked_img_size(img_size)
     out = Path(out) if out is not None else default_out(checkpoint, fmt)
     sidecar = sidecar_path(out)
     if out.suffix == '.json':
@@ -163,17 +161,15 @@ def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force:
     if not os.access(out.parent, os.W_OK):
         raise LitError(f'{out.parent} is not writable; choose another --out')
 
-    model, raw = model_from_checkpoint(checkpoint, variant, use_ema=use_ema,
-                                       **({'img_size': img_size} if img_size else {}))
-    _portable(model.eval())
-    data_cfg = inference_data_config(raw, model, img_size=img_size)
-    size = data_cfg['input_size'][-1]
-    variant_name = model.pretrained_cfg.get('architecture')
-    config = dict(variant=variant_name, model_kwargs={**(raw.get('model_kwargs') or {}), 'img_size': size},
-                  num_classes=model.num_classes, class_names=class_names_for(raw, model.num_classes),
-                  data_config=data_cfg, weights=raw['loaded_weights'], source=str(checkpoint))
-    if is_train_checkpoint(raw):  # lets lit eval find the run's data and transforms, as from the checkpoint
-        config['config'] = {**raw['config'], 'img_size': size}
+    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size)
+    model = _portable(loaded.model)
+    size = loaded.img_size
+    config = dict(variant=loaded.variant,
+                  model_kwargs={**(loaded.checkpoint.get('model_kwargs') or {}), 'img_size': size},
+                  num_classes=loaded.num_classes, class_names=loaded.class_names, data_config=loaded.data_config,
+                  weights=loaded.weights, source=str(checkpoint))
+    if loaded.train_config is not None:  # lets lit eval find the run's data and transforms, as from the checkpoint
+        config['config'] = {**loaded.train_config, 'img_size': size}
 
     info = {}
 
@@ -191,11 +187,11 @@ def export(checkpoint, fmt: str, out=None, variant: Optional[str] = None, force:
         atomic_write(sidecar, lambda name: Path(name).write_text(json.dumps(config, indent=2) + '\n'))
     except OSError as e:
         raise LitError(f'cannot write {out} ({e.strerror or e}); choose a writable --out')
-    return dict(format=fmt, path=str(out), config=str(sidecar), variant=variant_name, img_size=size,
-                num_classes=model.num_classes, weights=raw['loaded_weights'], bytes=out.stat().st_size, **info)
+    return dict(format=fmt, path=str(out), config=str(sidecar), variant=loaded.variant, img_size=size,
+                num_classes=loaded.num_classes, weights=loaded.weights, bytes=out.stat().st_size, **info)
 
 
-def print_export(result: Dict):
+def print_result(result: Dict):
     from rich.console import Console
     from rich.table import Table
 

@@ -1,0 +1,118 @@
+"""``lit bench``: images/s, ms/step, peak memory and share of the device's GEMM rate of LIT and other timm models,
+timed interleaved in one run (the method is ``core.benchmark``'s)."""
+import math
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from litcli.core.benchmark import OP_KINDS, BenchConfig, run_bench
+
+
+def print_bench(report: Dict, console=None):
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    for block in report['results']:
+        table = Table(title=f"{report['mode']} @ {block['img_size']}x{block['img_size']}, {report['device']}, "
+                            f"{report['amp']}, {report['threads']} threads, batch {report['batch_size']}, "
+                            f"median of {report['repeats']} interleaved"
+                            + (f", drop path {report['drop_path']}" if report.get('drop_path') is not None else ''))
+        for col in ('model', 'img/s (min-max)', 'ms/step', 'peak MB', 'GMACs', 'GFLOP/s', '% of GEMM', 'ratio'):
+            table.add_column(col, justify='left' if col == 'model' else 'right')
+        for r in block['rows']:
+            if 'error' in r:
+                table.add_row(r['model'], r['error'], *[''] * 6)
+                continue
+            fmt = lambda v, f: (f.format(v) if v is not None else '-')  # noqa: E731
+            table.add_row(r['model'] + (f" (batch {r['batch_size']})" if r['batch_size'] != report['batch_size'] else ''),
+                          f"{r['img_per_s']:.1f} ({r['img_per_s_min']:.1f}-{r['img_per_s_max']:.1f})",
+                          f"{r['ms_per_step']:.0f}", fmt(r['peak_mem_mb'], '{:.0f}'), fmt(r['gmacs_per_img'], '{:.2f}'),
+                          fmt(r.get('achieved_gflops'), '{:.1f}'),
+                          fmt(100 * r['share_of_gemm'] if r.get('share_of_gemm') else None, '{:.0f}%'),
+                          fmt(r.get('ratio_to_first'), '{:.2f}x'))
+        console.print(table)
+        if report.get('profile'):
+            print_profile(block, console)
+    console.print(f"device GEMM rate: {report['gemm_gflops']:.1f} GFLOP/s; GFLOP/s = 2 x MACs x images (x3 in train "
+                  f"mode) / step time.")
+
+
+def print_profile(block: Dict, console):
+    """Share of one profiled step per kind of op, one row per model, and each model's top ops."""
+    from rich.table import Table
+    rows = [r for r in block['rows'] if r.get('profile') and 'error' not in r['profile']]
+    if not rows:
+        return
+    kinds = [k for k, _ in OP_KINDS] + ['other']
+    table = Table(title=f"where the time goes @ {block['img_size']}x{block['img_size']} (one profiled step, % of "
+                        f"self time)")
+    table.add_column('model')
+    for kind in kinds:
+        table.add_column(kind, justify='right')
+    for r in rows:
+        share = r['profile']['kinds_share']
+        table.add_row(r['model'], *[f"{100 * share.get(k, 0):.0f}%" for k in kinds])
+    console.print(table)
+    for r in rows:
+        tops = ', '.join(f"{t['op']} {100 * t['share']:.0f}%" for t in r['profile']['top_ops'])
+        console.print(f"  {r['model']} top ops: {tops}")
+
+
+def plot_sweep(report: Dict, path) -> str:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    sizes = [b['img_size'] for b in report['results']]
+    models = [r['model'] for r in report['results'][0]['rows']]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for m in models:
+        rows = [next(r for r in b['rows'] if r['model'] == m) for b in report['results']]
+        ax1.plot(sizes, [r.get('img_per_s', math.nan) for r in rows], marker='o', label=m)
+        ax2.plot(sizes, [r.get('peak_mem_mb') or math.nan for r in rows], marker='o', label=m)
+    ax1.set(xlabel='input size (px)', ylabel='images / s', title=f"{report['mode']} throughput")
+    ax2.set(xlabel='input size (px)', ylabel='peak memory (MB)', title='peak memory per step')
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def write_csv(report: Dict, path) -> str:
+    import csv
+    cols = ['img_size', 'model', 'batch_size', 'img_per_s', 'img_per_s_min', 'img_per_s_max', 'ms_per_step',
+            'peak_mem_mb', 'gmacs_per_img', 'achieved_gflops', 'share_of_gemm', 'ratio_to_first', 'error']
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore')
+        writer.writeheader()
+        for block in report['results']:
+            for row in block['rows']:
+                writer.writerow({'img_size': block['img_size'], **row})
+    return str(path)
+
+
+def run(variant: str, compare: Sequence[str] = (), cfg: Optional[BenchConfig] = None, sizes: Sequence[int] = (),
+        as_json: bool = False, csv_path: Optional[Path] = None, plot: Optional[Path] = None) -> Dict:
+    """``lit bench``: validate, measure, print / write."""
+    import json
+    import sys
+
+    from litcli.core.config import checked_img_size
+    from litcli.core.factory import check_model_names
+
+    cfg = cfg or BenchConfig()
+    check_model_names(list(compare))  # unknown names fail now, with a suggestion
+    for s in sizes or [cfg.img_size]:
+        checked_img_size(s)
+    log = (lambda s: print(s, file=sys.stderr)) if as_json else print
+    report = run_bench(variant, list(compare), cfg, list(sizes), log=log)
+    if as_json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_bench(report)
+    if csv_path:
+        log(f'CSV written to {write_csv(report, csv_path)}')
+    if plot:
+        log(f'plot written to {plot_sweep(report, plot)}')
+    return report

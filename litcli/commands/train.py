@@ -1,0 +1,319 @@
+"""``lit train``: one training run, as set-up plus the epoch loop (ConvNeXt's ``main.py`` is the model).
+
+Under torchrun (or SLURM) every process trains a DistributedDataParallel replica on its shard of each batch; only
+rank 0 writes files or prints. Checkpoints are written every epoch, every ``save_interval`` optimizer steps and on
+SIGTERM/SIGINT, with the position inside the epoch, so a resumed run continues exactly where it was taken. The
+loops are ``core.engine``'s; the config merge ``core.config``'s; restoring ``core.checkpoint.TrainState``'s.
+"""
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from litcli.core.checkpoint import plain
+from litcli.core.config import checked_img_size, new_run_config, resolve_config, scaled_lrs
+from litcli.core.errors import CheckpointError, LitError
+
+
+def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overrides: Optional[Dict] = None,
+        resume: Optional[str] = None, initial_checkpoint: Optional[Path] = None, name: Optional[str] = None,
+        output: Path = Path('runs/train'), exist_ok: bool = False, save_interval: Optional[int] = None,
+        keep_last: Optional[int] = None, sync_bn: Optional[bool] = None) -> Path:
+    """Run one training and return its run directory. ``overrides`` are the explicit flags (None = not given),
+    with timm's names (``lr``, ``epochs``, ``batch_size``...).
+
+    ``resume``: a checkpoint path or 'auto'. ``save_interval``/``keep_last``/``sync_bn`` (None: the resumed run's,
+    else 0 / 3 / off): a checkpoint every N optimizer steps (0: epoch ends only), how many step checkpoints to
+    keep, SyncBatchNorm (CUDA only). Raises TrainingStopped after SIGTERM/SIGINT (a checkpoint was saved).
+    """
+    from timm.utils.distributed import world_info_from_env
+
+    from litcli.core.checkpoint import resume_source
+    from litcli.core.progress import Reporter
+    from litcli.core.runtime import distributed_session, resolve_device
+
+    reporter = Reporter(world_info_from_env()[1] == 0, (overrides or {}).get('log_interval') or 50)
+    overrides = dict(overrides or {}, **({'variant': variant} if variant else {}))
+    checkpoint, resume_file = None, None
+    if resume is not None:  # the checkpoint's config replaces the recipe as the lowest layer
+        resume_file, checkpoint = resume_source(resume, Path(output), name, reporter.log)
+        saved = checkpoint['config']
+        if overrides.get('variant') and overrides['variant'] != saved['variant']:
+            raise CheckpointError(f'{resume_file} is a {saved["variant"]} run, not {overrides["variant"]}; '
+                                  f'drop --variant or resume another run')
+        cfg = resolve_config(config_file=config_file, overrides=overrides, base=saved)
+        cfg['variant'] = saved['variant']
+    else:
+        cfg = new_run_config(config_file, overrides)
+    checked_img_size(cfg['img_size'])
+    saved_options = (checkpoint or {}).get('run_options') or {}
+    options = dict(save_interval=saved_options.get('save_interval', 0) if save_interval is None else save_interval,
+                   keep_last=saved_options.get('keep_last', 3) if keep_last is None else keep_last)
+    device = resolve_device(cfg['device'])
+    if sync_bn is None:  # as the resumed run did, where it can (SyncBatchNorm does not run on CPU)
+        sync_bn = saved_options.get('sync_bn', False) and device.type == 'cuda'
+    if sync_bn and device.type != 'cuda':
+        raise LitError('--sync-bn needs CUDA devices (SyncBatchNorm cannot run on CPU); drop --sync-bn: on CPU the '
+                       'BatchNorm statistics are averaged across processes before each evaluation instead')
+    options['sync_bn'] = bool(sync_bn)
+    with distributed_session(device) as world:
+        return _train(cfg, world, device, reporter, checkpoint=checkpoint, resume_file=resume_file,
+                      initial_checkpoint=initial_checkpoint, output=Path(output), name=name, exist_ok=exist_ok,
+                      options=options)
+
+
+def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initial_checkpoint, output, name,
+           exist_ok, options) -> Path:
+    """The run itself, once the config is resolved and the process group is up."""
+    import torch
+    from timm.utils import random_seed
+    from torch.utils.data import DataLoader
+
+    from litcli.core import engine
+    from litcli.core.checkpoint import CheckpointSaver, TrainPosition, TrainState, rng_state
+    from litcli.core.data import (batch_transforms, build_datasets, collate_readable, dataset_name, resolve_data,
+                                  run_data_config, run_transforms, uses_fast_tensors)
+    from litcli.core.envinfo import collect_env
+    from litcli.core.factory import create_model, load_initial_weights, model_size_note
+    from litcli.core.optim import create_optimizer, create_scheduler
+    from litcli.core.rundir import git_commit, plot_curves, prepare_run_dir, write_metrics
+    from litcli.core.runtime import (ResumableSampler, ShardSampler, StopRequest, TrainingStopped, all_gather_object,
+                                     all_reduce_sum, any_rank, autocast_context, dtype_name, ignore_stop_signals,
+                                     process_device, resolve_amp, resume_hint, train_sampler)
+
+    log = reporter.log
+    device = process_device(device, world)
+    random_seed(cfg['seed'], world.rank)  # torch, numpy and python RNGs (timm transforms/Mixup use the latter)
+    amp_dtype = resolve_amp(device, cfg['amp'], cfg['amp_dtype'])
+
+    # ---- data: ImageFolder trees through timm transforms; built-ins as batched in-memory tensors ----
+    requested_data, requested_dir = cfg['data'], cfg['data_dir']
+    kind, root = resolve_data(requested_data, requested_dir)
+    # Recorded as absolute paths (a built-in by its name), so lit eval/--resume work from any folder.
+    cfg['data'] = str(Path(root).resolve()) if kind == 'folder' else kind
+    cfg['data_dir'] = str(Path(cfg['data_dir']).resolve()) if cfg['data_dir'] else None
+    fast = uses_fast_tensors(cfg, kind)
+    train_tf, eval_tf = run_transforms(cfg, kind)
+    train_ds, val_ds, spec = build_datasets(requested_data, data_dir=requested_dir, train_transform=train_tf,
+                                            eval_transform=eval_tf, strict_data=cfg['strict_data'],
+                                            fast_tensors=fast, img_size=cfg['img_size'])
+    train_batch_tf, eval_batch_tf = batch_transforms(cfg, fast)
+    if fast:
+        log('built-in data as in-memory tensors: ' + ('random crop and ' if cfg.get('crop_padding') else '') +
+            'random horizontal flip on the batch; --aa/--reprob unused')
+    num_classes = spec.num_classes
+    if cfg['num_classes'] is not None and cfg['num_classes'] != num_classes:
+        raise LitError(f'--num-classes {cfg["num_classes"]} but the dataset {dataset_name(spec)} has '
+                       f'{num_classes} classes; drop --num-classes or use matching data')
+    cfg['num_classes'] = num_classes
+    if checkpoint is not None and checkpoint.get('num_classes') not in (None, num_classes):
+        raise CheckpointError(f'the checkpoint has {checkpoint["num_classes"]} classes but {dataset_name(spec)} '
+                              f'has {num_classes}; resume with the data it was trained on')
+    lrs = scaled_lrs(cfg, world.world_size)
+    if (cfg['mixup'] > 0 or cfg['cutmix'] > 0) and cfg['batch_size'] % 2:
+        raise LitError(f'Mixup/CutMix needs an even --batch-size (got {cfg["batch_size"]}); '
+                       f'change it or pass --mixup 0 --cutmix 0')
+    if cfg['aug_repeats'] and world.world_size == 1:
+        log(f'repeated augmentation ({cfg["aug_repeats"]} repeats) needs several processes; off for this run')
+    # The order of an epoch depends only on seed + epoch (DistributedSampler, also for one process), so a resumed
+    # run can skip exactly the batches its checkpoint had consumed. Evaluation: disjoint shards, no padding.
+    sampler = ResumableSampler(train_sampler(train_ds, world, cfg['seed'], cfg['aug_repeats']), cfg['batch_size'])
+    generator = torch.Generator()  # seeds the loader workers (reseeded every epoch)
+    loader_kwargs = dict(batch_size=cfg['batch_size'], num_workers=cfg['workers'], pin_memory=device.type == 'cuda',
+                         persistent_workers=cfg['workers'] > 0, worker_init_fn=ignore_stop_signals)
+    train_loader = DataLoader(train_ds, sampler=sampler, drop_last=True, generator=generator, **loader_kwargs)
+    eval_loader = DataLoader(val_ds, sampler=ShardSampler(len(val_ds), world.rank, world.world_size),
+                             collate_fn=collate_readable, **loader_kwargs)
+    updates_per_epoch = len(train_loader) // cfg['grad_accum_steps']
+    if updates_per_epoch == 0:
+        raise LitError(f'the training set ({len(train_ds)} images) is smaller than one update of '
+                       f'{cfg["batch_size"]} x {world.world_size} process(es) x {cfg["grad_accum_steps"]} images; '
+                       f'lower --batch-size or --grad-accum-steps')
+
+    # ---- model, optimizer, schedule, AMP, EMA ----
+    model = create_model(cfg['variant'], num_classes=num_classes, drop_path_rate=cfg['drop_path'],
+                         **{'img_size': cfg['img_size'], **(cfg['model_kwargs'] or {})})
+    size_note = model_size_note(cfg, model)
+    if size_note:
+        log(size_note)
+    if initial_checkpoint is not None and checkpoint is None:
+        load_initial_weights(model, initial_checkpoint, log)
+    if cfg['grad_checkpointing']:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    if cfg['channels_last']:
+        model.to(memory_format=torch.channels_last)
+    if options['sync_bn']:  # CUDA only (checked in run); the DTM BatchNorms then normalise over the global batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if not world.distributed:
+            log('--sync-bn: a single process, so SyncBatchNorm acts as plain BatchNorm')
+    optimizer = create_optimizer(model, lr=lrs['lr'], weight_decay=cfg['weight_decay'], offset_lr=lrs['offset_lr'],
+                                 opt=cfg['opt'], eps=cfg['opt_eps'], betas=cfg['opt_betas'])
+    scheduler = create_scheduler(optimizer, cfg['epochs'], cfg['warmup_epochs'], lrs['warmup_lr'], lrs['min_lr'],
+                                 updates_per_epoch, step_on_epochs=cfg['sched_on_epochs'], sched=cfg['sched'])
+    state = TrainState(model, optimizer, scheduler)
+    if amp_dtype is torch.float16:
+        from timm.utils import NativeScaler
+        state.loss_scaler = NativeScaler(device=device.type)
+    if cfg['model_ema']:
+        from timm.utils import ModelEmaV3
+        state.ema = ModelEmaV3(model, decay=cfg['model_ema_decay'], use_warmup=cfg['model_ema_warmup'])
+    loss_fn, mixup = engine.build_loss(cfg, num_classes)
+    position = TrainPosition()
+    if checkpoint is not None:
+        position = state.restore(checkpoint, cfg, world.world_size, world.rank, resume_file, log)
+
+    # DDP after the weights are final (it broadcasts rank 0's parameters and buffers at construction). The
+    # unwrapped model is what is saved, evaluated and averaged into the EMA.
+    train_model = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
+                                              find_unused_parameters=False)
+    if cfg['torchcompile']:
+        train_model = torch.compile(train_model)
+    autocast = autocast_context(device, amp_dtype)
+    setup = engine.TrainSetup(train_model, optimizer, loss_fn, device, scheduler=scheduler,
+                              per_update_schedule=not cfg['sched_on_epochs'], mixup=mixup, autocast=autocast,
+                              loss_scaler=state.loss_scaler, clip_grad=cfg['clip_grad'] or None,
+                              accum_steps=cfg['grad_accum_steps'], ema=state.ema, channels_last=cfg['channels_last'],
+                              batch_transform=train_batch_tf)
+
+    # ---- run directory (rank 0 writes; every rank learns its path) ----
+    env = {**collect_env(), **world.as_dict(), 'git_commit': git_commit(), 'device': str(device),
+           'amp_dtype': dtype_name(amp_dtype)}
+    run_dir = prepare_run_dir(world, log, output=output, name=name, exist_ok=exist_ok,
+                              default_name=f'{cfg["variant"]}-{dataset_name(spec)}', config=cfg, env=env,
+                              resumed_dir=resume_file.parent.parent if checkpoint is not None else None,
+                              start_epoch=position.epoch)
+    saver = CheckpointSaver(run_dir / 'checkpoints', options['keep_last']) if world.is_main else None
+    log(f'run directory: {run_dir}')
+    log(f'data: {spec.description}')
+    backend = f', {torch.distributed.get_backend()}' if world.distributed else ''
+    log(f'{world.world_size} process(es){backend}: per-device batch {cfg["batch_size"]} x {world.world_size} '
+        f'process(es) x {cfg["grad_accum_steps"]} accumulation = global batch {lrs["global_batch"]}; '
+        f'scaled lr {lrs["lr"]:.3g} (offset group {lrs["offset_lr"]:.3g}), warmup lr {lrs["warmup_lr"]:.3g}, '
+        f'min lr {lrs["min_lr"]:.3g}' + ('; SyncBatchNorm' if options['sync_bn'] else ''))
+    precision = f' {dtype_name(amp_dtype)} autocast' if amp_dtype else ' fp32'
+    resuming = (f'; resuming at epoch {position.epoch}, step {position.step}' +
+                (f', batch {position.batch}' if position.batch else '')) if checkpoint is not None else ''
+    log(f'{cfg["variant"]} on {dataset_name(spec)} ({spec.train_size} train / {spec.val_size} val images, '
+        f'{num_classes} classes), {device}{precision}; global batch {lrs["global_batch"]}, lr {lrs["lr"]:.3g} '
+        f'(offset {lrs["offset_lr"]:.3g}), warmup lr {lrs["warmup_lr"]:.3g}, min lr {lrs["min_lr"]:.3g}, '
+        f'{cfg["epochs"]} epochs x {updates_per_epoch} updates{resuming}')
+    if options['save_interval']:
+        log(f'checkpoints every {options["save_interval"]} steps (the newest {options["keep_last"]} kept) and every '
+            f'epoch')
+
+    eval_data_config = run_data_config(cfg, kind)
+
+    def checkpoint_state(epoch_done: int, resume_epoch: int, resume_batch: int, totals) -> Optional[Dict]:
+        """The full training state (rank 0; None elsewhere). Collective: every rank must call it."""
+        rngs = all_gather_object(rng_state(), world)  # each rank's random streams, for an exact resume
+        if not world.is_main:
+            return None
+        return dict(
+            **state.state_dicts(), epoch=epoch_done, step=position.step, resume_epoch=resume_epoch,
+            resume_batch=resume_batch, epoch_loss_totals=[float(totals[0]), int(totals[1])],
+            best_metric=position.best_metric, config=plain(cfg), variant=cfg['variant'],
+            model_kwargs=plain({**(cfg['model_kwargs'] or {}), 'img_size': cfg['img_size']}),
+            class_names=list(spec.class_names), num_classes=num_classes, data_config=plain(eval_data_config),
+            eval_weights='ema' if state.ema is not None else 'model', rng=rngs[0],
+            rng_ranks=rngs if world.world_size > 1 else None, world_size=world.world_size, run_options=options)
+
+    stop = StopRequest()
+
+    def on_update(progress: Dict) -> bool:
+        """After each optimizer step: save every ``save_interval`` steps, and save + stop on a signal."""
+        position.step = progress['step']
+        stopping = any_rank(stop.requested, world, device)  # every rank stops at the same step
+        periodic = bool(options['save_interval']) and position.step % options['save_interval'] == 0
+        if periodic or stopping:
+            obj = checkpoint_state(progress['epoch'] - 1, progress['epoch'], progress['batch'],
+                                   progress['loss_totals'])
+            if obj is not None and periodic:
+                saver.save_step(obj, position.step)
+            elif obj is not None:
+                saver.save_last(obj)
+        return stopping
+
+    run_start = time.perf_counter()
+    start_epoch = position.epoch
+    if start_epoch >= cfg['epochs']:
+        log(f'nothing to do: the checkpoint already finished {cfg["epochs"]} epochs (raise --epochs to go on)')
+    stop.install()
+    try:
+        for epoch in range(start_epoch, cfg['epochs']):
+            skip = position.batch if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip)
+            generator.manual_seed(cfg['seed'] + epoch)
+            for dataset in (train_ds, val_ds):  # unreadable files are counted per epoch
+                getattr(dataset, 'reset_skipped', lambda: None)()
+            epoch_start = time.perf_counter()
+            reporter.start_epoch(epoch, updates_per_epoch)
+            try:
+                stats = engine.train_one_epoch(setup, train_loader, epoch, position.step, start_batch=skip,
+                                               loss_totals=position.loss_totals if skip else (0.0, 0),
+                                               on_update=on_update, on_step=reporter.step)
+            except (engine.NonFiniteLossError, KeyboardInterrupt):
+                reporter.end_epoch()
+                kept = saver.last if saver is not None else run_dir / 'checkpoints' / 'last.pt'
+                kept = f'continue with --resume {kept}' if kept.exists() else 'no checkpoint yet'
+                log(f'stopped in epoch {epoch}; run directory: {run_dir} ({kept})')
+                raise
+            finally:
+                reporter.end_epoch()
+            position.step = stats['num_updates']
+            if world.distributed:  # the epoch's train loss over every rank's samples
+                loss_sum, loss_count = all_reduce_sum(list(stats['loss_totals']), world, device)
+                stats['train_loss'] = loss_sum / max(loss_count, 1)
+            if stats['stopped']:
+                last = (run_dir / 'checkpoints' / 'last.pt').resolve()
+                message = (f'{stop.name} received: saved {last} at step {position.step} (epoch {epoch}, '
+                           f'{stats["batch"] // cfg["grad_accum_steps"]}/{updates_per_epoch} updates); resume with: '
+                           f'{resume_hint(last)}')
+                log(message)
+                raise TrainingStopped(message, stop.exit_code)
+            scheduler.step(epoch + 1)  # per-epoch schedules advance here; per-update ones ignore it
+            if world.distributed and not options['sync_bn']:  # each replica's BatchNorm statistics -> their mean
+                from timm.utils import distribute_bn
+                distribute_bn(model, world.world_size, reduce=True)
+                if state.ema is not None:
+                    distribute_bn(state.ema.module, world.world_size, reduce=True)
+            metrics = engine.evaluate(state.ema.module if state.ema is not None else model, eval_loader, device,
+                                      autocast, channels_last=cfg['channels_last'], batch_transform=eval_batch_tf,
+                                      world=world)
+            for dataset in (train_ds, val_ds):
+                skipped = int(all_reduce_sum([getattr(dataset, 'skipped', 0)], world, device)[0])
+                if skipped:
+                    message = dataset.skipped_message() or f'skipped {skipped} unreadable image file(s)'
+                    log(f'warning (epoch {epoch}, all processes: {skipped}): {message}')
+            is_best = position.best_metric is None or metrics['top1'] > position.best_metric
+            position.best_metric = max(position.best_metric or 0.0, metrics['top1'])
+            row = dict(epoch=epoch, step=position.step, train_loss=stats['train_loss'], eval_loss=metrics['loss'],
+                       eval_top1=metrics['top1'], eval_top5=metrics['top5'], lr=stats['lr'],
+                       img_per_s=stats['img_per_s'] * world.world_size, epoch_time_s=time.perf_counter() - epoch_start)
+            obj = checkpoint_state(epoch, epoch + 1, 0, (0.0, 0))
+            if world.is_main:
+                write_metrics(run_dir, row)  # a kill before last.pt is saved: the resume drops this row again
+                plot_curves(run_dir)
+                saver.save_epoch(obj, is_best)
+                log(f'epoch {epoch}: train loss {row["train_loss"]:.4f}, eval loss {row["eval_loss"]:.4f}, '
+                    f'top-1 {row["eval_top1"]:.2f}%, top-5 {row["eval_top5"]:.2f}%, lr {row["lr"]:.3e}, '
+                    f'{row["img_per_s"]:.1f} img/s, {row["epoch_time_s"]:.1f}s' + (' (best)' if is_best else ''))
+    finally:
+        stop.restore()
+
+    if world.is_main:
+        from rich.table import Table
+        table = Table(title='lit train summary', show_header=False)
+        size = ' demo size' if cfg.get('demo_config') else ' custom size' if size_note else ''
+        table.add_row('model', f'{cfg["variant"]}{size} ({num_classes} classes, {cfg["img_size"]} px)')
+        table.add_row('data', dataset_name(spec))
+        table.add_row('best top-1', f'{position.best_metric:.2f}%' if position.best_metric is not None else '-')
+        table.add_row('epochs', f'{cfg["epochs"]} ({cfg["epochs"] - start_epoch} this run, step {position.step})')
+        table.add_row('processes', str(world.world_size))
+        table.add_row('time', f'{time.perf_counter() - run_start:.1f}s')
+        table.add_row('run directory', str(run_dir))
+        reporter.console.print(table)
+        log(f'run directory: {run_dir}')
+    return run_dir

@@ -1,1 +1,0 @@
-"""Figures: learned DTM offsets (offsets.py)."""

@@ -9,27 +9,13 @@ Measured side by side in one run, interleaved (A B C A B C ...) after warm-up, m
 import argparse
 import json
 import statistics
-import time
-from typing import Callable, Dict, List, Sequence
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 
+from litcli.core.benchmark import interleaved_times
 from litcli.models.dtm import DeformableTokenMerging, deform_conv2x2, torchvision_ops_available
-
-
-def interleaved_times(steps: Sequence[Callable[[], None]], warmup: int, repeats: int) -> List[List[float]]:
-    """Warm every step up, then time them A B C A B C ...; one list of seconds per step."""
-    for step in steps:
-        for _ in range(warmup):
-            step()
-    times = [[] for _ in steps]
-    for _ in range(repeats):
-        for i, step in enumerate(steps):
-            t0 = time.perf_counter()
-            step()
-            times[i].append(time.perf_counter() - t0)
-    return times
 
 
 def run(device: str = 'cpu', shape=(32, 64, 56, 56), out_chs: int = 128, repeats: int = 10, warmup: int = 2,

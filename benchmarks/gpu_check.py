@@ -555,21 +555,6 @@ def part_mem1024(ctx: Ctx):
     ctx.summary = f'{size}px b1 ' + '; '.join(parts)
 
 
-def make_image_folder(root: Path, n_train: int, n_val: int, size: int = 32, classes=('a', 'b')):
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (('train', n_train), ('val', n_val)):
-        for c, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = rng.integers(0, 200, (size, size, 3), dtype=np.uint8)
-                a[..., c % 3] = 255  # a learnable cue per class
-                Image.fromarray(a).save(d / f'{i}.png')
-    return root
-
-
 def torchrun_cmd(*args):
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', '-m', 'litcli',
             *[str(a) for a in args]]
@@ -636,7 +621,8 @@ def part_resume(ctx: Ctx):
     """torchrun (1 process) lit train killed with SIGKILL after a step checkpoint, resumed with --resume auto."""
     import yaml
     work = ctx.workdir
-    data = make_image_folder(work / 'data', n_train=32, n_val=8)  # 64 train images: 16 steps/epoch at batch 4
+    from litcli.core.synthetic import write_image_folder
+    data = write_image_folder(work / 'data', ('a', 'b'), n_train=32, n_val=8)  # 64 train images: 16 steps/epoch at batch 4
     cfg = work / 'tiny.yaml'
     cfg.write_text(yaml.safe_dump(dict(model_kwargs=TINY, warmup_epochs=1)))
     runs = work / 'runs'

@@ -473,6 +473,7 @@ def viz_offsets(
     json_out: Annotated[bool, typer.Option('--json', help='Also write points.json (sampling points, stats).')] = False,
     save_npy: Annotated[bool, typer.Option('--save-npy', help='Also write offsets.npz (raw offsets, points).')] = False,
     summary: Annotated[bool, typer.Option(help='Print per-DTM offset statistics.')] = False,
+    device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
 ):
     """Where Deformable Token Merging looks: sampling points traced back onto the image (paper Fig. 2)."""
@@ -480,7 +481,7 @@ def viz_offsets(
     with user_errors():
         command.run(images or (), variant_name(variant), checkpoint, output, name, exist_ok, summary=summary,
                     data=data, data_dir=str(data_dir) if data_dir else None, num_images=num_images, use_ema=use_ema,
-                    img_size=img_size, tokens=parse_tokens(tokens), normalize=normalize, step=step,
+                    img_size=img_size, device=device, tokens=parse_tokens(tokens), normalize=normalize, step=step,
                     save_json=json_out, save_npy=save_npy)
 
 

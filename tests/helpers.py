@@ -1,13 +1,12 @@
 """Shared test helpers: the CLI runner, a tiny ImageFolder maker, a tiny LIT configuration and `lit train` args."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from litcli.cli import app
+from litcli.core.synthetic import write_image_folder
 
 # A 4-stage LIT-Ti layout small enough to train in a second on a CPU.
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
@@ -31,16 +30,7 @@ def lit(*args):
 
 def make_folder(root: Path, classes=('cat', 'dog'), n_train=8, n_val=4) -> Path:
     """An ImageFolder tree of random 32x32 PNGs with a learnable colour cue per class."""
-    rng = np.random.default_rng(0)
-    for split, n in (('train', n_train), ('val', n_val)):
-        for c, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                a[..., c % 3] = 255  # a learnable cue per class
-                Image.fromarray(a).save(d / f'{i}.png')
-    return root
+    return write_image_folder(root, classes, n_train, n_val)
 
 
 def train_args(data, config, output, *extra):

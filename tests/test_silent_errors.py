@@ -4,7 +4,6 @@ the figure commands' data, a paper variant without data, and smaller defects."""
 import json
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from PIL import Image
 
 import litcli.models  # noqa: F401
 from litcli.core.errors import LitError
-from helpers import TINY, lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
+from helpers import lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope='module')

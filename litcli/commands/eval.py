@@ -21,7 +21,6 @@ def run(checkpoint: Path, variant: Optional[str] = None, data: Optional[str] = N
     images are left out and counted (``skipped``). Under torchrun every process evaluates a disjoint shard and the
     sums are all-reduced (exact counts); rank 0 writes eval.json and returns the result, the others return None.
     """
-    import torch
     from torch.utils.data import DataLoader
 
     from litcli.core.data import build_eval_dataset, collate_readable, dataset_name, normalize_batch, resolve_data

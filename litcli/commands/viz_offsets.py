@@ -3,7 +3,7 @@ few of a dataset. The back-projection is ``core.offsets``'s, the drawing ``core.
 import json
 import re
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -69,13 +69,14 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
                     output: Path = Path('runs/viz-offsets'), name: Optional[str] = None, exist_ok: bool = False,
                     summary: bool = False, data: Optional[str] = None, data_dir: Optional[str] = None,
                     num_images: int = 4, use_ema: Optional[bool] = None, img_size: Optional[int] = None,
-                    **kwargs) -> Dict:
+                    device: Optional[str] = None, **kwargs) -> Dict:
     """The ``lit viz-offsets`` command: build/load the model, make a fresh output folder, draw, report.
 
     Images: the ``images`` given (paths), else ``num_images`` images of different classes from ``data`` (a
     built-in set's test split or a folder), by default the checkpoint's own validation data. Each is fed as the
     checkpoint's eval transform does (the built-in sets are padded), at ``img_size`` (default: the checkpoint's,
-    else 224). One image writes into the output folder; several write a subfolder each.
+    else 224), on ``device`` (default: CUDA when available). One image writes into the output folder; several write a
+    subfolder each.
     """
     from rich.console import Console
     from rich.table import Table
@@ -83,6 +84,7 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
     from litcli.core.data import figure_data, image_refs, one_per_class
     from litcli.core.factory import load_model
     from litcli.core.rundir import new_run_dir
+    from litcli.core.runtime import resolve_device
 
     console = Console()
     if num_images < 1:
@@ -90,7 +92,8 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
     if images and data is not None:
         raise LitError('give IMAGE paths or --data, not both')
     loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, default_variant='lit_ti')
-    model, source, arch, img_size = loaded.model, loaded.describe(), loaded.variant, loaded.img_size
+    model = loaded.model.to(resolve_device(device))
+    source, arch, img_size = loaded.describe(), loaded.variant, loaded.img_size
     select_tokens(kwargs.get('tokens', 'all'), (img_size // 32, img_size // 32))  # validate before writing
     pad = loaded.data_config['crop_mode'] == 'pad'
     if images:

@@ -9,7 +9,6 @@ model's memory or allocator cache is counted, with large blocks served by mmap s
 resident set. The device's matmul rate is measured by the same command (a large GEMM), so the share of it each model
 achieves is comparable within one run.
 """
-import math
 import statistics
 import time
 from dataclasses import dataclass, field

@@ -49,6 +49,8 @@ def read_checkpoint(path: PathLike) -> Dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f'{path} holds objects other than tensors and plain types, refused for safety '
                               f'({first}); re-save it as a plain state dict')
+    except MemoryError:
+        raise
     except Exception as e:  # truncated zip, not a torch file, ...
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint (truncated or corrupt?): '
                               f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}')
@@ -222,9 +224,15 @@ def step_checkpoints(ckpt_dir: Path) -> List[Path]:
 
 
 def _resumable_files(ckpt_dir: Path) -> List[Path]:
-    """last.pt and the step checkpoints, newest first (modification time; last.pt first on a tie)."""
+    """last.pt and the step checkpoints, newest first: by modification time, then last.pt, then the higher step.
+    The step breaks ties because fast runs write several step files within one tick of a coarse file-system clock
+    (1-2 s on some network and FAT file systems; last.pt is a hard link to the newest step file)."""
+    def newest_first(p: Path):
+        match = STEP_FILE.match(p.name)
+        return p.stat().st_mtime_ns, p.name == 'last.pt', int(match.group(1)) if match else -1
+
     files = [p for p in [Path(ckpt_dir) / 'last.pt', *step_checkpoints(ckpt_dir)] if p.is_file()]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == 'last.pt'), reverse=True)
+    return sorted(files, key=newest_first, reverse=True)
 
 
 def find_run_dir(output: Path, name: Optional[str]) -> Path:

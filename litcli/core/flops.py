@@ -25,7 +25,6 @@ numbers come from ``FlopCounterMode`` (halved), which ignores norms, so totals a
 import warnings
 from dataclasses import dataclass, field
 from math import prod
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from litcli.core.errors import UsageError

@@ -24,6 +24,9 @@ app = typer.Typer(
 # ti/s/m/b and the paper's ablation models (litcli.names); Typer validates them (exit 2 with the choices).
 Variant = Enum('Variant', {name: name for name in CLI_CHOICES}, type=str)
 VariantOrAll = Enum('VariantOrAll', {name: name for name in (*CLI_CHOICES, 'all')}, type=str)
+# The variants with released weights (lit weights --download).
+ReleasedOrAll = Enum('ReleasedOrAll', {n: n for n in (*(v.removeprefix('lit_') for v in PAPER_VARIANTS), 'all')},
+                     type=str)
 
 
 def fail(message: str, code: int = 1):
@@ -118,6 +121,22 @@ def info(
 
 
 @app.command(rich_help_panel='Inspect')
+def weights(
+    download: Annotated[Optional[ReleasedOrAll], typer.Option(
+        '--download', '-d',
+        help='Download the released weights of this variant (or all) into the cache, verified, unless cached.')] = None,
+    json_out: Annotated[bool, typer.Option('--json', help='Print JSON instead of a table.')] = False,
+):
+    """The released ImageNet-1k weights: paper top-1, GMACs, URL, and whether and where each is cached."""
+    from litcli.commands import weights as command
+    with user_errors():
+        variants = None if download is None else \
+            list(PAPER_VARIANTS) if download.value == 'all' else [model_name(download.value)]
+        result = command.run(variants)
+    command.print_result(result, as_json=json_out)
+
+
+@app.command(rich_help_panel='Inspect')
 def flops(
     variant: Annotated[str, typer.Option('--variant', '-v', help='LIT variant (ti, s, m, b) or an ablation model '
                                                                  '(lit_ti_star, lit_s_star, pvt_s_msa, pvt_s_dtm, '
@@ -185,6 +204,11 @@ def use_ema_option():
                                                      'ones its metrics came from).')
 
 
+def pretrained_option():
+    return typer.Option('--pretrained', help='The released ImageNet-1k weights of --variant instead of --checkpoint '
+                                             '(downloaded once into the torch hub cache; see lit weights).')
+
+
 # ---- Train ----
 HYPER = 'Hyperparameters (default: the recipe of --variant)'
 
@@ -215,6 +239,10 @@ def train(
         '--initial-checkpoint',
         help='Start from these weights only (official .pth too); the classifier is dropped when the class count '
              'differs.', dir_okay=False)] = None,
+    pretrained: Annotated[bool, typer.Option(
+        '--pretrained',
+        help='Start from the released ImageNet-1k weights of --variant (fine-tuning; downloaded once into the torch '
+             'hub cache, see lit weights); the classifier is re-initialised for another class count.')] = False,
     name: Annotated[Optional[str], typer.Option(help='Run name (default VARIANT-DATA; -2, -3... if taken).')] = None,
     output: Annotated[Path, typer.Option(help='Parent folder of run directories.')] = Path('runs/train'),
     exist_ok: Annotated[bool, typer.Option(
@@ -310,6 +338,14 @@ def train(
     keep_last: Annotated[Optional[int], typer.Option(
         '--keep-last', min=1, rich_help_panel='Distributed and fault tolerance',
         help='Step checkpoints kept besides last.pt/best.pt (3).')] = None,
+    keep_best: Annotated[Optional[int], typer.Option(
+        '--keep-best', min=0, rich_help_panel='Distributed and fault tolerance',
+        help='Also keep the checkpoints of the K best epochs by eval top-1 (checkpoints/top-epochNNNN.pt, for lit '
+             'avg-checkpoints; 0 = off, the default).')] = None,
+    log: Annotated[Optional[List[str]], typer.Option(
+        '--log', help='Experiment tracker, repeatable: tensorboard (events in RUN/tensorboard) or wandb (offline '
+                      'unless WANDB_MODE is set; RUN/wandb). Optional extras: pip install \'litcli[track]\' / '
+                      '\'litcli[wandb]\'.')] = None,
     sync_bn: Annotated[Optional[bool], typer.Option(
         '--sync-bn/--no-sync-bn', rich_help_panel='Distributed and fault tolerance',
         help='SyncBatchNorm for the DTM BatchNorms across processes (CUDA only; default: off, or as the resumed '
@@ -341,15 +377,16 @@ def train(
     with user_errors():
         try:
             command.run(variant_name(variant), config, overrides, resume=resume, initial_checkpoint=initial_checkpoint,
-                        name=name, output=output, exist_ok=exist_ok, save_interval=save_interval,
-                        keep_last=keep_last, sync_bn=sync_bn)
+                        pretrained=pretrained, name=name, output=output, exist_ok=exist_ok, save_interval=save_interval,
+                        keep_last=keep_last, sync_bn=sync_bn, keep_best=keep_best, log=log)
         except TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved, resume command already printed
             raise typer.Exit(e.exit_code)
 
 
 @app.command('eval', rich_help_panel='Train')
 def eval_(
-    checkpoint: Annotated[Path, typer.Option(help='lit train checkpoint or official .pth.', dir_okay=False)],
+    checkpoint: Annotated[Optional[Path], typer.Option(help='lit train checkpoint or official .pth (or --pretrained).',
+                                                       dir_okay=False)] = None,
     variant: Annotated[Optional[Variant], typer.Option(
         '--variant', '-v',
         help='Needed for official files (lit train checkpoints carry it).')] = None,
@@ -374,14 +411,30 @@ def eval_(
         help='Folder for eval.json (default runs/eval/VARIANT-DATA[-N]).')] = None,
     strict_data: Annotated[bool, typer.Option('--strict-data', help='Stop at the first unreadable image.')] = False,
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
+    pretrained: Annotated[bool, pretrained_option()] = False,
+    per_class: Annotated[bool, typer.Option(
+        '--per-class', help='Also accuracy (top-1, top-5), precision, recall and F1 of every class, with its name '
+                            '(per_class.csv).')] = False,
+    confusion_matrix: Annotated[bool, typer.Option(
+        '--confusion-matrix', help='Also confusion_matrix.png (normalised per true class) and .csv (counts).')] = False,
+    results_file: Annotated[Optional[Path], typer.Option(
+        '--results-file', dir_okay=False,
+        help='Per image: path, true label, top-k labels and probabilities (FILE.csv or FILE.json, timm '
+             'inference.py layout).')] = None,
+    topk: Annotated[int, typer.Option('--topk', '-k', min=1, help='Classes per image in --results-file.')] = 5,
+    force: Annotated[bool, typer.Option('--force', help='Overwrite files already in --out and the '
+                                                        '--results-file.')] = False,
+    json_out: Annotated[bool, typer.Option('--json', help='Print the result as JSON instead of tables.')] = False,
 ):
-    """Top-1/top-5, loss and images/s of a checkpoint on a dataset; writes eval.json."""
+    """Top-1/top-5, loss and images/s of a checkpoint on a dataset, per class and per image on request; eval.json."""
     from litcli.commands import eval as command
     with user_errors():
         result = command.run(checkpoint, variant_name(variant), data, str(data_dir) if data_dir else None, img_size,
-                             crop_pct, batch_size, workers, device, out, strict_data, use_ema)
+                             crop_pct, batch_size, workers, device, out, strict_data, use_ema, pretrained=pretrained,
+                             per_class=per_class, confusion_matrix=confusion_matrix, results_file=results_file,
+                             topk=topk, force=force)
     if result is not None:  # None on torchrun ranks other than 0
-        command.print_result(result)
+        command.print_result(result, as_json=json_out)
 
 
 # ---- Deploy ----
@@ -409,25 +462,27 @@ def predict(
         help='Input size, a multiple of 32 (default: the checkpoint\'s, 224 for official files).')] = None,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
+    pretrained: Annotated[bool, pretrained_option()] = False,
 ):
     """Top-k classes of images (ImageNet names for 1000-class weights, the run's classes for lit train)."""
-    if checkpoint is None:
-        fail('lit predict needs trained weights: pass --checkpoint PATH (random weights make meaningless '
-             'predictions)', 2)
+    if checkpoint is None and not pretrained:
+        fail('lit predict needs trained weights: pass --checkpoint PATH or --pretrained (random weights make '
+             'meaningless predictions)', 2)
     from litcli.commands import predict as command
     with user_errors():
-        result = command.run(images, checkpoint, variant_name(variant), topk, batch_size, img_size, device, use_ema)
+        result = command.run(images, checkpoint, variant_name(variant), topk, batch_size, img_size, device, use_ema,
+                             pretrained=pretrained)
     command.print_result(result, as_json=json_out)
 
 
 @app.command(rich_help_panel='Deploy')
 def export(
-    checkpoint: Annotated[Path, typer.Option(help='Official .pth, lit train checkpoint or .safetensors export.',
-                                             dir_okay=False)],
     fmt: Annotated[ExportFormat, typer.Option('--format', '-f', help='Output format.')],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help='Official .pth, lit train checkpoint or .safetensors export (or --pretrained).', dir_okay=False)] = None,
     out: Annotated[Optional[Path], typer.Option(
-        help='Output file (default: next to the checkpoint, e.g. lit_s.safetensors); its JSON config is written '
-             'beside it with .json added (lit_s.safetensors.json).')] = None,
+        help='Output file (default: next to the checkpoint, e.g. lit_s.safetensors; --pretrained: in the current '
+             'folder); its JSON config is written beside it with .json added (lit_s.safetensors.json).')] = None,
     variant: Annotated[Optional[Variant], typer.Option(
         '--variant', '-v',
         help='Model variant (default: recorded in the checkpoint or recognised from its keys).')] = None,
@@ -437,11 +492,13 @@ def export(
         help='Input size of the exported model, a multiple of 32 (default: the checkpoint\'s).')] = None,
     opset: Annotated[int, typer.Option(min=1, help='ONNX opset (18+, the oldest torch\'s exporter writes).')] = 18,
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
+    pretrained: Annotated[bool, pretrained_option()] = False,
 ):
     """Deployable model files: safetensors + JSON config, ONNX (checked with onnxruntime) or TorchScript."""
     from litcli.commands import export as command
     with user_errors():
-        result = command.run(checkpoint, fmt.value, out, variant_name(variant), force, img_size, opset, use_ema)
+        result = command.run(checkpoint, fmt.value, out, variant_name(variant), force, img_size, opset, use_ema,
+                             pretrained=pretrained)
     command.print_result(result)
 
 
@@ -475,11 +532,13 @@ def viz_offsets(
     summary: Annotated[bool, typer.Option(help='Print per-DTM offset statistics.')] = False,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
+    pretrained: Annotated[bool, pretrained_option()] = False,
 ):
     """Where Deformable Token Merging looks: sampling points traced back onto the image (paper Fig. 2)."""
     from litcli.commands import viz_offsets as command
     with user_errors():
         command.run(images or (), variant_name(variant), checkpoint, output, name, exist_ok, summary=summary,
+                    pretrained=pretrained,
                     data=data, data_dir=str(data_dir) if data_dir else None, num_images=num_images, use_ema=use_ema,
                     img_size=img_size, device=device, tokens=parse_tokens(tokens), normalize=normalize, step=step,
                     save_json=json_out, save_npy=save_npy)
@@ -512,6 +571,7 @@ def attn_maps(
     exist_ok: Annotated[bool, typer.Option('--exist-ok', help='Write into an existing folder of that name.')] = False,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
+    pretrained: Annotated[bool, pretrained_option()] = False,
 ):
     """Attention of a query token averaged over images per block and head (paper Fig. 3), distance, entropy."""
     from litcli.commands import attn_maps as command
@@ -528,4 +588,150 @@ def attn_maps(
             raise UsageError(f'bad --msa-stages {msa_stages!r}: use stage numbers like 1,2,3,4')
         command.run(stage_number, variant_name(variant), checkpoint, data, num_images, batch_size, img_size,
                     parse_token(query, '--query') if query else None, per_head, save_npy, json_out, output, name,
-                    exist_ok, device, stages, data_dir=str(data_dir) if data_dir else None, use_ema=use_ema)
+                    exist_ok, device, stages, data_dir=str(data_dir) if data_dir else None, use_ema=use_ema,
+                    pretrained=pretrained)
+
+
+# ---- Around a run: checkpoint averaging, run comparison, class-activation maps (issue 20) ----
+class CamMethod(str, Enum):
+    gradcam = 'gradcam'
+    gradcam_pp = 'gradcam++'
+    eigencam = 'eigencam'
+
+
+@app.command('avg-checkpoints', rich_help_panel='Train')
+def avg_checkpoints(
+    inputs: Annotated[List[Path], typer.Argument(
+        help='A run folder (its --keep-best checkpoints, best first) or checkpoint files.', show_default=False)],
+    out: Annotated[Path, typer.Option(help='The averaged checkpoint to write (.pt).', dir_okay=False)],
+    top: Annotated[Optional[int], typer.Option(
+        '--top', min=1, help='Average only the K best (by each checkpoint\'s own eval top-1).')] = None,
+    force: Annotated[bool, typer.Option('--force', help='Overwrite --out if it exists.')] = False,
+    use_ema: Annotated[Optional[bool], use_ema_option()] = None,
+    json_out: Annotated[bool, typer.Option('--json', help='Print the result as JSON.')] = False,
+):
+    """The mean of several checkpoints' weights (BatchNorm statistics too), as a checkpoint every command takes."""
+    from litcli.commands import avg_checkpoints as command
+    with user_errors():
+        result = command.run(inputs, out, top=top, use_ema=use_ema, force=force)
+    command.print_result(result, as_json=json_out)
+
+
+@app.command(rich_help_panel='Train')
+def compare(
+    runs: Annotated[List[Path], typer.Argument(help='lit train run folders (runs/train/NAME).', show_default=False)],
+    out: Annotated[Optional[Path], typer.Option(
+        help='The curves PNG (default runs/compare/A-vs-B.png, a new name).', dir_okay=False)] = None,
+    metric: Annotated[str, typer.Option(
+        help='Metric of the "best" column and the second panel: val_top1, val_top5, val_loss or train_loss.')] =
+        'val_top1',
+    gmacs: Annotated[bool, typer.Option('--gmacs', help='Also count each model\'s GMACs at its input size '
+                                                        '(slower).')] = False,
+    force: Annotated[bool, typer.Option('--force', help='Overwrite --out if it exists.')] = False,
+    json_out: Annotated[bool, typer.Option('--json', help='Print the result as JSON.')] = False,
+):
+    """Runs side by side: curves on shared axes (loss, top-1, lr, img/s) and best/final metrics, time, size."""
+    from litcli.commands import compare as command
+    with user_errors():
+        result = command.run(runs, out, metric=metric, gmacs=gmacs, force=force)
+    command.print_result(result, as_json=json_out)
+
+
+@app.command(rich_help_panel='Figures')
+def cam(
+    images: Annotated[List[str], typer.Argument(help='Image files, folders or glob patterns.', show_default=False)],
+    checkpoint: Annotated[Path, typer.Option(help='lit train checkpoint, official .pth or .safetensors export.',
+                                             dir_okay=False)],
+    method: Annotated[CamMethod, typer.Option(help='Class-activation method (grad-cam package).')] =
+        CamMethod.gradcam,
+    stage: Annotated[int, typer.Option(help='LIT stage whose tokens are mapped (1-4).')] = 4,
+    classes: Annotated[Optional[List[str]], typer.Option(
+        '--class', '-c', help='Class name or index to explain, repeatable (default: the top-1 prediction).')] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help='Output folder (default runs/cam/IMAGE-VARIANT, a new one).', file_okay=False)] = None,
+    force: Annotated[bool, typer.Option('--force', help='Overwrite PNGs already in --out.')] = False,
+    variant: Annotated[Optional[Variant], typer.Option(
+        '--variant', '-v',
+        help='Model variant (default: recorded in the checkpoint or recognised from its keys).')] = None,
+    device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
+    use_ema: Annotated[Optional[bool], use_ema_option()] = None,
+    json_out: Annotated[bool, typer.Option('--json', help='Print the result as JSON.')] = False,
+):
+    """Class-activation maps (Grad-CAM, Grad-CAM++, EigenCAM) of a stage, overlaid on each image."""
+    from litcli.commands import cam as command
+    with user_errors():
+        result = command.run(images, checkpoint, method.value, stage, classes or (), out, force,
+                             variant_name(variant), use_ema, device)
+    command.print_result(result, as_json=json_out)
+
+
+# ---- Data ----
+data_app = typer.Typer(help='Prepare and measure training data: WebDataset shards, input-pipeline speed.',
+                       no_args_is_help=True)
+app.add_typer(data_app, name='data', rich_help_panel='Train')
+
+
+def parse_bytes(text: str, what: str = '--shard-size') -> int:
+    """'500MB' | '1.5GB' | '200kB' | '1000000' -> bytes (decimal units, as disk sizes are quoted)."""
+    units = {'': 1, 'b': 1, 'kb': 10 ** 3, 'k': 10 ** 3, 'mb': 10 ** 6, 'm': 10 ** 6, 'gb': 10 ** 9, 'g': 10 ** 9,
+             'kib': 2 ** 10, 'mib': 2 ** 20, 'gib': 2 ** 30}
+    raw = str(text).strip().lower().replace(' ', '')
+    number = raw.rstrip('kmgibt')
+    try:
+        value = float(number) * units[raw[len(number):]]
+    except (ValueError, KeyError):
+        raise UsageError(f'{what} {text!r} is not a size: use e.g. 500MB, 1GB or a number of bytes') from None
+    if value <= 0:
+        raise UsageError(f'{what} must be positive, not {text!r}')
+    return int(value)
+
+
+@data_app.command('pack')
+def data_pack(
+    src: Annotated[Path, typer.Argument(help='Image folder: SRC/train/<class>/*.jpg and SRC/val/<class>/*.jpg.',
+                                        show_default=False)],
+    out: Annotated[Path, typer.Argument(help='New (or empty) folder for the shards and index.json.',
+                                        show_default=False)],
+    shard_size: Annotated[str, typer.Option('--shard-size', help='Bytes per shard (e.g. 500MB, 1GB).')] = '500MB',
+    split: Annotated[str, typer.Option('--split', help='Splits to pack, comma-separated (val also reads '
+                                                       'validation/).')] = 'train,val',
+    seed: Annotated[int, typer.Option(help='Seed of the one-time shuffle of the training images across shards.')] = 0,
+    strict_data: Annotated[bool, typer.Option('--strict-data', help='Stop at the first file that is not a readable '
+                                                                    'image (default: leave it out, counted).')] = False,
+    json_out: Annotated[bool, typer.Option('--json', help='Print the summary as JSON.')] = False,
+):
+    """Image folder -> WebDataset shards + index.json for lit train --data wds:... (never overwrites)."""
+    from litcli.commands import data_pack as command
+    with user_errors():
+        splits = parse_names(split)
+        if not splits:
+            raise UsageError('--split needs at least one split name, e.g. train,val')
+        result = command.run(src, out, parse_bytes(shard_size), splits, seed=seed, strict=strict_data)
+    command.print_result(result, as_json=json_out)
+
+
+@data_app.command('bench')
+def data_bench(
+    data: Annotated[str, typer.Option(help='Image folder, tar, wds:PATTERN or built-in set (its training split).')],
+    workers: Annotated[str, typer.Option('--workers', '-j', help='Worker counts to time, comma-separated.')] = '0,1,2',
+    variant: Annotated[str, typer.Option('--variant', '-v', help='Whose recipe\'s training transforms to run '
+                                                                 '(ti, s, m, b).')] = 's',
+    img_size: Annotated[Optional[int], typer.Option('--img-size', min=32, help='Input size (default: the '
+                                                                               'recipe\'s, 224).')] = None,
+    batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 64,
+    batches: Annotated[int, typer.Option(min=1, help='Timed batches per worker count.')] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help='Untimed batches first (worker start-up).')] = 2,
+    data_dir: Annotated[Optional[Path], typer.Option('--data-dir', help='Folder holding a built-in set\'s '
+                                                                        'files.')] = None,
+    json_out: Annotated[bool, typer.Option('--json', help='Print JSON instead of a table.')] = False,
+):
+    """Images/s of the input pipeline alone (read, decode, the recipe's augmentation) for 0, 1, ... N workers."""
+    from litcli.commands import data_bench as command
+    with user_errors():
+        counts = parse_ints(workers, '--workers', '0,1,2,4')
+        if not counts or min(counts) < 0:
+            raise UsageError(f'--workers {workers!r}: give worker counts >= 0, e.g. 0,1,2,4')
+        result = command.run(data, counts, variant=model_name(variant), img_size=img_size, batch_size=batch_size,
+                             batches=batches, warmup=warmup, data_dir=str(data_dir) if data_dir else None,
+                             quiet=json_out)
+    command.print_result(result, as_json=json_out)

@@ -1,4 +1,12 @@
-"""Shared test helpers: the CLI runner, a tiny ImageFolder maker, a tiny LIT configuration and `lit train` args."""
+"""Shared test helpers: the CLI runner, a tiny ImageFolder maker, a tiny LIT configuration, `lit train` args and
+`lit` in a subprocess stopped by a signal at a given step."""
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +44,39 @@ def make_folder(root: Path, classes=('cat', 'dog'), n_train=8, n_val=4) -> Path:
 def train_args(data, config, output, *extra):
     return ('train', '--variant', 'ti', '--data', data, '--config', config, '--img-size', 32, '-b', 4, '-j', 0,
             '--epochs', 1, '--output', output, '--log-interval', 1, *extra)
+
+
+def lit_cmd(*args):
+    """``lit ARGS`` as a subprocess command line (this interpreter, so the test's install)."""
+    return [sys.executable, '-m', 'litcli', *[str(a) for a in args]]
+
+
+def run_until_step(args, step: int, env: dict, timeout: float, rng: random.Random = random.Random(0),
+                   sig=signal.SIGKILL, process_group: bool = False):
+    """Start ``lit ARGS``, send ``sig`` 0-5 ms after it logs optimizer step >= ``step`` (a tiny step takes a few ms,
+    so the signal lands anywhere in the next step or two, checkpoint writes included); return (rc, output, sent).
+    ``process_group``: signal the main process and its DataLoader workers together, as a node failure would."""
+    proc = subprocess.Popen(lit_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=process_group)
+    lines, sent = [], False
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r'\] step (\d+) loss', line)
+            if not sent and m and int(m.group(1)) >= step:
+                time.sleep(rng.uniform(0, 0.005))
+                if process_group:
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
+                sent = True
+            assert time.monotonic() < deadline, 'training did not finish in time'
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            if process_group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+    return rc, ''.join(lines), sent

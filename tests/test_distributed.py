@@ -21,6 +21,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from helpers import lit_cmd, run_until_step
 from litcli.core.checkpoint import read_checkpoint
 from litcli.cli import app
 from litcli.core.runtime import ResumableSampler, ShardSampler
@@ -64,8 +65,7 @@ def env():
     return {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', 'COLUMNS': '160'}
 
 
-def lit_cmd(*args):
-    return [sys.executable, '-m', 'litcli', *[str(a) for a in args]]
+
 
 
 def run(*args, timeout=TIMEOUT):
@@ -217,11 +217,14 @@ def test_distributed_eval_counts_each_image_once(ddp_runs, tmp_path):
     """lit eval under torchrun on 7 images and 2 processes: shards of 4 and 3, exact all-reduced counts."""
     work, _, _ = ddp_runs
     ckpt = work / 'one/checkpoints/last.pt'
-    single = run('eval', '--checkpoint', ckpt, '--out', tmp_path / 'single', '-j', 0, '-b', 3)
+    extras = ('--per-class', '--confusion-matrix', '--results-file')  # issue 20: exact under torchrun too
+    single = run('eval', '--checkpoint', ckpt, '--out', tmp_path / 'single', '-j', 0, '-b', 3, *extras,
+                 tmp_path / 'single.csv')
     assert single.returncode == 0, single.stdout + single.stderr
     launched = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'litcli', 'eval',
-         '--checkpoint', str(ckpt), '--out', str(tmp_path / 'dist'), '-j', '0', '-b', '3'],
+         '--checkpoint', str(ckpt), '--out', str(tmp_path / 'dist'), '-j', '0', '-b', '3', *extras,
+         str(tmp_path / 'dist.csv')],
         capture_output=True, text=True, env=env(), timeout=TIMEOUT)
     assert launched.returncode == 0, launched.stdout + launched.stderr
     assert launched.stdout.count('lit eval:') == 1  # rank 0 prints the table
@@ -231,6 +234,15 @@ def test_distributed_eval_counts_each_image_once(ddp_runs, tmp_path):
     assert ev2['top1_correct'] == ev1['top1_correct'] and ev2['top5_correct'] == ev1['top5_correct']
     assert ev2['top1'] == pytest.approx(100.0 * ev1['top1_correct'] / N_VAL)
     assert ev2['loss'] == pytest.approx(ev1['loss'], rel=1e-5)
+    # per-class counts and the confusion matrix reduced over both ranks; each image once in the results file
+    assert ev2['confusion_matrix']['counts'] == ev1['confusion_matrix']['counts']
+    assert sum(map(sum, ev2['confusion_matrix']['counts'])) == N_VAL
+    assert [c['support'] for c in ev2['per_class']['classes']] == [c['support'] for c in ev1['per_class']['classes']]
+    assert [c['top5'] for c in ev2['per_class']['classes']] == [c['top5'] for c in ev1['per_class']['classes']]
+    names = [r['filename'] for r in ev2['results']]
+    assert names == [f'fashion-mnist-mini test image #{i}' for i in range(N_VAL)]  # sorted, none twice
+    assert [r['index'] for r in ev2['results']] == [r['index'] for r in ev1['results']]
+    assert (tmp_path / 'dist.csv').read_text().splitlines()[0].startswith('filename,true_index,true_label,index_0')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,29 +280,7 @@ def test_straight_run_keeps_last_k_step_checkpoints(straight):
     assert names == ['best.pt', 'last.pt', f'step-{STEPS - 1:07d}.pt', f'step-{STEPS:07d}.pt']
     last = read_checkpoint(straight / 'checkpoints/last.pt')
     assert last['step'] == STEPS and last['resume_epoch'] == EPOCHS and last['resume_batch'] == 0
-    assert last['run_options'] == dict(save_interval=1, keep_last=2, sync_bn=False)
-
-
-def run_until_step(args, step: int, rng: random.Random, sig=signal.SIGKILL):
-    """Start a training, send ``sig`` 0-5 ms after it logs optimizer step >= ``step`` (a tiny step takes a few ms,
-    so the signal lands anywhere in the next step or two, checkpoint writes included); return (rc, output, sent)."""
-    proc = subprocess.Popen(lit_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
-    lines, sent = [], False
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            m = re.search(r'\] step (\d+) loss', line)
-            if not sent and m and int(m.group(1)) >= step:
-                time.sleep(rng.uniform(0, 0.005))
-                proc.send_signal(sig)
-                sent = True
-            assert time.monotonic() < deadline, 'training did not finish in time'
-        rc = proc.wait(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return rc, ''.join(lines), sent
+    assert last['run_options'] == dict(save_interval=1, keep_last=2, keep_best=0, log=[], sync_bn=False)
 
 
 @pytest.mark.slow
@@ -301,7 +291,7 @@ def test_sigkill_at_random_steps_then_resume_auto_is_bit_identical(mini, ft_cfg,
     positions, kill_steps = [0], []
     for i in range(3):
         kill_steps.append(positions[-1] + rng.randint(1, 3))  # 1-3 steps after the resume point
-        rc, out, sent = run_until_step(args if i == 0 else resume, kill_steps[-1], rng)
+        rc, out, sent = run_until_step(args if i == 0 else resume, kill_steps[-1], env(), TIMEOUT, rng)
         assert 'Traceback' not in out, out
         if not sent or rc == 0:  # finished before the kill could land: nothing left to test
             break
@@ -331,7 +321,7 @@ def test_sigkill_at_random_steps_then_resume_auto_is_bit_identical(mini, ft_cfg,
 @pytest.mark.parametrize('sig,code', [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_at_step_boundary_and_prints_resume_command(mini, ft_cfg, straight, tmp_path, sig, code):
     args = train_args(mini, ft_cfg, tmp_path, 'sig', '-b', 4)  # no --save-interval: the signal alone saves
-    rc, out, sent = run_until_step(args, 3, random.Random(0), sig)
+    rc, out, sent = run_until_step(args, 3, env(), TIMEOUT, random.Random(0), sig)
     assert sent and rc == code, out
     assert 'Traceback' not in out and 'Error' not in out, out
     name = signal.Signals(sig).name

@@ -34,7 +34,8 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
         query: Optional[Tuple[int, int]] = None, per_head: bool = False, save_npy: bool = False,
         as_json: bool = False, output: Path = Path('runs/attn-maps'), name: Optional[str] = None,
         exist_ok: bool = False, device: Optional[str] = None, msa_stages: Optional[Sequence[int]] = None,
-        seed: int = 0, data_dir: Optional[str] = None, use_ema: Optional[bool] = None) -> Dict:
+        seed: int = 0, data_dir: Optional[str] = None, use_ema: Optional[bool] = None,
+        pretrained: bool = False) -> Dict:
     """Mean attention maps of ``stage`` (None: every stage with attention) over ``num_images`` images, figures
     and statistics. Images: ``data`` (a built-in set's test split, a folder's val/ split or a folder of images),
     by default the checkpoint's own validation data, else the photos in assets/; each goes through the
@@ -56,10 +57,10 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
     if num_images < 1:
         raise LitError('--num-images must be at least 1')
     torch.manual_seed(seed)  # a random-init model is then the same on every torchrun rank and every run
-    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size,
+    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, pretrained=pretrained,
                         **({'msa_stages': tuple(msa_stages)} if msa_stages else {}))
     model, weights, arch, img_size = loaded.model, loaded.describe(), loaded.variant, loaded.img_size
-    if checkpoint is None:
+    if checkpoint is None and not pretrained:
         console.print('[yellow]No --checkpoint: the maps show a randomly initialised model, not what LIT learned.'
                       '[/yellow]')
     stages = resolve_stages(stage, model, arch)

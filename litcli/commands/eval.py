@@ -1,41 +1,60 @@
 """``lit eval``: top-1/top-5, loss and throughput of a checkpoint (official ``.pth``, ``lit train``, export) on a
-dataset, written to eval.json."""
+dataset, written to eval.json; on request per-class metrics, the confusion matrix and per-image results."""
 import json
 import os
 from pathlib import Path
 from typing import Dict, Optional
 
-from litcli.core.errors import CheckpointError, LitError
+from litcli.core.errors import CheckpointError, LitError, UsageError
 
 
-def run(checkpoint: Path, variant: Optional[str] = None, data: Optional[str] = None, data_dir: Optional[str] = None,
+def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optional[str] = None,
+        data_dir: Optional[str] = None,
         img_size: Optional[int] = None, crop_pct: Optional[float] = None, batch_size: int = 64,
         workers: Optional[int] = None, device: Optional[str] = None, out: Optional[Path] = None,
-        strict_data: bool = False, use_ema: Optional[bool] = None) -> Optional[Dict]:
+        strict_data: bool = False, use_ema: Optional[bool] = None, per_class: bool = False,
+        confusion_matrix: bool = False, results_file: Optional[Path] = None, topk: int = 5,
+        force: bool = False, pretrained: bool = False) -> Optional[Dict]:
     """Evaluate ``checkpoint`` and write ``eval.json`` into ``out`` (default ``runs/eval/<variant>-<data>``).
 
     A ``lit train`` checkpoint carries its variant, classes, data and eval preprocessing, so ``variant`` and
     ``data`` are optional; an official file needs both. The images go through the checkpoint's recorded eval
     transform (official files: the variant's resize by crop_pct, bicubic, center crop, ImageNet mean/std) at its
-    size, with ``img_size``/``crop_pct`` overrides; ``use_ema``: see ``core.factory.select_weights``. Unreadable
+    size, with ``img_size``/``crop_pct`` overrides; ``use_ema``: see ``core.factory.select_weights``. ``pretrained``:
+    the released ImageNet-1k weights of ``variant`` (default lit_s) instead of ``checkpoint``. Unreadable
     images are left out and counted (``skipped``). Under torchrun every process evaluates a disjoint shard and the
     sums are all-reduced (exact counts); rank 0 writes eval.json and returns the result, the others return None.
-    """
-    from torch.utils.data import DataLoader
 
-    from litcli.core.data import build_eval_dataset, collate_readable, dataset_name, normalize_batch, resolve_data
+    ``per_class``: accuracy (top-1 and top-5), precision, recall and F1 of every class (``per_class.csv``);
+    ``confusion_matrix``: ``confusion_matrix.png`` (normalised per true class) and ``.csv`` (counts);
+    ``results_file`` (.csv or .json): per image its path, true label and ``topk`` labels with probabilities, in
+    timm's ``inference.py`` layout. All of it also goes into eval.json. Files already in an explicit ``out`` (and
+    an existing ``results_file``) are only replaced with ``force``.
+    """
+    from litcli.core.data import build_eval_dataset, dataset_name, is_image_data, normalize_batch, resolve_data
     from litcli.core.engine import evaluate
+    from litcli.core.evaluation import WithIndex, check_results_file
     from litcli.core.factory import load_model, param_counts
     from litcli.core.rundir import new_run_dir
-    from litcli.core.runtime import (ShardSampler, all_reduce_sum, autocast_context, distributed_session, dtype_name,
-                                     ignore_stop_signals, process_device, resolve_amp, resolve_device)
+    from litcli.core.loaders import build_eval_loader
+    from litcli.core.runtime import (all_reduce_sum, autocast_context, distributed_session, dtype_name, process_device,
+                                     resolve_amp, resolve_device)
     from litcli.core.transforms import PAD_MODE, eval_transform
 
+    check_results_file(results_file, force)
+    if out is not None and not force:
+        taken = [name for name in output_files(per_class, confusion_matrix) if (Path(out) / name).exists()]
+        if taken:
+            raise LitError(f'{Path(out) / taken[0]} exists; pass --force to overwrite, or another --out')
+    if checkpoint is None and not pretrained:
+        raise UsageError('lit eval needs weights: pass --checkpoint PATH, or --pretrained for the released ones')
     loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, crop_pct=crop_pct,
-                        require_variant=True)
+                        require_variant=True, pretrained=pretrained)
+    checkpoint = loaded.source  # the cached file for --pretrained
     train_config = loaded.train_config
     if data is None and train_config is None:
-        raise LitError('an official checkpoint needs --data (an ImageFolder with one subfolder per class)')
+        what = 'the released weights need' if pretrained else 'an official checkpoint needs'
+        raise LitError(f'{what} --data (an ImageFolder with one subfolder per class)')
     recorded_data = data is None
     if recorded_data:
         data, data_dir = train_config.get('data'), data_dir or train_config.get('data_dir')
@@ -49,8 +68,12 @@ def run(checkpoint: Path, variant: Optional[str] = None, data: Optional[str] = N
     data_cfg = loaded.data_config
     # Built-in data for a padded run: its in-memory tensors, padded and normalised on the batch, are the same
     # pixels as data_cfg's PadOrResize on each image (tested), only faster.
-    fast = kind != 'folder' and data_cfg['crop_mode'] == PAD_MODE
-    ds, spec = build_eval_dataset(data, data_dir=data_dir, transform=eval_transform(data_cfg),
+    fast = not is_image_data(kind) and data_cfg['crop_mode'] == PAD_MODE
+    if kind == 'shards' and results_file:
+        raise LitError('--results-file names images by file; shards have no files: evaluate the image folder, or '
+                       'drop --results-file')
+    # uint8 images from the workers, normalised on the device (litcli.core.loaders)
+    ds, spec = build_eval_dataset(data, data_dir=data_dir, transform=eval_transform(data_cfg, uint8=not fast),
                                   strict_data=strict_data, fast_tensors=fast, img_size=loaded.img_size)
     if spec.num_classes != loaded.num_classes:
         raise CheckpointError(f'{checkpoint} has {loaded.num_classes} classes but {spec.root} has '
@@ -66,11 +89,12 @@ def run(checkpoint: Path, variant: Optional[str] = None, data: Optional[str] = N
         amp_dtype = resolve_amp(dev)
         model = loaded.model.to(dev)
         workers = min(4, os.cpu_count() or 1) if workers is None else workers
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            sampler=ShardSampler(len(ds), world.rank, world.world_size), pin_memory=dev.type == 'cuda',
-                            collate_fn=collate_readable, worker_init_fn=ignore_stop_signals)
+        loader = build_eval_loader(WithIndex(ds) if results_file else ds, batch_size, workers, world, dev, data_cfg,
+                                   amp_dtype, normalize=not fast)
         metrics = evaluate(model, loader, dev, autocast_context(dev, amp_dtype),
-                           batch_transform=normalize_batch if fast else None, world=world)
+                           batch_transform=normalize_batch if fast else None, world=world,
+                           num_classes=loaded.num_classes if per_class or confusion_matrix else None,
+                           rows_topk=topk if results_file else 0)
         skipped = int(all_reduce_sum([getattr(ds, 'skipped', 0)], world, dev)[0])
     if not world.is_main:
         return None
@@ -84,27 +108,77 @@ def run(checkpoint: Path, variant: Optional[str] = None, data: Optional[str] = N
     if skipped:
         result['skipped_message'] = ds.skipped_message()
     out_dir = Path(out) if out is not None else new_run_dir('runs/eval', f'{loaded.variant}-{dataset_name(spec)}')
+    class_names = list(loaded.class_names or spec.class_names)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        result.update(write_extras(metrics, out_dir, class_names, ds, dataset_name(spec), per_class,
+                                   confusion_matrix, results_file))
         (out_dir / 'eval.json').write_text(json.dumps(result, indent=2) + '\n')
     except OSError as e:
-        raise LitError(f'cannot write {out_dir / "eval.json"} ({e.strerror}); pass a writable --out')
+        raise LitError(f'cannot write into {out_dir} ({e.strerror}); pass a writable --out')
     result['path'] = str(out_dir / 'eval.json')
     return result
 
 
-def print_result(result: Dict):
-    from rich.console import Console
-    from rich.table import Table
+def output_files(per_class: bool, confusion_matrix: bool):
+    """The files ``run`` writes into its output folder."""
+    return ['eval.json'] + (['per_class.csv'] if per_class else []) + \
+        (['confusion_matrix.png', 'confusion_matrix.csv'] if confusion_matrix else [])
 
-    table = Table(title=f'lit eval: {result["variant"]} on {result["data"]}', show_header=False)
-    table.add_row('top-1', f'{result["top1"]:.2f}%')
-    table.add_row('top-5', f'{result["top5"]:.2f}%')
-    table.add_row('loss', f'{result["loss"]:.4f}')
-    table.add_row('images/s', f'{result["img_per_s"]:.1f} ({result["num_images"]} images, {result["device"]})')
+
+def write_extras(metrics: Dict, out_dir: Path, class_names, dataset, data_name: str, per_class: bool,
+                 confusion_matrix: bool, results_file: Optional[Path]) -> Dict:
+    """Per-class metrics, confusion matrix and per-image results: their files, and their part of eval.json."""
+    from litcli.core.evaluation import (per_class_metrics, result_records, sample_names, write_confusion_csv,
+                                        write_per_class_csv, write_results)
+    from litcli.core.figures import draw_confusion
+
+    extras = {}
+    if per_class:
+        extras['per_class'] = per_class_metrics(metrics['confusion'], metrics['class_top5_correct'], class_names)
+        write_per_class_csv(extras['per_class'], out_dir / 'per_class.csv')
+        extras['per_class']['csv'] = str(out_dir / 'per_class.csv')
+    if confusion_matrix:
+        draw_confusion(metrics['confusion'].numpy(), class_names, out_dir / 'confusion_matrix.png',
+                       title=f'confusion matrix, {data_name} (rows: true class, normalised to 1)')
+        write_confusion_csv(metrics['confusion'], class_names, out_dir / 'confusion_matrix.csv')
+        extras['confusion_matrix'] = dict(classes=class_names, counts=metrics['confusion'].tolist(),
+                                          png=str(out_dir / 'confusion_matrix.png'),
+                                          csv=str(out_dir / 'confusion_matrix.csv'))
+    if results_file:
+        records = result_records(metrics['rows'], sample_names(dataset, data_name), class_names)
+        write_results(records, results_file)
+        extras['results_file'] = str(results_file)
+        extras['results'] = records
+    return extras
+
+
+def print_result(result: Dict, as_json: bool = False):
+    """The metrics as a table (plain lines off a terminal), or the whole result as JSON."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from litcli.core.report import print_pairs, print_table
+
+    pairs = [('top-1', f'{result["top1"]:.2f}%'), ('top-5', f'{result["top5"]:.2f}%'),
+             ('loss', f'{result["loss"]:.4f}'),
+             ('images/s', f'{result["img_per_s"]:.1f} ({result["num_images"]} images, {result["device"]})')]
     if result.get('skipped'):
-        table.add_row('skipped', f'{result["skipped"]} unreadable image file(s), not scored')
-    table.add_row('input', f'{result["img_size"]} px, crop_pct {result["crop_pct"]}, {result["interpolation"]}')
-    table.add_row('params', f'{result["param_count"]:,}' + (' (EMA weights)' if result.get('weights') == 'ema' else ''))
-    table.add_row('written', result['path'])
-    Console().print(table)
+        pairs.append(('skipped', f'{result["skipped"]} unreadable image file(s), not scored'))
+    pairs.append(('input', f'{result["img_size"]} px, crop_pct {result["crop_pct"]}, {result["interpolation"]}'))
+    pairs.append(('params', f'{result["param_count"]:,}' + (' (EMA weights)' if result.get('weights') == 'ema'
+                                                             else '')))
+    if result.get('per_class'):
+        macro = result['per_class']['macro']
+        pairs.append(('macro P / R / F1', f'{macro["precision"]:.2f}% / {macro["recall"]:.2f}% / '
+                                          f'{macro["f1"]:.2f}% (R = balanced accuracy)'))
+    written = [result['path']] + [result[k][f] for k, f in (('per_class', 'csv'), ('confusion_matrix', 'png'),
+                                                            ('confusion_matrix', 'csv')) if k in result]
+    written += [result['results_file']] if result.get('results_file') else []
+    pairs.append(('written', ', '.join(written)))
+    print_pairs(f'lit eval: {result["variant"]} on {result["data"]}', pairs)
+    if result.get('per_class'):
+        rows = [(c['index'], c['name'], c['support'], f'{c["accuracy"]:.2f}', f'{c["top5"]:.2f}',
+                 f'{c["precision"]:.2f}', f'{c["f1"]:.2f}', c['predicted']) for c in result['per_class']['classes']]
+        print_table('per class (%; top-1 = recall)', ['#', 'class', 'images', 'top-1', 'top-5', 'precision', 'F1',
+                                                      'predicted'], rows, right=(0, 2, 3, 4, 5, 6, 7))

@@ -127,10 +127,12 @@ def default_out(checkpoint, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.name.removesuffix(checkpoint.suffix) + SUFFIXES[fmt])
 
 
-def run(checkpoint: Path, fmt: str, out: Optional[Path] = None, variant: Optional[str] = None, force: bool = False,
-        img_size: Optional[int] = None, opset: int = 18, use_ema: Optional[bool] = None) -> Dict:
+def run(checkpoint: Optional[Path], fmt: str, out: Optional[Path] = None, variant: Optional[str] = None,
+        force: bool = False, img_size: Optional[int] = None, opset: int = 18, use_ema: Optional[bool] = None,
+        pretrained: bool = False) -> Dict:
     """Export ``checkpoint`` (official ``.pth``, ``lit train`` checkpoint or safetensors) to ``fmt`` at ``out``
-    and write the JSON config next to it; returns a summary."""
+    and write the JSON config next to it; returns a summary. ``pretrained``: the released ImageNet-1k weights of
+    ``variant`` (default lit_s) instead of ``checkpoint``; ``out`` then defaults to ``<variant><suffix>`` here."""
     from litcli.core.checkpoint import atomic_write, sidecar_path
     from litcli.core.config import checked_img_size
     from litcli.core.factory import load_model
@@ -142,15 +144,21 @@ def run(checkpoint: Path, fmt: str, out: Optional[Path] = None, variant: Optiona
                          f'use --opset {MIN_OPSET}')
     if img_size is not None:
         checked_img_size(img_size)
-    out = Path(out) if out is not None else default_out(checkpoint, fmt)
+    if checkpoint is not None and pretrained:
+        raise UsageError('--checkpoint and --pretrained both name the weights; pass one')
+    if checkpoint is None and not pretrained:
+        raise UsageError('lit export needs weights: pass --checkpoint PATH, or --pretrained for the released ones')
+    # The released weights sit in the download cache: their export goes to the current folder instead.
+    source = checkpoint if checkpoint is not None else Path(f'{variant or "lit_s"}.pth')
+    out = Path(out) if out is not None else default_out(source, fmt)
     sidecar = sidecar_path(out)
     if out.suffix == '.json':
         raise UsageError(f'--out {out} ends in .json, the name of the config written next to the model; '
                          f'use e.g. {out.with_suffix(SUFFIXES[fmt])}')
-    if out.resolve() == Path(checkpoint).resolve():
+    if checkpoint is not None and out.resolve() == Path(checkpoint).resolve():
         raise UsageError(f'--out {out} is the checkpoint itself; choose another name')
     if out.is_dir():
-        raise UsageError(f'--out {out} is a folder; give a file name such as {out / default_out(checkpoint, fmt).name}')
+        raise UsageError(f'--out {out} is a folder; give a file name such as {out / default_out(source, fmt).name}')
     taken = [p for p in (out, sidecar) if p.exists()]
     if taken and not force:
         raise LitError(f'{taken[0]} already exists; pass --force to overwrite it or choose another --out')
@@ -161,13 +169,13 @@ def run(checkpoint: Path, fmt: str, out: Optional[Path] = None, variant: Optiona
     if not os.access(out.parent, os.W_OK):
         raise LitError(f'{out.parent} is not writable; choose another --out')
 
-    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size)
+    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, pretrained=pretrained)
     model = _portable(loaded.model)
     size = loaded.img_size
     config = dict(variant=loaded.variant,
                   model_kwargs={**(loaded.checkpoint.get('model_kwargs') or {}), 'img_size': size},
                   num_classes=loaded.num_classes, class_names=loaded.class_names, data_config=loaded.data_config,
-                  weights=loaded.weights, source=str(checkpoint))
+                  weights=loaded.weights, source=loaded.pretrained or loaded.source)
     if loaded.train_config is not None:  # lets lit eval find the run's data and transforms, as from the checkpoint
         config['config'] = {**loaded.train_config, 'img_size': size}
 

@@ -4,10 +4,12 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 
-def run(images: Sequence[str], checkpoint: Path, variant: Optional[str] = None, topk: int = 5, batch_size: int = 16,
-        img_size: Optional[int] = None, device: Optional[str] = None, use_ema: Optional[bool] = None) -> Dict:
+def run(images: Sequence[str], checkpoint: Optional[Path], variant: Optional[str] = None, topk: int = 5,
+        batch_size: int = 16, img_size: Optional[int] = None, device: Optional[str] = None,
+        use_ema: Optional[bool] = None, pretrained: bool = False) -> Dict:
     """Top-k predictions for every image (files, folders, glob patterns), through the checkpoint's own eval
-    transform; returns ``{'model': ..., 'predictions': [{'image', 'topk': [{'index', 'label', 'prob'}]}]}``."""
+    transform; returns ``{'model': ..., 'predictions': [{'image', 'topk': [{'index', 'label', 'prob'}]}]}``.
+    ``pretrained``: the released ImageNet-1k weights of ``variant`` (default lit_s) instead of ``checkpoint``."""
     import torch
 
     from litcli.core.factory import load_model
@@ -16,7 +18,7 @@ def run(images: Sequence[str], checkpoint: Path, variant: Optional[str] = None, 
     from litcli.core.transforms import eval_transform
 
     paths = expand_images(images)
-    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size)
+    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, pretrained=pretrained)
     transform = eval_transform(loaded.data_config)  # the run's own eval preprocessing
     dev = resolve_device(device)
     model = loaded.model.to(dev)
@@ -32,7 +34,7 @@ def run(images: Sequence[str], checkpoint: Path, variant: Optional[str] = None, 
         for path, ps, idx in zip(chunk, top_p.tolist(), top_i.tolist()):
             results.append(dict(image=str(path), topk=[
                 dict(index=i, label=names[i] if names else f'class {i}', prob=p) for i, p in zip(idx, ps)]))
-    info = dict(checkpoint=str(checkpoint), variant=loaded.variant, num_classes=loaded.num_classes,
+    info = dict(checkpoint=loaded.source, variant=loaded.variant, num_classes=loaded.num_classes,
                 img_size=loaded.img_size, crop_pct=loaded.data_config['crop_pct'],
                 crop_mode=loaded.data_config['crop_mode'], weights=loaded.weights, device=str(dev))
     return dict(model=info, predictions=results)

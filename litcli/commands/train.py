@@ -7,23 +7,28 @@ loops are ``core.engine``'s; the config merge ``core.config``'s; restoring ``cor
 """
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from litcli.core.checkpoint import plain
 from litcli.core.config import checked_img_size, new_run_config, resolve_config, scaled_lrs
-from litcli.core.errors import CheckpointError, LitError
+from litcli.core.errors import CheckpointError, LitError, UsageError
 
 
 def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overrides: Optional[Dict] = None,
-        resume: Optional[str] = None, initial_checkpoint: Optional[Path] = None, name: Optional[str] = None,
-        output: Path = Path('runs/train'), exist_ok: bool = False, save_interval: Optional[int] = None,
-        keep_last: Optional[int] = None, sync_bn: Optional[bool] = None) -> Path:
+        resume: Optional[str] = None, initial_checkpoint: Optional[Path] = None, pretrained: bool = False,
+        name: Optional[str] = None, output: Path = Path('runs/train'), exist_ok: bool = False,
+        save_interval: Optional[int] = None, keep_last: Optional[int] = None, sync_bn: Optional[bool] = None,
+        keep_best: Optional[int] = None, log: Optional[List[str]] = None) -> Path:
     """Run one training and return its run directory. ``overrides`` are the explicit flags (None = not given),
     with timm's names (``lr``, ``epochs``, ``batch_size``...).
 
-    ``resume``: a checkpoint path or 'auto'. ``save_interval``/``keep_last``/``sync_bn`` (None: the resumed run's,
-    else 0 / 3 / off): a checkpoint every N optimizer steps (0: epoch ends only), how many step checkpoints to
-    keep, SyncBatchNorm (CUDA only). Raises TrainingStopped after SIGTERM/SIGINT (a checkpoint was saved).
+    ``resume``: a checkpoint path or 'auto'. ``initial_checkpoint`` / ``pretrained``: start from that file's weights
+    / from the released ImageNet-1k weights of the variant (fine-tuning; a resumed run has its own).
+    ``save_interval``/``keep_last``/``sync_bn`` (None: the resumed run's, else 0 / 3 / off): a checkpoint every N
+    optimizer steps (0: epoch ends only), how many step checkpoints to keep, SyncBatchNorm (CUDA only).
+    ``keep_best`` (None: the resumed run's, else 0): also keep the K best epochs' checkpoints. ``log``: experiment
+    trackers, 'tensorboard' and/or 'wandb' (None: the resumed run's, else none).
+    Raises TrainingStopped after SIGTERM/SIGINT (a checkpoint was saved).
     """
     from timm.utils.distributed import world_info_from_env
 
@@ -31,6 +36,8 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
     from litcli.core.progress import Reporter
     from litcli.core.runtime import distributed_session, resolve_device
 
+    if pretrained and initial_checkpoint is not None:
+        raise UsageError('--pretrained and --initial-checkpoint both give the initial weights; pass one')
     reporter = Reporter(world_info_from_env()[1] == 0, (overrides or {}).get('log_interval') or 50)
     overrides = dict(overrides or {}, **({'variant': variant} if variant else {}))
     checkpoint, resume_file = None, None
@@ -45,9 +52,18 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
     else:
         cfg = new_run_config(config_file, overrides)
     checked_img_size(cfg['img_size'])
+    if pretrained and checkpoint is None:
+        if cfg.get('demo_config'):
+            raise UsageError('--pretrained needs --variant ti|s|m|b (and --data): the built-in demo model, a small '
+                             'LIT-Ti layout, has no released weights')
+        from litcli.core.weights import release
+        release(cfg['variant'])  # an ablation model has none either: refused before any work
     saved_options = (checkpoint or {}).get('run_options') or {}
     options = dict(save_interval=saved_options.get('save_interval', 0) if save_interval is None else save_interval,
-                   keep_last=saved_options.get('keep_last', 3) if keep_last is None else keep_last)
+                   keep_last=saved_options.get('keep_last', 3) if keep_last is None else keep_last,
+                   keep_best=saved_options.get('keep_best', 0) if keep_best is None else keep_best)
+    from litcli.core.tracking import check_trackers
+    options['log'] = check_trackers(saved_options.get('log', []) if log is None else log)  # before any work
     device = resolve_device(cfg['device'])
     if sync_bn is None:  # as the resumed run did, where it can (SyncBatchNorm does not run on CPU)
         sync_bn = saved_options.get('sync_bn', False) and device.type == 'cuda'
@@ -58,45 +74,69 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
     with distributed_session(device) as world:
         return _train(cfg, world, device, reporter, checkpoint=checkpoint, resume_file=resume_file,
                       initial_checkpoint=initial_checkpoint, output=Path(output), name=name, exist_ok=exist_ok,
-                      options=options)
+                      options=options, pretrained=pretrained)
+
+
+def released_weights(variant: str, world, log) -> Path:
+    """The cached file of ``variant``'s released weights for ``--pretrained``. One process per node downloads it
+    first (every process fetching the same file at once would multiply the traffic), the others then find it in the
+    cache; a download error on any process stops all of them with its one-line message."""
+    from litcli.core.factory import pretrained_file
+    from litcli.core.runtime import all_gather_object
+
+    path, error = None, None
+    if world.local_rank == 0:
+        try:
+            path = pretrained_file(variant, log)
+        except LitError as e:
+            error = str(e)
+    errors = [e for e in all_gather_object(error, world) if e]
+    if errors:
+        raise LitError(errors[0])
+    return path if path is not None else pretrained_file(variant, log)
 
 
 def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initial_checkpoint, output, name,
-           exist_ok, options) -> Path:
+           exist_ok, options, pretrained: bool = False) -> Path:
     """The run itself, once the config is resolved and the process group is up."""
     import torch
     from timm.utils import random_seed
-    from torch.utils.data import DataLoader
 
     from litcli.core import engine
     from litcli.core.checkpoint import CheckpointSaver, TrainPosition, TrainState, rng_state
-    from litcli.core.data import (batch_transforms, build_datasets, collate_readable, dataset_name, resolve_data,
+    from litcli.core.data import (batch_transforms, build_datasets, dataset_name, recorded_data, resolve_data,
                                   run_data_config, run_transforms, uses_fast_tensors)
+    from litcli.core.loaders import build_eval_loader, build_train_loader, data_hint, normalizer
     from litcli.core.envinfo import collect_env
     from litcli.core.factory import create_model, load_initial_weights, model_size_note
     from litcli.core.optim import create_optimizer, create_scheduler
     from litcli.core.rundir import git_commit, plot_curves, prepare_run_dir, write_metrics
-    from litcli.core.runtime import (ResumableSampler, ShardSampler, StopRequest, TrainingStopped, all_gather_object,
-                                     all_reduce_sum, any_rank, autocast_context, dtype_name, ignore_stop_signals,
-                                     process_device, resolve_amp, resume_hint, train_sampler)
+    from litcli.core.tracking import create_tracker, dtm_offsets_px, fixed_batch
+    from litcli.core.runtime import (StopRequest, TrainingStopped, all_gather_object, all_reduce_sum, any_rank,
+                                     autocast_context, dtype_name, process_device, resolve_amp, resume_hint)
 
     log = reporter.log
     device = process_device(device, world)
     random_seed(cfg['seed'], world.rank)  # torch, numpy and python RNGs (timm transforms/Mixup use the latter)
     amp_dtype = resolve_amp(device, cfg['amp'], cfg['amp_dtype'])
 
-    # ---- data: ImageFolder trees through timm transforms; built-ins as batched in-memory tensors ----
+    # ---- data: folders/tars/shards through timm transforms to uint8, finished on the device; built-ins as batched
+    # in-memory tensors ----
     requested_data, requested_dir = cfg['data'], cfg['data_dir']
     kind, root = resolve_data(requested_data, requested_dir)
     # Recorded as absolute paths (a built-in by its name), so lit eval/--resume work from any folder.
-    cfg['data'] = str(Path(root).resolve()) if kind == 'folder' else kind
+    cfg['data'] = recorded_data(kind, root)
     cfg['data_dir'] = str(Path(cfg['data_dir']).resolve()) if cfg['data_dir'] else None
     fast = uses_fast_tensors(cfg, kind)
-    train_tf, eval_tf = run_transforms(cfg, kind)
+    train_tf, eval_tf = run_transforms(cfg, kind, uint8=True)
     train_ds, val_ds, spec = build_datasets(requested_data, data_dir=requested_dir, train_transform=train_tf,
                                             eval_transform=eval_tf, strict_data=cfg['strict_data'],
-                                            fast_tensors=fast, img_size=cfg['img_size'])
+                                            fast_tensors=fast, img_size=cfg['img_size'], seed=cfg['seed'],
+                                            shuffle_buffer=cfg.get('shuffle_buffer', 1000))
     train_batch_tf, eval_batch_tf = batch_transforms(cfg, fast)
+    eval_data_config = run_data_config(cfg, kind)
+    # uint8 samples: what the loaders do on the device, for code that batches a few samples itself
+    probe_tf = eval_batch_tf if fast else normalizer(eval_data_config)
     if fast:
         log('built-in data as in-memory tensors: ' + ('random crop and ' if cfg.get('crop_padding') else '') +
             'random horizontal flip on the batch; --aa/--reprob unused')
@@ -114,18 +154,20 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
                        f'change it or pass --mixup 0 --cutmix 0')
     if cfg['aug_repeats'] and world.world_size == 1:
         log(f'repeated augmentation ({cfg["aug_repeats"]} repeats) needs several processes; off for this run')
-    # The order of an epoch depends only on seed + epoch (DistributedSampler, also for one process), so a resumed
-    # run can skip exactly the batches its checkpoint had consumed. Evaluation: disjoint shards, no padding.
-    sampler = ResumableSampler(train_sampler(train_ds, world, cfg['seed'], cfg['aug_repeats']), cfg['batch_size'])
-    generator = torch.Generator()  # seeds the loader workers (reseeded every epoch)
-    loader_kwargs = dict(batch_size=cfg['batch_size'], num_workers=cfg['workers'], pin_memory=device.type == 'cuda',
-                         persistent_workers=cfg['workers'] > 0, worker_init_fn=ignore_stop_signals)
-    train_loader = DataLoader(train_ds, sampler=sampler, drop_last=True, generator=generator, **loader_kwargs)
-    eval_loader = DataLoader(val_ds, sampler=ShardSampler(len(val_ds), world.rank, world.world_size),
-                             collate_fn=collate_readable, **loader_kwargs)
+    elif cfg['aug_repeats'] and kind == 'shards':
+        log('repeated augmentation needs random access to the images; off for shards (streamed)')
+        cfg['aug_repeats'] = 0
+    # The order of an epoch depends only on seed + epoch (+ workers for shards), and every sample's augmentation on
+    # (seed, epoch, position), so a resumed run can skip exactly the batches its checkpoint had consumed and repeat
+    # the rest bit for bit. Evaluation: disjoint shares, no padding.
+    train_loader = build_train_loader(train_ds, cfg, world, device, eval_data_config, amp_dtype, fast=fast)
+    eval_loader = build_eval_loader(val_ds, cfg['batch_size'], cfg['workers'], world, device, eval_data_config,
+                                    amp_dtype, channels_last=cfg['channels_last'], normalize=not fast)
+    reporter.world_size = world.world_size
+    reporter.data_hint = data_hint(kind, cfg['workers'], cfg.get('data'))
     updates_per_epoch = len(train_loader) // cfg['grad_accum_steps']
     if updates_per_epoch == 0:
-        raise LitError(f'the training set ({len(train_ds)} images) is smaller than one update of '
+        raise LitError(f'the training set ({spec.train_size} images) is smaller than one update of '
                        f'{cfg["batch_size"]} x {world.world_size} process(es) x {cfg["grad_accum_steps"]} images; '
                        f'lower --batch-size or --grad-accum-steps')
 
@@ -135,6 +177,8 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
     size_note = model_size_note(cfg, model)
     if size_note:
         log(size_note)
+    if pretrained and checkpoint is None:
+        initial_checkpoint = released_weights(cfg['variant'], world, log)
     if initial_checkpoint is not None and checkpoint is None:
         load_initial_weights(model, initial_checkpoint, log)
     if cfg['grad_checkpointing']:
@@ -161,6 +205,12 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
     position = TrainPosition()
     if checkpoint is not None:
         position = state.restore(checkpoint, cfg, world.world_size, world.rank, resume_file, log)
+        saved = checkpoint['config']
+        if position.batch and kind == 'shards' and (saved.get('workers'), saved.get('shuffle_buffer', 1000)) != \
+                (cfg['workers'], cfg.get('shuffle_buffer', 1000)):
+            raise CheckpointError(f'{resume_file} was saved part-way into epoch {position.epoch} of a shard stream '
+                                  f'read by {saved.get("workers")} worker(s) per process; the order depends on it: '
+                                  f'resume with -j {saved.get("workers")}, or resume an epoch-end checkpoint')
 
     # DDP after the weights are final (it broadcasts rank 0's parameters and buffers at construction). The
     # unwrapped model is what is saved, evaluated and averaged into the EMA.
@@ -185,7 +235,8 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
                               default_name=f'{cfg["variant"]}-{dataset_name(spec)}', config=cfg, env=env,
                               resumed_dir=resume_file.parent.parent if checkpoint is not None else None,
                               start_epoch=position.epoch)
-    saver = CheckpointSaver(run_dir / 'checkpoints', options['keep_last']) if world.is_main else None
+    saver = CheckpointSaver(run_dir / 'checkpoints', options['keep_last'], options['keep_best']) \
+        if world.is_main else None
     log(f'run directory: {run_dir}')
     log(f'data: {spec.description}')
     backend = f', {torch.distributed.get_backend()}' if world.distributed else ''
@@ -204,8 +255,6 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
         log(f'checkpoints every {options["save_interval"]} steps (the newest {options["keep_last"]} kept) and every '
             f'epoch')
 
-    eval_data_config = run_data_config(cfg, kind)
-
     def checkpoint_state(epoch_done: int, resume_epoch: int, resume_batch: int, totals) -> Optional[Dict]:
         """The full training state (rank 0; None elsewhere). Collective: every rank must call it."""
         rngs = all_gather_object(rng_state(), world)  # each rank's random streams, for an exact resume
@@ -219,6 +268,22 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
             class_names=list(spec.class_names), num_classes=num_classes, data_config=plain(eval_data_config),
             eval_weights='ema' if state.ema is not None else 'model', rng=rngs[0],
             rng_ranks=rngs if world.world_size > 1 else None, world_size=world.world_size, run_options=options)
+
+    # ---- experiment trackers (rank 0): TensorBoard / W&B event files under the run directory ----
+    tracker, probe, on_step = None, None, reporter.step
+    if world.is_main and options['log']:
+        tracker = create_tracker(options['log'], run_dir, plain(cfg), optimizer, cfg['log_interval'],
+                                 purge_step=position.step + 1 if checkpoint is not None else None)
+        # DTM offsets measured on it every epoch (shards cannot be indexed: their first samples)
+        probe = fixed_batch(val_ds.head(8) if hasattr(val_ds, 'head') else val_ds, batch_transform=probe_tf)
+        log('logging to ' + ', '.join(str(p) for p in tracker.locations))
+
+        def on_step(progress: Dict):
+            reporter.step(progress)
+            tracker.step(progress)
+    if options['keep_best']:
+        log(f'keeping the checkpoints of the {options["keep_best"]} best epochs by eval top-1 '
+            f'(checkpoints/top-epochNNNN.pt, ranked in checkpoints/top.json)')
 
     stop = StopRequest()
 
@@ -237,6 +302,7 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
         return stopping
 
     run_start = time.perf_counter()
+    data_total = (0.0, 0.0)  # seconds waiting for data, computing (this process, this run)
     start_epoch = position.epoch
     if start_epoch >= cfg['epochs']:
         log(f'nothing to do: the checkpoint already finished {cfg["epochs"]} epochs (raise --epochs to go on)')
@@ -244,8 +310,7 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
     try:
         for epoch in range(start_epoch, cfg['epochs']):
             skip = position.batch if epoch == start_epoch else 0
-            sampler.set_epoch(epoch, skip)
-            generator.manual_seed(cfg['seed'] + epoch)
+            train_loader.set_epoch(epoch, skip)
             for dataset in (train_ds, val_ds):  # unreadable files are counted per epoch
                 getattr(dataset, 'reset_skipped', lambda: None)()
             epoch_start = time.perf_counter()
@@ -253,7 +318,7 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
             try:
                 stats = engine.train_one_epoch(setup, train_loader, epoch, position.step, start_batch=skip,
                                                loss_totals=position.loss_totals if skip else (0.0, 0),
-                                               on_update=on_update, on_step=reporter.step)
+                                               on_update=on_update, on_step=on_step)
             except (engine.NonFiniteLossError, KeyboardInterrupt):
                 reporter.end_epoch()
                 kept = saver.last if saver is not None else run_dir / 'checkpoints' / 'last.pt'
@@ -279,6 +344,7 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
                 distribute_bn(model, world.world_size, reduce=True)
                 if state.ema is not None:
                     distribute_bn(state.ema.module, world.world_size, reduce=True)
+            eval_loader.set_epoch(epoch)
             metrics = engine.evaluate(state.ema.module if state.ema is not None else model, eval_loader, device,
                                       autocast, channels_last=cfg['channels_last'], batch_transform=eval_batch_tf,
                                       world=world)
@@ -291,17 +357,27 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
             position.best_metric = max(position.best_metric or 0.0, metrics['top1'])
             row = dict(epoch=epoch, step=position.step, train_loss=stats['train_loss'], eval_loss=metrics['loss'],
                        eval_top1=metrics['top1'], eval_top5=metrics['top5'], lr=stats['lr'],
-                       img_per_s=stats['img_per_s'] * world.world_size, epoch_time_s=time.perf_counter() - epoch_start)
+                       img_per_s=stats['img_per_s'] * world.world_size, epoch_time_s=time.perf_counter() - epoch_start,
+                       img_per_s_device=stats['img_per_s'], data_s=stats['data_s'], compute_s=stats['compute_s'],
+                       data_share=stats['data_s'] / max(stats['data_s'] + stats['compute_s'], 1e-9))
+            data_total = (data_total[0] + stats['data_s'], data_total[1] + stats['compute_s'])
             obj = checkpoint_state(epoch, epoch + 1, 0, (0.0, 0))
             if world.is_main:
+                obj['eval_top1'] = metrics['top1']  # this epoch's own metric (lit avg-checkpoints --top ranks by it)
                 write_metrics(run_dir, row)  # a kill before last.pt is saved: the resume drops this row again
                 plot_curves(run_dir)
-                saver.save_epoch(obj, is_best)
+                saver.save_epoch(obj, is_best, metric=metrics['top1'])
+                if tracker is not None:
+                    tracker.epoch(row, dtm_offsets_px(state.ema.module if state.ema is not None else model, probe)
+                                  if probe is not None else {})
                 log(f'epoch {epoch}: train loss {row["train_loss"]:.4f}, eval loss {row["eval_loss"]:.4f}, '
                     f'top-1 {row["eval_top1"]:.2f}%, top-5 {row["eval_top5"]:.2f}%, lr {row["lr"]:.3e}, '
-                    f'{row["img_per_s"]:.1f} img/s, {row["epoch_time_s"]:.1f}s' + (' (best)' if is_best else ''))
+                    f'{row["img_per_s"]:.1f} img/s, {row["epoch_time_s"]:.1f}s' + (' (best)' if is_best else '') +
+                    f'; {100 * row["data_share"]:.0f}% of the training time waiting for data')
     finally:
         stop.restore()
+        if tracker is not None:
+            tracker.close()
 
     if world.is_main:
         from rich.table import Table
@@ -312,6 +388,10 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
         table.add_row('best top-1', f'{position.best_metric:.2f}%' if position.best_metric is not None else '-')
         table.add_row('epochs', f'{cfg["epochs"]} ({cfg["epochs"] - start_epoch} this run, step {position.step})')
         table.add_row('processes', str(world.world_size))
+        if sum(data_total) > 0:
+            table.add_row('data wait', f'{100 * data_total[0] / sum(data_total):.0f}% of the training time '
+                                       f'({data_total[0]:.1f}s of {sum(data_total):.1f}s, {cfg["workers"]} worker(s) '
+                                       f'per process)')
         table.add_row('time', f'{time.perf_counter() - run_start:.1f}s')
         table.add_row('run directory', str(run_dir))
         reporter.console.print(table)

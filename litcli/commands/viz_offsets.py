@@ -69,7 +69,7 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
                     output: Path = Path('runs/viz-offsets'), name: Optional[str] = None, exist_ok: bool = False,
                     summary: bool = False, data: Optional[str] = None, data_dir: Optional[str] = None,
                     num_images: int = 4, use_ema: Optional[bool] = None, img_size: Optional[int] = None,
-                    device: Optional[str] = None, **kwargs) -> Dict:
+                    device: Optional[str] = None, pretrained: bool = False, **kwargs) -> Dict:
     """The ``lit viz-offsets`` command: build/load the model, make a fresh output folder, draw, report.
 
     Images: the ``images`` given (paths), else ``num_images`` images of different classes from ``data`` (a
@@ -91,7 +91,8 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
         raise LitError('--num-images must be at least 1')
     if images and data is not None:
         raise LitError('give IMAGE paths or --data, not both')
-    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, default_variant='lit_ti')
+    loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, default_variant='lit_ti',
+                        pretrained=pretrained)
     model = loaded.model.to(resolve_device(device))
     source, arch, img_size = loaded.describe(), loaded.variant, loaded.img_size
     select_tokens(kwargs.get('tokens', 'all'), (img_size // 32, img_size // 32))  # validate before writing
@@ -102,13 +103,13 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
             open_checked_image(image, min_side=1 if pad else 32)
         origin = None
     else:
-        if checkpoint is None and data is None:
+        if checkpoint is None and not pretrained and data is None:
             raise LitError('give an IMAGE, or --data (a built-in set or a folder) to take images from, or a '
                            '--checkpoint whose training data to use')
         data, data_dir, origin = figure_data(data, data_dir, loaded)
         refs, class_names = image_refs(data, data_dir)
         chosen = one_per_class(refs, num_images)
-    if checkpoint is None:
+    if checkpoint is None and not pretrained:
         console.print('[yellow]No --checkpoint: a randomly initialised LIT has zero offsets (DTM starts as a regular '
                       '2x2 merge), so the figures show the regular grid. Pass a trained checkpoint to see '
                       'learned offsets.[/yellow]')

@@ -5,7 +5,8 @@ Every read uses ``torch.load(weights_only=True)``, so an untrusted file can neve
 (temporary file in the same folder, fsync, rename), so a kill at any instant leaves the old or the new file.
 Layout of ``<run>/checkpoints``: ``last.pt`` (the newest state, rewritten at every save), ``best.pt`` (best eval
 top-1, at epoch ends) and, with ``--save-interval N``, ``step-XXXXXXX.pt`` every N optimizer steps, of which the
-newest ``--keep-last K`` are kept.
+newest ``--keep-last K`` are kept; with ``--keep-best K`` also ``top-epochNNNN.pt`` for the K best epochs by eval
+top-1, ranked in ``top.json`` (for ``lit avg-checkpoints``).
 """
 import json
 import os
@@ -19,6 +20,7 @@ from litcli.core.errors import CheckpointError, LitError
 
 PathLike = Union[str, Path]
 STEP_FILE = re.compile(r'^step-(\d+)\.pt$')
+TOP_INDEX = 'top.json'  # the --keep-best ranking: [{"file", "epoch", "metric"}], best first
 
 
 def read_checkpoint(path: PathLike) -> Dict:
@@ -290,12 +292,15 @@ def remove_stale_temporaries(ckpt_dir: Path):
 
 class CheckpointSaver:
     """The checkpoints of one run: ``last.pt`` at every save, ``best.pt`` at an epoch end with a new best metric,
-    and ``step-XXXXXXX.pt`` on step saves, of which the newest ``keep_last`` are kept. The trainer's rank 0 owns
-    one; a state is the plain dict the trainer builds (see ``commands/train.py``)."""
+    ``step-XXXXXXX.pt`` on step saves, of which the newest ``keep_last`` are kept, and with ``keep_best`` K > 0 the
+    epoch-end states of the K best epochs (``top-epochNNNN.pt``, timm's CheckpointSaver history), ranked by metric
+    in ``top.json`` (a tie keeps the earlier epoch). The trainer's rank 0 owns one; a state is the plain dict the
+    trainer builds (see ``commands/train.py``)."""
 
-    def __init__(self, ckpt_dir: PathLike, keep_last: int = 3):
+    def __init__(self, ckpt_dir: PathLike, keep_last: int = 3, keep_best: int = 0):
         self.dir = Path(ckpt_dir)
         self.keep_last = keep_last
+        self.keep_best = keep_best
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.dir)
 
@@ -307,12 +312,35 @@ class CheckpointSaver:
         save_checkpoint(state, self.last)
         return self.last
 
-    def save_epoch(self, state: Dict, is_best: bool) -> Path:
-        """An epoch end: ``last.pt``, and ``best.pt`` when the epoch's metric is the best so far."""
+    def save_epoch(self, state: Dict, is_best: bool, metric: Optional[float] = None) -> Path:
+        """An epoch end: ``last.pt``, ``best.pt`` when the epoch's metric is the best so far, and with
+        ``keep_best`` the epoch's own file when ``metric`` ranks among the K best."""
         self.save_last(state)
         if is_best:
             save_checkpoint(state, self.dir / 'best.pt')
+        if self.keep_best > 0 and metric is not None:
+            self._save_top(state, int(state['epoch']), float(metric))
         return self.last
+
+    def _save_top(self, state: Dict, epoch: int, metric: float):
+        ranking = [e for e in read_top_index(self.dir) if e['epoch'] != epoch]  # a resumed epoch replaces itself
+        if len(ranking) >= self.keep_best and metric <= ranking[self.keep_best - 1]['metric']:
+            return  # not among the K best (the earlier of two equal epochs stays)
+        name = f'top-epoch{epoch:04d}.pt'
+        link = self.dir / f'.{name}.{os.getpid()}.link.tmp'
+        try:  # the state was just written as last.pt: link it instead of writing it again
+            link.unlink(missing_ok=True)
+            os.link(self.last, link)
+            os.replace(link, self.dir / name)
+        except OSError:
+            link.unlink(missing_ok=True)
+            save_checkpoint(state, self.dir / name)
+        ranking.append(dict(file=name, epoch=epoch, metric=metric))
+        ranking.sort(key=lambda e: (-e['metric'], e['epoch']))
+        kept, dropped = ranking[:self.keep_best], ranking[self.keep_best:]
+        atomic_write(self.dir / TOP_INDEX, lambda tmp: Path(tmp).write_text(json.dumps(kept, indent=2) + '\n'))
+        for entry in dropped:  # after the index no longer names them
+            (self.dir / entry['file']).unlink(missing_ok=True)
 
     def save_step(self, state: Dict, step: int) -> Path:
         """Write ``step-XXXXXXX.pt``, make ``last.pt`` the same file, and keep only the newest ``keep_last`` steps.
@@ -335,6 +363,20 @@ class CheckpointSaver:
         return step_path
 
 
+
+
+def read_top_index(ckpt_dir: PathLike) -> List[Dict]:
+    """The ``--keep-best`` ranking of a run's checkpoints folder, best first: ``[{'file', 'epoch', 'metric'}]``
+    of the files that exist (a missing or unreadable index is an empty ranking)."""
+    path = Path(ckpt_dir) / TOP_INDEX
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and {'file', 'epoch', 'metric'} <= set(e)
+            and (Path(ckpt_dir) / str(e['file'])).is_file()]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,9 +20,13 @@ Each built-in is served two ways:
   (or index ``dataset.images`` directly), then ``augment_batch`` (training) and ``normalize_batch`` (float,
   Fashion-MNIST mean/std, 3 channels) on the whole batch.
 
-Folder datasets are torchvision ``ImageFolder`` trees read with ``litcli.images.load_image``. Unreadable files are
-found lazily (never by opening every image up front): ``SkipUnreadable`` replaces a sample that fails to load by
-the next readable one and counts it, or raises under ``strict_data``.
+Folder datasets are torchvision ``ImageFolder`` trees read with ``litcli.images.load_image``; the same tree inside
+tar files is ``litcli.core.tars``'s, and WebDataset shards (``wds:PATTERN``) are ``litcli.core.shards``'s.
+Unreadable files are found lazily (never by opening every image up front): ``SkipUnreadable`` replaces a sample
+that fails to load by the next readable one and counts it, or raises under ``strict_data``.
+
+Kinds of data (``resolve_data``): the built-ins by name, ``folder``, ``tar`` and ``shards``; the last three are
+"image data" (ImageNet-like: timm transforms, ImageNet statistics), the built-ins are not.
 """
 import gzip
 import os
@@ -41,6 +45,8 @@ from torchvision.datasets import ImageFolder
 from litcli.core.config import BUILTIN_DATASETS
 from litcli.core.errors import LitError
 from litcli.core.images import IMAGE_SUFFIXES, load_image
+from litcli.core.shards import ShardDataset, is_shard_folder, is_shard_spec, resolve_shards
+from litcli.core.tars import TarTree, has_tars
 from litcli.core.transforms import (PAD_MODE, apply_transform, eval_transform, normalize_data_config, pad_or_resize,
                                     train_transform)
 from litcli.paths import REPO_ASSETS
@@ -64,7 +70,7 @@ VAL_DIRNAMES = ('val', 'validation')
 @dataclass
 class DataSpec:
     """What the trainer needs to know about a dataset."""
-    name: str  # 'fashion-mnist', 'fashion-mnist-mini' or 'folder'
+    name: str  # 'fashion-mnist', 'fashion-mnist-mini', 'folder', 'tar' or 'shards'
     root: str  # where it was read from
     num_classes: int
     class_names: List[str]
@@ -239,13 +245,22 @@ def _builtin_dataset(images, labels, transform, fast_tensors: bool, img_size: in
 # Choosing the dataset
 
 
+def is_image_data(kind: str) -> bool:
+    """Folders, tars and shards (ImageNet-like images through timm transforms), not the built-in sets."""
+    return kind not in BUILTIN_DATASETS
+
+
 def resolve_data(data: Optional[str], data_dir: Optional[str] = None) -> Tuple[str, str]:
-    """``--data``/``--data-dir`` -> (kind, root), kind in 'fashion-mnist', 'fashion-mnist-mini', 'folder'.
+    """``--data``/``--data-dir`` -> (kind, root), kind in 'fashion-mnist', 'fashion-mnist-mini', 'folder', 'tar',
+    'shards'.
 
     None: the full Fashion-MNIST when its files are in ``data_dir`` (or the Debian package's folder), else the
-    shipped mini set (``DataSpec.description`` says which and why). A built-in name: itself, checked. Anything
-    else: an existing folder.
+    shipped mini set (``DataSpec.description`` says which and why). A built-in name: itself, checked.
+    ``wds:PATTERN`` or a folder ``lit data pack`` wrote: shards (root = ``data``). A ``.tar`` file, or a folder
+    holding tar files and no image-folder splits: tar (root = the path). Anything else: an existing folder.
     """
+    if is_shard_spec(data):
+        return 'shards', data
     if data is None:
         root = Path(data_dir) if data_dir else FASHION_MNIST_DIR
         if fashion_mnist_files(root) is not None:
@@ -273,8 +288,18 @@ def resolve_data(data: Optional[str], data_dir: Optional[str] = None) -> Tuple[s
                            f"({', '.join(BUILTIN_DATASETS)}) or an ImageFolder directory")
         raise LitError(f'data folder not found: {data}; give an ImageFolder directory (train/ and val/ with one '
                        f'subfolder per class) or a built-in name ({", ".join(BUILTIN_DATASETS)})')
+    if path.is_file() and path.suffix.lower() == '.tar':
+        return 'tar', str(path)
     if not path.is_dir():
-        raise LitError(f'--data {data} is a file, not a folder; give an ImageFolder directory or a built-in name')
+        raise LitError(f'--data {data} is a file, not a folder or a .tar; give an ImageFolder directory, a tar of one, '
+                       f'wds:SHARD-PATTERN or a built-in name')
+    if is_shard_folder(path):
+        return 'shards', str(path)
+    if _split_dir(path, ('train',) + VAL_DIRNAMES) is None and has_tars(path):
+        return 'tar', str(path)
+    if (path / 'train').is_dir() and has_tars(path / 'train', depth=1) and \
+            not any(e.is_dir() for e in os.scandir(path / 'train')):
+        return 'tar', str(path)  # timm's ImageNet tar layout: train/<class>.tar
     return 'folder', str(path)
 
 
@@ -382,6 +407,8 @@ class SkipUnreadable(Dataset):
         when ``flag``: only the index the sampler drew counts, not the neighbours tried in its place)."""
         path = self.dataset.samples[index][0]
         try:
+            if hasattr(self.dataset, 'load_sample'):  # a tar member (litcli.core.tars.TarImages)
+                return self.dataset.load_sample(index)
             return self.dataset.loader(path)
         except LitError as e:  # load_image turns every open/decode failure into a LitError naming the file
             if self.strict:
@@ -435,6 +462,11 @@ def _folder_datasets(root: Path, train_transform, eval_transform, strict_data: b
     train = _image_folder(train_dir, train_transform, 'train')
     _check_empty_classes(train, train_dir, 'train')
     val = _image_folder(val_dir, eval_transform, 'val')
+    _check_same_classes(train, val, root)
+    return SkipUnreadable(train, strict_data), SkipUnreadable(val, strict_data, replace=False)
+
+
+def _check_same_classes(train, val, root):
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
@@ -442,7 +474,45 @@ def _folder_datasets(root: Path, train_transform, eval_transform, strict_data: b
                            for n, c in (('train', only_train), ('val', only_val)) if c)
         raise LitError(f'train/ and val/ in {root} have different class folders ({detail}); give both the same '
                        f'class subfolders')
+
+
+def _tar_split(tree: TarTree, folder: str, transform, what: str):
+    """One split of a tar tree, with the folder path's one-line errors."""
+    where = f'{tree.source}' + (f' (inside: {folder}/)' if folder else '')
+    split = tree.split(folder, transform)
+    if not split.classes:
+        raise LitError(f'{what} split {where} has no class folders with images; the tar(s) must hold '
+                       f'{what}/<class name>/<image> (README "Data")')
+    _check_empty_classes(split, Path(where), what)
+    return split
+
+
+def _tar_datasets(source: Path, train_transform, eval_transform, strict_data: bool):
+    tree = TarTree(source)
+    root = tree.root(('train',) + VAL_DIRNAMES)
+    join = (lambda name: f'{root}/{name}' if root else name)
+    train_dir = join('train') if tree.has(join('train')) else None
+    val_dir = next((join(n) for n in VAL_DIRNAMES if tree.has(join(n))), None)
+    if train_dir is None or val_dir is None:
+        missing = ' and '.join(n for n, d in (('train/', train_dir), ('val/', val_dir)) if d is None)
+        raise LitError(f'the tar data {source} has no {missing} folder with images; its members must form '
+                       f'train/<class>/*.jpg and val/<class>/*.jpg (README "Data")')
+    train = _tar_split(tree, train_dir, train_transform, 'train')
+    val = _tar_split(tree, val_dir, eval_transform, 'val')
+    _check_same_classes(train, val, source)
     return SkipUnreadable(train, strict_data), SkipUnreadable(val, strict_data, replace=False)
+
+
+def _shard_datasets(data: str, train_transform, eval_transform, strict_data: bool, seed: int, shuffle_buffer: int):
+    source = resolve_shards(data)
+    if source.split in VAL_DIRNAMES:
+        raise LitError(f'{data} are the {source.split} shards; train on the train split (e.g. '
+                       f'wds:{source.folder}/train-{{000000..NNNNNN}}.tar)')
+    val_name = next((n for n in VAL_DIRNAMES if (source.index['splits'].get(n) or {}).get('count')), 'val')
+    val_source = source.other_split(val_name).check_files()
+    train = ShardDataset(source, train_transform, seed=seed, strict=strict_data, shuffle_buffer=shuffle_buffer)
+    val = ShardDataset(val_source, eval_transform, seed=seed, strict=strict_data)
+    return train, val, source
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,18 +520,32 @@ def _folder_datasets(root: Path, train_transform, eval_transform, strict_data: b
 
 
 def build_datasets(data: Optional[str], data_dir: Optional[str] = None, train_transform=None, eval_transform=None,
-                   strict_data: bool = False, fast_tensors: bool = False, img_size: int = 32):
+                   strict_data: bool = False, fast_tensors: bool = False, img_size: int = 32, seed: int = 0,
+                   shuffle_buffer: int = 1000):
     """(train dataset, val dataset, DataSpec) for ``--data`` / ``--data-dir``.
 
     Built-ins: PIL RGB images through the given transforms, or with ``fast_tensors=True`` uint8 tensors at
-    ``img_size`` (transforms ignored; see ``normalize_batch`` / ``augment_batch``). Folders: ImageFolder trees
-    wrapped in ``SkipUnreadable``; ``fast_tensors`` does not apply to them.
+    ``img_size`` (transforms ignored; see ``normalize_batch`` / ``augment_batch``). Folders and tars: ImageFolder
+    trees wrapped in ``SkipUnreadable``; shards: ``ShardDataset`` streams (``seed``, ``shuffle_buffer``) of the
+    pattern's split and the set's val split; ``fast_tensors`` does not apply to them.
     """
     kind, root = resolve_data(data, data_dir)
     if kind == 'folder':
         train, val = _folder_datasets(Path(root), train_transform, eval_transform, strict_data)
         spec = DataSpec(kind, root, len(train.classes), list(train.classes), len(train), len(val),
                         f'ImageFolder {root} ({len(train.classes)} classes, {len(train)}/{len(val)} images)')
+        return train, val, spec
+    if kind == 'tar':
+        train, val = _tar_datasets(Path(root), train_transform, eval_transform, strict_data)
+        spec = DataSpec(kind, root, len(train.classes), list(train.classes), len(train), len(val),
+                        f'image folder in tar file(s) {root} ({len(train.tars)} tar(s), {len(train.classes)} classes, '
+                        f'{len(train)}/{len(val)} images)')
+        return train, val, spec
+    if kind == 'shards':
+        train, val, source = _shard_datasets(root, train_transform, eval_transform, strict_data, seed, shuffle_buffer)
+        spec = DataSpec(kind, source.pattern, len(train.classes), list(train.classes), train.total, val.total,
+                        f'WebDataset shards {source.pattern} ({len(source.names)} train / {len(val.counts)} val '
+                        f'shards, {len(train.classes)} classes, {train.total}/{val.total} images)')
         return train, val, spec
     (x_train, y_train), (x_val, y_val) = _builtin(kind, root, 'train'), _builtin(kind, root, 'test')
     train = _builtin_dataset(x_train, y_train, train_transform, fast_tensors, img_size)
@@ -483,6 +567,34 @@ def build_eval_dataset(data: Optional[str], data_dir: Optional[str] = None, tran
     if split not in ('train', 'val'):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     kind, root = resolve_data(data, data_dir)
+    if kind == 'shards':
+        source = resolve_shards(root)
+        if split == 'val' and source.split not in VAL_DIRNAMES:  # a training pattern: its set's val split
+            source = source.other_split(next((n for n in VAL_DIRNAMES if source.index['splits'].get(n)), 'val'))
+        source.check_files()
+        dataset = ShardDataset(source, transform, strict=strict_data)
+        n = dataset.total
+        spec = DataSpec(kind, source.pattern, len(dataset.classes), list(dataset.classes),
+                        n if split == 'train' else 0, n if split == 'val' else 0,
+                        f'WebDataset shards {source.pattern} ({source.split} split, {len(source.names)} shards, '
+                        f'{len(dataset.classes)} classes, {n} images)')
+        return dataset, spec
+    if kind == 'tar':
+        tree = TarTree(Path(root))
+        top = tree.root(('train',) + VAL_DIRNAMES)
+        join = (lambda name: f'{top}/{name}' if top else name)
+        names = ('train',) if split == 'train' else VAL_DIRNAMES
+        folder = next((join(n) for n in names if tree.has(join(n))), None)
+        if folder is None and split == 'val' and tree.has(join('train')):
+            raise LitError(f'the tar data {root} has train/ but no val/ folder; add val/<class>/*.jpg or give the tar '
+                           f'of the class folders to evaluate on')
+        images = _tar_split(tree, folder if folder is not None else top, transform, split)
+        dataset = SkipUnreadable(images, strict_data, replace=split == 'train')
+        n = len(dataset)
+        spec = DataSpec(kind, root, len(dataset.classes), list(dataset.classes), n if split == 'train' else 0,
+                        n if split == 'val' else 0,
+                        f'image folder in tar file(s) {images.root} ({len(dataset.classes)} classes, {n} images)')
+        return dataset, spec
     if kind == 'folder':
         root_path = Path(root)
         sub = _split_dir(root_path, ('train',) if split == 'train' else VAL_DIRNAMES)
@@ -527,6 +639,9 @@ def image_refs(data: Optional[str], data_dir: Optional[str] = None) -> Tuple[Lis
     ``val/`` (or ``validation/``) split if it has one, else the folder itself; class subfolders give labels, a flat
     folder of images has none. Files are listed, not opened."""
     kind, root = resolve_data(data, data_dir)
+    if kind in ('tar', 'shards'):
+        raise LitError(f'the figure commands read image files, not {kind}: pass --data with a folder of images (e.g. '
+                       f'a few validation images copied out)')
     if kind != 'folder':
         images, labels = _builtin(kind, root, 'test')
         return ([ImageRef(f'{kind} test image #{i}', int(labels[i]), images[i]) for i in range(len(images))],
@@ -563,15 +678,15 @@ def one_per_class(refs: Sequence[ImageRef], n: int) -> List[ImageRef]:
 
 
 def data_statistics(kind: str):
-    """Normalisation mean/std: the built-in gray sets' own, None (the model's ImageNet cfg) for folders."""
-    if kind == 'folder':
+    """Normalisation mean/std: the built-in gray sets' own, None (the model's ImageNet cfg) for image data."""
+    if is_image_data(kind):
         return None, None
     return (FASHION_MNIST_MEAN,) * 3, (FASHION_MNIST_STD,) * 3
 
 
 def uses_fast_tensors(cfg: Dict, kind: str) -> bool:
     """The built-in sets' in-memory tensor path (padded to size, augmented and normalised on the batch)."""
-    return bool(cfg.get('fast_tensors')) and kind != 'folder'
+    return bool(cfg.get('fast_tensors')) and not is_image_data(kind)
 
 
 def run_data_config(cfg: Dict, kind: str) -> Dict:
@@ -595,12 +710,13 @@ def run_data_config(cfg: Dict, kind: str) -> Dict:
     return normalize_data_config(dc)
 
 
-def run_transforms(cfg: Dict, kind: str):
+def run_transforms(cfg: Dict, kind: str, uint8: bool = False):
     """(training transform, eval transform) of a run on PIL images: timm's RandomResizedCrop, RandAugment and
-    random erasing for training; the run's recorded eval preprocessing."""
+    random erasing for training; the run's recorded eval preprocessing. ``uint8``: both end with uint8 tensors,
+    normalisation and random erasing being the device's (``litcli.core.loaders.DeviceLoader``)."""
     dc = run_data_config(cfg, kind)
-    train_tf = train_transform(dc, cfg['aa'], cfg['hflip'], cfg['reprob'], cfg['remode'], cfg['recount'])
-    return train_tf, eval_transform(dc)
+    train_tf = train_transform(dc, cfg['aa'], cfg['hflip'], cfg['reprob'], cfg['remode'], cfg['recount'], uint8=uint8)
+    return train_tf, eval_transform(dc, uint8=uint8)
 
 
 def batch_transforms(cfg: Dict, fast: bool):
@@ -615,11 +731,25 @@ def batch_transforms(cfg: Dict, fast: bool):
 def dataset_name(spec: DataSpec) -> str:
     """A built-in's name, else the dataset folder's own name: ``imagenet`` for ``/data/imagenet`` and for
     ``/data/imagenet/val`` (the split folder is not the dataset)."""
-    if spec.name != 'folder':
+    if not is_image_data(spec.name):
         return spec.name
+    if spec.name == 'shards':
+        return Path(spec.root[len('wds:'):]).parent.name if is_shard_spec(spec.root) else Path(spec.root).name
     root = Path(spec.root)
+    if spec.name == 'tar' and root.suffix.lower() == '.tar':
+        root = root.with_suffix('')
     split_names = ('train', 'val', 'validation', 'test')
     return root.parent.name if root.name.lower() in split_names and root.parent.name else root.name
+
+
+def recorded_data(kind: str, root: str) -> str:
+    """What a run records as its ``data`` (so lit eval / --resume work from any folder): a built-in's name, the
+    absolute path of a folder or tar, ``wds:`` + the absolute shard pattern."""
+    if not is_image_data(kind):
+        return kind
+    if kind == 'shards' and is_shard_spec(root):
+        return resolve_shards(root).pattern
+    return str(Path(root).resolve())
 
 
 def figure_data(data: Optional[str], data_dir: Optional[str], loaded) -> Tuple[str, Optional[str], str]:

@@ -8,7 +8,7 @@ preprocessing, the class names and the input size; every command that takes ``--
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from litcli.core.checkpoint import apply_checkpoint, detect_variant, is_train_checkpoint, read_checkpoint
 from litcli.core.errors import CheckpointError, LitError, UsageError
@@ -86,6 +86,7 @@ class LoadedModel:
     weights: str  # 'model', 'ema' or 'random'
     source: str  # the checkpoint's path, or 'random initialisation'
     checkpoint: Dict = field(default_factory=dict)  # the file's metadata (config, model_kwargs, ...); {} for random
+    pretrained: Optional[str] = None  # the release URL when these are the released weights (load_model(pretrained=))
 
     @property
     def img_size(self) -> int:
@@ -101,6 +102,8 @@ class LoadedModel:
         """'checkpoint PATH', with ' (EMA weights)' where it applies, or 'random initialisation'."""
         if self.weights == 'random':
             return RANDOM
+        if self.pretrained:
+            return f'the released {self.variant} ImageNet-1k weights ({self.source})'
         return f'checkpoint {self.source}' + (' (EMA weights)' if self.weights == 'ema' else '')
 
 
@@ -194,7 +197,8 @@ def _variant_of(raw: Dict, variant: Optional[str], source, require_variant: bool
 
 def load_model(checkpoint: Optional[Path] = None, variant: Optional[str] = None, *, use_ema: Optional[bool] = None,
                img_size: Optional[int] = None, crop_pct: Optional[float] = None, default_variant: str = 'lit_s',
-               require_variant: bool = False, **model_kwargs) -> LoadedModel:
+               require_variant: bool = False, pretrained: bool = False, log: Optional[Callable[[str], None]] = None,
+               **model_kwargs) -> LoadedModel:
     """A model in eval mode with what its checkpoint says about it.
 
     ``checkpoint`` None: ``variant`` (else ``default_variant``) with random weights and its registered eval
@@ -203,12 +207,24 @@ def load_model(checkpoint: Optional[Path] = None, variant: Optional[str] = None,
     from the file's classifier; a ``lit train`` checkpoint's recorded ``model_kwargs`` apply (explicit
     ``model_kwargs`` win). The model is built at ``img_size`` (default: the checkpoint's) and position tables
     trained at another size are resampled on load. ``use_ema``: see ``select_weights``.
+
+    ``pretrained``: the released ImageNet-1k weights of ``variant`` (else ``default_variant``) instead of a
+    ``checkpoint`` (giving both is a UsageError), downloaded into the cache on first use (``core.weights``) and
+    loaded strictly; with another ``num_classes`` the classifier starts freshly initialised, which ``log`` (default:
+    stderr) is told.
     """
     from litcli.core.config import checked_img_size
     from litcli.models.spec import unwrap_state_dict
 
     if img_size is not None:
         model_kwargs['img_size'] = checked_img_size(img_size)
+    if pretrained:
+        if checkpoint is not None:
+            raise UsageError('--checkpoint and --pretrained both name the weights; pass one (--pretrained: the '
+                             'released ImageNet-1k weights of --variant)')
+        if use_ema:
+            raise UsageError('the released weights are one set (no EMA copy); drop --use-ema')
+        return _load_released(variant or default_variant, img_size, crop_pct, log, model_kwargs)
     if checkpoint is None:
         name = variant or default_variant
         model = create_model(name, **model_kwargs).eval()
@@ -230,22 +246,78 @@ def load_model(checkpoint: Optional[Path] = None, variant: Optional[str] = None,
                        inference_data_config(raw, model, img_size, crop_pct), weights, str(checkpoint), metadata)
 
 
-def load_initial_weights(model, path: Path, log) -> None:
-    """Start training from a file's weights only (an official ``.pth`` too): strictly, except the classifier,
-    which is re-initialised (and said so) when the file has another number of classes (fine-tuning)."""
-    from litcli.core.checkpoint import load_weights
+def load_dropping_head(model, path: Path) -> Optional[int]:
+    """Load a file's weights (an official ``.pth`` too) strictly, except a classifier of another number of classes,
+    which is left freshly initialised; returns the file's class count when its classifier was dropped, else None."""
     from litcli.models.spec import unwrap_state_dict
 
-    state_dict = unwrap_state_dict(read_checkpoint(path))
-    head = state_dict.get('head.weight')
+    raw = read_checkpoint(path)
+    head = unwrap_state_dict(raw).get('head.weight')
     file_classes = head.shape[0] if head is not None and head.ndim == 2 else None
     num_classes = model.num_classes
     if file_classes is not None and file_classes != num_classes:
         # Load strictly into a head of the file's size (every other key must fit), then start a new classifier.
         model.reset_classifier(file_classes)
-        load_weights(path, model, strict=True)
+        apply_checkpoint(raw, model, source=path)
         model.reset_classifier(num_classes)
-        log(f'initial weights from {path} (classifier of {file_classes} classes dropped, new head of {num_classes})')
+        return file_classes
+    apply_checkpoint(raw, model, source=path)
+    return None
+
+
+def load_initial_weights(model, path: Path, log) -> None:
+    """Start training from a file's weights only (an official ``.pth`` too): strictly, except the classifier,
+    which is re-initialised (and said so) when the file has another number of classes (fine-tuning)."""
+    dropped = load_dropping_head(model, path)
+    if dropped is not None:
+        log(f'initial weights from {path} (classifier of {dropped} classes dropped, new head of {model.num_classes})')
     else:
-        load_weights(path, model, strict=True)
         log(f'initial weights from {path}')
+
+
+def pretrained_file(variant: str, log: Optional[Callable[[str], None]] = None) -> Path:
+    """The cached file of ``variant``'s released weights, downloaded and verified first when not cached (a UsageError
+    for a model without released weights; a one-line LitError naming the URL and the ways out when offline)."""
+    from litcli.core.weights import fetch
+
+    return fetch(variant, lambda path, url: _verify_release(path, url, variant), log)
+
+
+def _verify_release(path: Path, source: str, variant: str) -> None:
+    """A downloaded file is ``variant``'s release when it is recognised as that variant and loads strictly into it
+    (1000 classes, 224 px), as the official files do; a CheckpointError otherwise."""
+    from litcli.models.spec import unwrap_state_dict
+
+    raw = read_checkpoint(path)
+    found = detect_variant(unwrap_state_dict(raw))
+    if found != variant:
+        what = f'{found} weights' if found else 'no LIT weights this package recognises'
+        raise CheckpointError(f'{source} holds {what}, not the {variant} release')
+    apply_checkpoint(raw, create_model(variant), source=source)
+
+
+def _load_released(name: str, img_size: Optional[int], crop_pct: Optional[float], log, model_kwargs) -> LoadedModel:
+    """``load_model(pretrained=True)``: the released weights of ``name`` in a model built with ``model_kwargs``."""
+    from litcli.core.weights import weights_url
+
+    log = log or _stderr
+    url = weights_url(name)  # also refuses a model without released weights, before any download
+    path = pretrained_file(name, log)
+    model = create_model(name, **model_kwargs)
+    try:
+        dropped = load_dropping_head(model, path)
+    except CheckpointError as e:
+        raise CheckpointError(f'{e} ({path} is the cached download of {url}: if it is damaged, delete it to download '
+                              f'it again)') from None
+    if dropped is not None:
+        log(f'released {name} weights: the ImageNet classifier ({dropped} classes) is not loaded; the head of '
+            f'{model.num_classes} classes starts freshly initialised (fine-tune it)')
+    model.eval()
+    return LoadedModel(model, name, model.num_classes, class_names_for({}, model.num_classes),
+                       inference_data_config({}, model, img_size, crop_pct), 'model', str(path), {}, pretrained=url)
+
+
+def _stderr(message: str):
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

@@ -129,3 +129,78 @@ def draw_single(amap: np.ndarray, query: Tuple[int, int], stage: int, path: Path
     ax.axis('off')
     fig.savefig(path, dpi=100, bbox_inches='tight', pad_inches=0, transparent=True)
     plt.close(fig)
+
+
+def draw_confusion(confusion: np.ndarray, class_names: Sequence[str], path: Path, title: str = ''):
+    """The confusion matrix normalised per true class (each row sums to 1; a class without images stays 0), with
+    the class names on both axes (up to 60 classes; beyond, the ticks are indices) and the share written in each
+    cell up to 25 classes. Written atomically."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from litcli.core.checkpoint import atomic_write
+
+    counts = np.asarray(confusion, dtype=np.float64)
+    n = counts.shape[0]
+    norm = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(6.0, 0.45 * n + 2.5), 30.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(norm, cmap='Blues', vmin=0, vmax=1, interpolation='nearest')
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='share of the true class')
+    if n <= 60:
+        ax.set_xticks(range(n), [str(c) for c in class_names], rotation=60, ha='right', fontsize=8)
+        ax.set_yticks(range(n), [str(c) for c in class_names], fontsize=8)
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=7,
+                            color='white' if norm[i, j] > 0.5 else 'black')
+    ax.set(xlabel='predicted class', ylabel='true class', title=title or 'confusion matrix (rows sum to 1)')
+    fig.tight_layout()
+    atomic_write(path, lambda name: fig.savefig(name, dpi=110, format='png'))
+    plt.close(fig)
+
+
+# The panels of `lit compare`: (metrics.jsonl column, title, log scale when all positive)
+COMPARE_PANELS = (('train_loss', 'train loss', False), (None, 'eval', False), ('lr', 'learning rate', True),
+                  ('img_per_s', 'images/s (train)', False))
+
+
+def draw_comparison(runs: Sequence[Tuple[str, Sequence[dict]]], metric: str, path: Path, notes: Sequence[str] = ()):
+    """Several runs' curves on shared axes, against epoch: train loss, ``metric`` (eval top-1 by default), learning
+    rate and training images/s; one colour per run. ``notes`` (different lengths or datasets) go under the
+    panels. Written atomically."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from litcli.core.checkpoint import atomic_write
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8 + 0.25 * len(notes)))
+    for ax, (column, title, log) in zip(axes.flat, COMPARE_PANELS):
+        column = column or metric
+        values_all = []
+        for label, rows in runs:
+            points = [(r['epoch'], r[column]) for r in rows if r.get(column) is not None]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            values_all += ys
+            ax.plot(xs, ys, 'o-', ms=3, label=label)
+        if column == metric and title == 'eval':
+            title = {'eval_top1': 'eval top-1 (%)', 'eval_top5': 'eval top-5 (%)', 'eval_loss': 'eval loss',
+                     'train_loss': 'train loss'}.get(metric, metric)
+        ax.set(title=title, xlabel='epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if log and values_all and all(v > 0 for v in values_all):
+            ax.set_yscale('log')
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    if notes:
+        fig.text(0.01, 0.005, '\n'.join(f'note: {n}' for n in notes), fontsize=8, va='bottom', ha='left')
+    fig.tight_layout(rect=(0, 0.03 * len(notes), 1, 1))
+    atomic_write(path, lambda name: fig.savefig(name, dpi=110, format='png'))
+    plt.close(fig)

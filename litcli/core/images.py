@@ -1,31 +1,33 @@
 """Reading user images: any file PIL opens as 8-bit RGB, and image paths from files, folders and globs."""
 import glob
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence
 
 from litcli.core.errors import LitError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 
-def load_image(path: Union[str, Path]):
-    """Open any image PIL reads (RGB, RGBA, grayscale, palette, 16-bit, EXIF-rotated) as 8-bit RGB."""
+def load_image(path, name: Optional[str] = None):
+    """Open any image PIL reads (RGB, RGBA, grayscale, palette, 16-bit, EXIF-rotated) as 8-bit RGB. ``path`` may
+    also be a binary file object (a tar member's bytes); ``name`` then names it in errors."""
     import numpy as np
     from PIL import Image, ImageOps
 
+    name = path if name is None else name
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             im.load()
     except FileNotFoundError:
-        raise LitError(f'image not found: {path}')
+        raise LitError(f'image not found: {name}')
     except MemoryError:
         raise
     except Exception as e:
         # Opening and decoding only: PIL signals a broken file with UnidentifiedImageError/OSError ("image file
         # is truncated"), but also SyntaxError (broken PNG chunks), ValueError, EOFError, struct.error and
         # DecompressionBombError; any of them means this file cannot be read. Transforms run elsewhere.
-        raise LitError(f'cannot read {path} as an image ({type(e).__name__}: {e}); give a JPEG/PNG/... file')
+        raise LitError(f'cannot read {name} as an image ({type(e).__name__}: {e}); give a JPEG/PNG/... file')
     if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
         # 16/32-bit grayscale: PIL's convert('RGB') would clip at 255; rescale to the full 8-bit range.
         a = np.asarray(im, dtype=np.float64)

@@ -73,3 +73,8 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, warmup_epoch
         optimizer, sched=sched, num_epochs=epochs, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr,
         min_lr=min_lr, cooldown_epochs=0, step_on_epochs=step_on_epochs, updates_per_epoch=updates_per_epoch)
     return scheduler
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
+    """The current learning rate of each parameter group by its name (decay, no_decay, offset), else its index."""
+    return {str(g.get('group', i)): float(g['lr']) for i, g in enumerate(optimizer.param_groups)}

@@ -15,8 +15,9 @@ from typing import Callable, Dict, Optional, Union
 from litcli.core.errors import LitError
 
 METRIC_FIELDS = ('epoch', 'step', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'img_per_s',
-                 'epoch_time_s')
-RUN_FILES = ('checkpoints', 'metrics.csv', 'metrics.jsonl', 'curves.png', 'config.yaml', 'env.json')
+                 'epoch_time_s', 'img_per_s_device', 'data_s', 'compute_s', 'data_share')
+RUN_FILES = ('checkpoints', 'metrics.csv', 'metrics.jsonl', 'curves.png', 'config.yaml', 'env.json',
+             'tensorboard', 'wandb')  # the last two: lit train --log
 
 
 def new_run_dir(base: Union[str, Path], name: str, exist_ok: bool = False) -> Path:
@@ -81,13 +82,24 @@ def write_metrics(run_dir: Path, row: Dict):
     """Append one epoch to metrics.csv and metrics.jsonl."""
     csv_path = run_dir / 'metrics.csv'
     new = not csv_path.exists()
+    if not new:  # a run resumed from an older lit: its file gets the new columns (empty in its earlier rows)
+        with open(csv_path, newline='') as f:
+            reader = csv.DictReader(f)
+            fields, rows = tuple(reader.fieldnames or ()), list(reader)
+        if fields != METRIC_FIELDS:
+            tmp = csv_path.with_name('.metrics.csv.tmp')
+            with open(tmp, 'w', newline='') as f:
+                writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction='ignore')
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, csv_path)
     with open(csv_path, 'a', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         if new:
             writer.writeheader()
-        writer.writerow({k: row[k] for k in METRIC_FIELDS})
+        writer.writerow({k: row.get(k) for k in METRIC_FIELDS})
     with open(run_dir / 'metrics.jsonl', 'a') as f:
-        f.write(json.dumps({k: row[k] for k in METRIC_FIELDS}) + '\n')
+        f.write(json.dumps({k: row.get(k) for k in METRIC_FIELDS}) + '\n')
 
 
 def read_metrics(run_dir: Path):
@@ -183,3 +195,24 @@ def prepare_run_dir(world, log: Callable[[str], None], *, output: Path, name: Op
     if setup_error:
         raise LitError(setup_error)
     return run_dir
+
+
+def load_run(run_dir: Path):
+    """(metrics rows, config or None) of a ``lit train`` run folder; a one-line LitError when it has no metrics."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LitError(f'{run_dir}: no such run folder; give lit train run directories (runs/train/NAME)')
+    try:
+        rows = read_metrics(run_dir)
+    except (json.JSONDecodeError, OSError) as e:
+        raise LitError(f'{run_dir / "metrics.jsonl"} is not readable ({e}); is it a lit train run folder?')
+    if not rows:
+        raise LitError(f'{run_dir} has no metrics (metrics.jsonl): not a lit train run folder, or no epoch has '
+                       f'finished yet')
+    try:
+        config = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    except (OSError, yaml.YAMLError):
+        config = None
+    return rows, config if isinstance(config, dict) else None

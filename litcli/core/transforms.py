@@ -38,8 +38,8 @@ class PadOrResize:
     """PIL image -> normalised float tensor (3, S, S) through ``pad_or_resize``: the eval transform of the
     ``'pad'`` crop mode, equal pixel for pixel to the built-in datasets' tensor path."""
 
-    def __init__(self, size: int, mean, std):
-        self.size, self.mean, self.std = int(size), tuple(mean), tuple(std)
+    def __init__(self, size: int, mean, std, uint8: bool = False):
+        self.size, self.mean, self.std, self.uint8 = int(size), tuple(mean), tuple(std), uint8
 
     def __call__(self, img):
         import numpy as np
@@ -47,6 +47,8 @@ class PadOrResize:
 
         rgb = np.asarray(img.convert('RGB'), dtype=np.uint8)  # H, W, 3
         x = pad_or_resize(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None], self.size)[0]  # 3, S, S
+        if self.uint8:  # normalised on the device (litcli.core.loaders.DeviceLoader)
+            return x
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x.float().div(255) - mean) / std
@@ -68,13 +70,16 @@ def normalize_data_config(dc: Dict, img_size: Optional[int] = None, crop_pct: Op
     return out
 
 
-def eval_transform(data_config: Dict):
-    """The evaluation transform of a data config: timm's resize + crop + normalise, or ``PadOrResize``."""
+def eval_transform(data_config: Dict, uint8: bool = False):
+    """The evaluation transform of a data config: timm's resize + crop + normalise, or ``PadOrResize``.
+
+    ``uint8``: stop before the float conversion and normalisation (uint8 (3, S, S) tensors, timm's
+    ``use_prefetcher`` output), which ``litcli.core.loaders.DeviceLoader`` does on the device."""
     dc = normalize_data_config(data_config)
     if dc['crop_mode'] == PAD_MODE:
-        return PadOrResize(dc['input_size'][-1], dc['mean'], dc['std'])
+        return PadOrResize(dc['input_size'][-1], dc['mean'], dc['std'], uint8=uint8)
     from timm.data import create_transform
-    return create_transform(**dc, is_training=False)
+    return create_transform(**dc, is_training=False, use_prefetcher=uint8)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,15 +117,18 @@ def guard_augment_ops(transform):
 
 
 def train_transform(data_config: Dict, aa: Optional[str], hflip: float, reprob: float, remode: str = 'pixel',
-                    recount: int = 1):
+                    recount: int = 1, uint8: bool = False):
     """timm's training transform (RandomResizedCrop, flip, auto-augment, normalise, random erasing) for a data
-    config, with the augmentation ops guarded for the installed Pillow."""
+    config, with the augmentation ops guarded for the installed Pillow.
+
+    ``uint8``: timm's ``use_prefetcher`` form, which ends with a uint8 (3, S, S) tensor: normalisation and random
+    erasing are then the device's work (``litcli.core.loaders.DeviceLoader``)."""
     from timm.data import create_transform
 
     dc = normalize_data_config(data_config)
     tf = create_transform(dc['input_size'], is_training=True, auto_augment=aa or None,
                           interpolation=dc['interpolation'], hflip=hflip, re_prob=reprob, re_mode=remode,
-                          re_count=recount, mean=dc['mean'], std=dc['std'])
+                          re_count=recount, mean=dc['mean'], std=dc['std'], use_prefetcher=uint8)
     return guard_augment_ops(tf)
 
 

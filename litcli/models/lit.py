@@ -17,6 +17,7 @@ live and how tokens get position information. Any input whose sides are divisibl
 position tables are built for ``img_size`` and resampled bicubically for other sizes (bit-exact at the
 build size).
 """
+import logging
 import math
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -33,10 +34,13 @@ from timm.models.pvt_v2 import Attention as SpatialReductionAttention
 from timm.models.swin_transformer import PatchMerging
 
 from .dtm import DeformableTokenMerging
-from .spec import REDUCTION, nearest_valid, unwrap_state_dict
+from .spec import REDUCTION, nearest_valid, release_url, unwrap_state_dict
 
 __all__ = ['LITBase', 'LITPvtStyle', 'LITSwinStyle', 'Attention', 'MlpBlock', 'TransformerBlock',
-           'checkpoint_filter_fn', 'relative_position_index', 'resize_rel_pos_table', 'LIT_ARCHS']
+           'checkpoint_filter_fn', 'pretrained_filter_fn', 'relative_position_index', 'resize_rel_pos_table',
+           'LIT_ARCHS']
+
+_logger = logging.getLogger(__name__)
 
 ATTN_BIAS_CHUNK_ELEMENTS = 1 << 23  # fused attention builds its position bias in query chunks of ~32 MB (fp32)
 
@@ -589,6 +593,36 @@ def checkpoint_filter_fn(state_dict: Dict, model: LITBase) -> Dict[str, torch.Te
     return out
 
 
+def pretrained_filter_fn(state_dict: Dict, model: LITBase) -> Dict[str, torch.Tensor]:
+    """timm's ``pretrained=True`` route with the project's loader semantics: ``checkpoint_filter_fn`` (unwrap,
+    resample position tables for another ``img_size``), then every key and shape must fit except the classifier.
+
+    timm itself drops the classifier and loads with ``strict=False`` whenever ``num_classes`` differs from the
+    cfg's 1000, which would also accept a file with missing or foreign keys (another variant, say); this check
+    keeps the load strict for everything but the head, and says when the head is left freshly initialised.
+    """
+    out = checkpoint_filter_fn(state_dict, model)
+    target = model.state_dict()
+    head = {k for k in set(out) | set(target) if k.split('.')[0] == 'head'}
+    missing = set(target) - set(out) - head
+    unexpected = set(out) - set(target) - head
+    mismatched = {k for k in set(target) & set(out) - head if tuple(target[k].shape) != tuple(out[k].shape)}
+    if missing or unexpected or mismatched:
+        name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
+        problems = [f'{len(keys)} {what} keys (e.g. {sorted(keys)[0]})' for what, keys in
+                    (('missing', missing), ('unexpected', unexpected), ('shape-mismatched', mismatched)) if keys]
+        raise RuntimeError(f'the pretrained weights do not fit {name}: ' + '; '.join(problems) +
+                           '; the released weights fit only the variant\'s own layout (no other model arguments), '
+                           'or the file is not its release (damaged or foreign)')
+    foreign_head = {k for k in head if k in out and (k not in target or target[k].shape != out[k].shape)}
+    if foreign_head and model.num_classes:  # num_classes=0: no classifier to fill, nothing to say
+        classes = out['head.weight'].shape[0] if 'head.weight' in out else '?'
+        _logger.warning(f'{model.pretrained_cfg.get("architecture", "LIT")}: the pretrained classifier '
+                        f'({classes} classes) is not loaded; the head of {model.num_classes} classes starts freshly '
+                        f'initialised (fine-tune it)')
+    return {k: v for k, v in out.items() if k not in foreign_head}
+
+
 def _cfg(url: str = '', **kwargs):
     return {
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
@@ -602,10 +636,12 @@ def _cfg(url: str = '', **kwargs):
 
 # Defined before the registered functions: timm reads it at decoration time.
 default_cfgs = generate_default_cfgs({
-    'lit_ti.in1k': _cfg(first_conv='patch_embed1.proj'),
-    'lit_s.in1k': _cfg(),
-    'lit_m.in1k': _cfg(),
-    'lit_b.in1k': _cfg(),
+    # The released weights (spec.RELEASE_URL): timm.create_model(name, pretrained=True) downloads them into torch
+    # hub's cache (TORCH_HOME), the file litcli.core.weights uses too.
+    'lit_ti.in1k': _cfg(url=release_url('lit_ti'), first_conv='patch_embed1.proj'),
+    'lit_s.in1k': _cfg(url=release_url('lit_s')),
+    'lit_m.in1k': _cfg(url=release_url('lit_m')),
+    'lit_b.in1k': _cfg(url=release_url('lit_b')),
     # The paper's ablations (section 4.2); no released weights.
     'lit_ti_star.untrained': _cfg(first_conv='patch_embed1.proj'),
     'lit_s_star.untrained': _cfg(),
@@ -646,7 +682,7 @@ def _create_lit(variant: str, pretrained: bool = False, **kwargs) -> LITBase:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
         model_cls, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=pretrained_filter_fn,
         feature_cfg=dict(feature_cls='getter', out_indices=out_indices),
         **{**arch, **kwargs},
     )

@@ -7,6 +7,15 @@ ABLATIONS = ('lit_ti_star', 'lit_s_star', 'pvt_s_msa', 'pvt_s_dtm', 'swin_t_dtm'
 
 REDUCTION = 32  # total downsampling: a 4x4 patch stem and three 2x2 merges
 
+# The official ImageNet-1k weights (224 px, 1000 classes): assets of GitHub release v1.0 of ziplab/LIT, one
+# ``<variant>.pth`` per paper variant, in the official key layout, wrapped as {'model': state_dict}.
+RELEASE_URL = 'https://github.com/ziplab/LIT/releases/download/v1.0'
+
+
+def release_url(variant: str, base: str = RELEASE_URL) -> str:
+    """Where the released weights of ``variant`` ('lit_s', ...) are: ``<base>/<variant>.pth``."""
+    return f'{base.rstrip("/")}/{variant}.pth'
+
 
 def nearest_valid(side: int) -> str:
     """'224' for a valid side, else the two nearest valid ones ('96 or 128'), or '32' below it."""

@@ -1,0 +1,56 @@
+"""``lit data pack``: an image folder -> WebDataset shards + index.json, with a progress bar (the work is
+``core.pack``'s)."""
+from pathlib import Path
+from typing import Dict, Sequence
+
+
+def run(src: Path, out: Path, shard_size: int, splits: Sequence[str], seed: int = 0, strict: bool = False) -> Dict:
+    """Pack ``src`` into ``out`` and return the summary (per split: images, shards, bytes, skipped, pattern)."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from litcli.core.pack import pack
+
+    console = Console()
+    interactive = sys.stdout.isatty()
+    progress = Progress(TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=console, transient=True, disable=not interactive)
+    tasks, last_line = {}, {}
+
+    def on_file(split: str, done: int, total: int):
+        if split not in tasks:
+            tasks[split] = progress.add_task(f'packing {split}', total=total)
+        progress.update(tasks[split], completed=done)
+        if not interactive:  # plain lines off a terminal: every 10% and at the end
+            step = max(1, total // 10)
+            if done == total or done // step != last_line.get(split, -1):
+                last_line[split] = done // step
+                console.print(f'packing {split}: {done}/{total} images', highlight=False)
+
+    with progress:
+        return pack(src, out, shard_size, splits, seed=seed, strict=strict, on_file=on_file,
+                    log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+
+
+def print_result(result: Dict, as_json: bool = False):
+    import json
+
+    from rich.console import Console
+
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console = Console()
+    for split, s in result['splits'].items():
+        console.print(f'{split}: {s["images"]} images in {s["shards"]} shard(s), {s["bytes"] / 1e6:.1f} MB'
+                      + (f', {len(s["skipped"])} unreadable file(s) left out' if s['skipped'] else ''),
+                      highlight=False)
+    console.print(f'index: {result["index"]}', highlight=False)
+    train = result['splits'].get('train')
+    if train:
+        val = 'validation from the val shards beside them' if len(result['splits']) > 1 else \
+            'pack a val split too (--split train,val) to evaluate'
+        console.print(f"train with: lit train --data '{train['pattern']}' ... ({val})", highlight=False,
+                      soft_wrap=True)

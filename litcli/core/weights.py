@@ -1,0 +1,259 @@
+"""The released LIT weights as data (variant, URL, paper top-1, GMACs), where they are cached, and a download that
+never leaves a partial or wrong file in the cache.
+
+The cache is torch hub's (``torch.hub.get_dir()/checkpoints``: ``$TORCH_HOME/hub/checkpoints``, by default
+``~/.cache/torch/hub/checkpoints``), the folder and file name (``lit_s.pth``) that ``timm.create_model('lit_s',
+pretrained=True)`` downloads to as well, so either route finds the other's file. (``HF_HOME`` is the cache of weights
+hosted on the Hugging Face hub; the LIT releases are GitHub release assets, so it does not apply.)
+
+A download goes to a temporary name in the cache folder, with a timeout on every network operation (connect and
+each read), is checked for its full length and then verified by the caller (it must load strictly as the right
+variant) before it is renamed into place. Every failure is a one-line ``LitError`` naming the URL and the two ways
+out: download the file elsewhere and pass ``--checkpoint``, or put it into the cache folder (whose path it prints).
+
+We write this instead of calling ``torch.hub.download_url_to_file`` (what timm uses) because that has no timeout
+(an unreachable host hangs for minutes), accepts a body shorter than its Content-Length (``http.client`` returns
+what arrived when the connection closes early) and cannot verify the file before renaming it into the cache.
+"""
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from litcli.core.errors import LitError, UsageError
+from litcli.models.spec import RELEASE_URL, release_url
+
+URL_ENV = 'LIT_WEIGHTS_URL'  # a base URL (mirror) holding lit_ti.pth ... lit_b.pth instead of the GitHub release
+TIMEOUT_ENV = 'LIT_WEIGHTS_TIMEOUT'  # seconds allowed for the connection and for each read
+DEFAULT_TIMEOUT = 30.0
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Release:
+    """One released checkpoint: ImageNet-1k, 224 px, 1000 classes; top-1 and GMACs as the paper reports them."""
+    variant: str  # the registered name, e.g. 'lit_s'
+    top1: float  # %, paper Table 2
+    gmacs: float  # the paper's "FLOPs" at 224 px
+    params_m: int  # millions, without the classifier, as the paper prints them
+
+    @property
+    def short(self) -> str:
+        return self.variant.removeprefix('lit_')
+
+
+RELEASES: Dict[str, Release] = {r.variant: r for r in (
+    Release('lit_ti', 81.1, 3.6, 19),
+    Release('lit_s', 81.5, 4.1, 27),
+    Release('lit_m', 83.0, 8.6, 48),
+    Release('lit_b', 83.4, 15.0, 86),
+)}
+
+
+def release(variant: str) -> Release:
+    """The release of ``variant`` ('lit_s'); a UsageError for a model without released weights."""
+    if variant not in RELEASES:
+        raise UsageError(f'{variant} has no released weights (only the paper variants do: '
+                         f'{", ".join(r.short for r in RELEASES.values())}); pick one of them with --variant, '
+                         f'or give a weights file instead')
+    return RELEASES[variant]
+
+
+def base_url() -> str:
+    """The release folder: ``$LIT_WEIGHTS_URL`` when set (a mirror, or a local server in the tests), else GitHub."""
+    return os.environ.get(URL_ENV, '').strip() or RELEASE_URL
+
+
+def weights_url(variant: str) -> str:
+    release(variant)
+    return release_url(variant, base_url())
+
+
+def cache_dir() -> Path:
+    """torch hub's checkpoint folder (timm's ``get_cache_dir()`` without creating it): honours ``TORCH_HOME``,
+    ``XDG_CACHE_HOME`` and ``torch.hub.set_dir``."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / 'checkpoints'
+
+
+def cache_path(variant: str) -> Path:
+    """Where the weights of ``variant`` are (or will be) cached: the URL's file name, as torch hub/timm name it."""
+    return cache_dir() / Path(release_url(variant)).name
+
+
+def cached(variant: str) -> Optional[Path]:
+    path = cache_path(variant)
+    return path if path.is_file() else None
+
+
+def timeout_s() -> float:
+    text = os.environ.get(TIMEOUT_ENV, '').strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UsageError(f'{TIMEOUT_ENV}={text!r} is not a number of seconds > 0; unset it or set e.g. 60')
+    return value
+
+
+def ways_out(variant: str) -> str:
+    """The two ways to get the weights without this download, for every error message."""
+    return (f'download {weights_url(variant)} elsewhere and pass --checkpoint FILE (lit train: --initial-checkpoint '
+            f'FILE), or put the file at {cache_path(variant)}')
+
+
+def _stderr(message: str):
+    print(message, file=sys.stderr, flush=True)
+
+
+def fetch(variant: str, verify: Callable[[Path, str], None], log: Optional[Callable[[str], None]] = None,
+          timeout: Optional[float] = None) -> Path:
+    """The cached file of ``variant``'s released weights, downloaded first when not cached.
+
+    ``verify(path, url)`` must raise a ``LitError`` when the downloaded file is not the variant's weights (the
+    factory loads it strictly into the variant); only a verified, complete file is renamed into the cache.
+    A file already in the cache is returned as it is (the load that follows is strict and names it if it does
+    not fit).
+    """
+    release(variant)
+    path = cached(variant)
+    if path is not None:
+        return path
+    return download(variant, verify, log or _stderr, timeout_s() if timeout is None else timeout)
+
+
+def _reason(e: BaseException, timeout: float) -> str:
+    """What went wrong, in a few words: 'HTTP 404 Not Found', 'Connection refused', 'no answer in 30 s'."""
+    import urllib.error
+
+    if isinstance(e, urllib.error.HTTPError):
+        return f'HTTP {e.code} {e.reason}'
+    if isinstance(e, urllib.error.URLError):
+        e = e.reason  # the OSError underneath (refused, timed out, name not resolved), or a string
+    if isinstance(e, TimeoutError):  # socket.timeout is TimeoutError
+        return f'no answer in {timeout:g} s'
+    if isinstance(e, BaseException):
+        return (getattr(e, 'strerror', None) or str(e) or type(e).__name__).strip()
+    return str(e)
+
+
+def download(variant: str, verify: Callable[[Path, str], None], log: Callable[[str], None] = _stderr,
+             timeout: float = DEFAULT_TIMEOUT) -> Path:
+    """Download ``variant``'s weights into the cache (see ``fetch``); any failure leaves the cache as it was."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    url, dest = weights_url(variant), cache_path(variant)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.partial', dir=dest.parent)
+    except OSError as e:
+        raise LitError(f'cannot write into the weights cache {dest.parent} ({e.strerror or e}); set TORCH_HOME to a '
+                       f'writable folder, or download {url} elsewhere and pass --checkpoint FILE') from None
+    tmp = Path(name)
+    try:
+        received, expected, seconds = 0, None, 0.0
+        try:
+            start = time.perf_counter()
+            request = urllib.request.Request(url, headers={'User-Agent': 'litcli'})
+            # The timeout bounds the connection and every read, so an unreachable or silent server fails in
+            # ``timeout`` seconds instead of hanging.
+            with urllib.request.urlopen(request, timeout=timeout) as response, os.fdopen(fd, 'wb') as out:
+                fd = None
+                length = response.headers.get('Content-Length')
+                expected = int(length) if length and length.strip().isdigit() else None
+                size = f' ({expected / 1e6:.1f} MB)' if expected else ''
+                log(f'downloading the released {variant} weights{size} from {url} to {dest}')
+                progress = _Progress(expected)
+                try:
+                    while True:
+                        chunk = response.read(CHUNK)
+                        if not chunk:
+                            break
+                        try:
+                            out.write(chunk)
+                        except OSError as e:
+                            raise LitError(f'cannot write the download of {url} into {dest.parent} '
+                                           f'({e.strerror or e}); free some space or set TORCH_HOME to another '
+                                           f'folder, or download it elsewhere and pass --checkpoint FILE') from None
+                        received += len(chunk)
+                        progress.update(received)
+                finally:
+                    progress.close()
+            seconds = time.perf_counter() - start
+        except LitError:
+            raise
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            done = f' after {received / 1e6:.1f} MB' if received else ''
+            raise LitError(f'cannot download the {variant} weights from {url}{done} ({_reason(e, timeout)}); '
+                           f'nothing was cached; {ways_out(variant)}') from None
+        finally:
+            if fd is not None:  # urlopen failed before the file object took the descriptor over
+                os.close(fd)
+        # A server closing the connection early ends the body without an error (http.client returns what came),
+        # so a short file is caught by its length here, and by the verification where no length was sent.
+        if expected is not None and received != expected:
+            raise LitError(f'the download of {url} stopped after {received / 1e6:.1f} of {expected / 1e6:.1f} MB '
+                           f'(connection lost); nothing was cached; run again, or {ways_out(variant)}')
+        try:
+            verify(tmp, url)
+        except LitError as e:
+            # Messages name the file they read: say the URL instead of the temporary name.
+            message = str(e).replace(str(tmp), url)
+            raise LitError(f'{message}; refused, nothing was cached; {ways_out(variant)}') from None
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a cache file gets normal permissions
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    rate = f', {received / 1e6 / seconds:.1f} MB/s' if seconds > 0 else ''
+    log(f'downloaded and verified {received / 1e6:.1f} MB in {seconds:.1f} s{rate}: {dest}')
+    return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class _Progress:
+    """A transient rich bar on a terminal (stderr); nothing otherwise (the caller logs start and end lines)."""
+
+    def __init__(self, total: Optional[int]):
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
+
+            self.bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task('download', total=total)
+
+    def update(self, done: int):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def listing() -> List[Dict]:
+    """Every released checkpoint with its paper figures, URL and cache state (for ``lit weights``)."""
+    rows = []
+    for r in RELEASES.values():
+        path = cache_path(r.variant)
+        size = path.stat().st_size if path.is_file() else None
+        rows.append(dict(variant=r.variant, top1=r.top1, gmacs=r.gmacs, params_m=r.params_m,
+                         url=weights_url(r.variant), cached=size is not None, path=str(path), bytes=size))
+    return rows

@@ -11,6 +11,8 @@ MIN_PANEL_PX = 448  # figures of small inputs (32 px) are scaled up to stay read
 
 
 def _figure(image: np.ndarray, scale: float = 2.0):
+    """A figure showing ``image`` at ``scale`` screen pixels per image pixel (more for small images, so a panel
+    is at least MIN_PANEL_PX), and that scale, which marker sizes follow."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -22,7 +24,12 @@ def _figure(image: np.ndarray, scale: float = 2.0):
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.axis('off')
-    return fig, ax
+    return fig, ax, scale
+
+
+def _marker_size(scale: float, base: float) -> float:
+    """Scatter marker area (points^2): ``base`` at the usual 2x scale, a pixel-and-a-half square on upscaled images."""
+    return max(base, (0.9 * scale) ** 2)
 
 
 def _box(ax, row, col, colour, cell=32, lw=1.5):
@@ -33,10 +40,10 @@ def _box(ax, row, col, colour, cell=32, lw=1.5):
 def draw_token(trace: OffsetTrace, index: int, path: Path):
     """The paper's per-token figure: the sampling points in red, the regular 32x32 field in lime."""
     import matplotlib.pyplot as plt
-    fig, ax = _figure(trace.image)
+    fig, ax, scale = _figure(trace.image)
     pts = trace.pixels[index]
-    ax.scatter(pts[:, 1], pts[:, 0], s=6, marker='s', c='red', linewidths=0)
-    _box(ax, *trace.tokens[index], colour='lime')
+    ax.scatter(pts[:, 1], pts[:, 0], s=_marker_size(scale, 6), marker='s', c='red', linewidths=0)
+    _box(ax, *trace.tokens[index], colour='lime', lw=max(1.5, scale / 4))
     fig.savefig(path)
     plt.close(fig)
 
@@ -44,13 +51,13 @@ def draw_token(trace: OffsetTrace, index: int, path: Path):
 def draw_overview(trace: OffsetTrace, path: Path, step: int = 1):
     """All (or every ``step``-th) tokens' points in distinct colours, each with its regular field outlined."""
     import matplotlib.pyplot as plt
-    fig, ax = _figure(trace.image)
+    fig, ax, scale = _figure(trace.image)
     keep = [i for i, (r, c) in enumerate(trace.tokens) if r % step == 0 and c % step == 0]
     colours = plt.get_cmap('hsv')(np.linspace(0, 1, len(keep), endpoint=False))
     for colour, i in zip(colours, keep):
         pts = trace.pixels[i]
-        ax.scatter(pts[:, 1], pts[:, 0], s=4, marker='s', color=colour, linewidths=0)
-        _box(ax, *trace.tokens[i], colour=colour, lw=0.8)
+        ax.scatter(pts[:, 1], pts[:, 0], s=_marker_size(scale, 4), marker='s', color=colour, linewidths=0)
+        _box(ax, *trace.tokens[i], colour=colour, lw=max(0.8, scale / 5))
     fig.savefig(path)
     plt.close(fig)
 
@@ -62,7 +69,7 @@ def draw_magnitude(trace: OffsetTrace, path: Path):
     import matplotlib.pyplot as plt
     stats = offset_stats(trace)
     n = len(trace.offsets)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.8), squeeze=False)  # >= 448 px a panel
     for ax, (name, off), st in zip(axes[0], trace.offsets.items(), stats):
         d = off.reshape(4, 2, *off.shape[-2:]) * st['input_stride_px']  # pixels
         mag = np.sqrt((d ** 2).sum(axis=1)).mean(axis=0)  # h, w
@@ -93,7 +100,8 @@ def draw_stage_grid(mean: np.ndarray, grid: Tuple[int, int], query: Tuple[int, i
     q = query[0] * grid[1] + query[1]
     cols = min(heads + 1, max_cols)
     rows_per_block = -(-(heads + 1) // cols)
-    size = 1.6
+    # Small token grids (a 32 px demo model's 4x4 stage) get panels of >= 448 px, large ones stay compact.
+    size = MIN_PANEL_PX / 100 + 0.5 if max(grid) <= 8 else 1.6
     fig, axes = plt.subplots(n_blocks * rows_per_block, cols, squeeze=False,
                              figsize=(size * cols, size * n_blocks * rows_per_block * grid[0] / grid[1] + 0.6))
     for ax in axes.flat:

@@ -82,6 +82,7 @@ bench: install
 	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 16 --mode train --profile
 	$(VENV)/bin/lit bench -v ti --compare pvt_v2_b2 --threads 2 -b 16 --mode infer
 	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 1 --img-size 1024 --repeats 2 --mode infer
+	$(PY) benchmarks/bench_data.py --images 1000 --workers 0,1,2 --rounds 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -681,8 +681,8 @@ def parse_bytes(text: str, what: str = '--shard-size') -> int:
         value = float(number) * units[raw[len(number):]]
     except (ValueError, KeyError):
         raise UsageError(f'{what} {text!r} is not a size: use e.g. 500MB, 1GB or a number of bytes') from None
-    if value <= 0:
-        raise UsageError(f'{what} must be positive, not {text!r}')
+    if not value >= 1 or value == float('inf'):  # also NaN and sizes beyond a float (1e400)
+        raise UsageError(f'{what} must be a finite size of at least 1 byte, not {text!r}; use e.g. 500MB')
     return int(value)
 
 

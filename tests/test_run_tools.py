@@ -356,6 +356,11 @@ def test_compare_refuses_a_folder_without_metrics(run, tmp_path):
     assert result.exit_code == 1 and 'has no metrics' in result.output and not (tmp_path / 'x.png').exists()
     result = lit('compare', run_dir, '--metric', 'accuracy')
     assert result.exit_code == 2 and 'unknown --metric' in result.output
+    for text in ('{"epoch": 0, "train_loss": 1.0}\n[1, 2]\n', '{"train_loss": 1.0}\n'):  # edited by hand
+        (tmp_path / 'edited').mkdir(exist_ok=True)
+        (tmp_path / 'edited' / 'metrics.jsonl').write_text(text)
+        result = lit('compare', run_dir, tmp_path / 'edited', '--out', tmp_path / 'y.png')
+        assert result.exit_code == 1 and 'is not a metrics row' in result.output, result.output
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -115,6 +115,9 @@ def test_pack_writes_shards_and_an_index_and_never_changes_or_overwrites(folder,
     assert summary['splits']['train']['pattern'] == f'wds:{tmp_path / "new"}/train-{{000000..000000}}.tar'
     assert tree_digest(folder) == before
     assert lit('data', 'pack', folder, tmp_path / 'x', '--shard-size', 'lots').exit_code == 2
+    for size in ('nan', 'inf', '1e400', '0'):  # one line, not a ValueError/OverflowError traceback
+        result = lit('data', 'pack', folder, tmp_path / 'x', '--shard-size', size)
+        assert result.exit_code == 2 and 'finite size' in result.output, result.output
 
 
 def test_pack_leaves_out_unreadable_files_and_strict_stops(tmp_path):
@@ -132,6 +135,22 @@ def test_pack_leaves_out_unreadable_files_and_strict_stops(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Resolving shards, and their bad input
+
+
+def test_a_set_packed_with_its_val_split_alone_is_evaluated_not_a_traceback(folder, tmp_path):
+    pack(folder, tmp_path / 'val-only', splits=('val',), log=lambda m: None)
+    src = resolve_shards(str(tmp_path / 'val-only'))
+    assert src.split == 'val' and src.total == len(list((folder / 'val').rglob('*.png')))
+    ds, spec = build_eval_dataset(str(tmp_path / 'val-only'))
+    assert len(ds) == src.total
+    with pytest.raises(LitError, match='are the val shards; train on the train split'):
+        build_datasets(str(tmp_path / 'val-only'))
+
+
+def test_shards_stay_within_the_shard_size(folder, tmp_path):
+    pack(folder, tmp_path / 'small', shard_size=12_000, log=lambda m: None)
+    sizes = [p.stat().st_size for p in (tmp_path / 'small').glob('*.tar')]
+    assert len(sizes) > 2 and max(sizes) <= 12_000
 
 
 def test_resolve_shards_and_bad_patterns(packed, tmp_path):
@@ -246,12 +265,14 @@ def test_every_sample_once_per_epoch_across_ranks_and_workers(packed, world, wor
         for rank in range(world):
             ds = ShardDataset(src)
             ds.configure(rank, world, batch, workers, training)
-            got = []
+            got, partial = [], 0
             for w in range(workers):
                 lo, hi = ds.worker_range(w, workers)
                 assert lo <= hi and (not training or (hi - lo) % batch == 0)
+                partial += (hi - lo) % batch != 0
                 got += range(lo, hi)
             assert len(got) == len(ds)
+            assert partial <= 1  # evaluation: whole batches but the share's last, so len(loader) batches come
             per_rank.append(len(got))
             seen += got
         assert len(seen) == len(set(seen))  # never twice
@@ -294,6 +315,17 @@ def test_workers_keys_and_resume_skip_are_exact(packed, tmp_path, monkeypatch):
 # Tar files holding an image folder
 
 
+def write_class_tars(folder: Path, out: Path) -> Path:
+    """timm's ImageNet tar layout of ``folder``: ``out/<split>/<class>.tar`` holding the class's images."""
+    for split in ('train', 'val'):
+        (out / split).mkdir(parents=True)
+        for c in sorted(p.name for p in (folder / split).iterdir()):
+            with tarfile.open(out / split / f'{c}.tar', 'w') as tf:
+                for f in sorted((folder / split / c).iterdir()):
+                    tf.add(f, arcname=f.name)
+    return out
+
+
 @pytest.mark.parametrize('layout', ['one-tar', 'split-tars', 'class-tars'])
 def test_tar_layouts_read_the_same_images_as_the_folder(folder, tmp_path, layout):
     if layout == 'one-tar':  # imagenet.tar holding imagenet/train/<class>/... and imagenet/val/...
@@ -309,13 +341,7 @@ def test_tar_layouts_read_the_same_images_as_the_folder(folder, tmp_path, layout
             tf.add(folder / 'val', arcname='val')
             tf.addfile(tarfile.TarInfo('val/notes.txt'), io.BytesIO(b''))  # not an image: ignored
     else:  # timm's ImageNet layout: train/<class>.tar holding the class's images
-        data = tmp_path / 'ctars'
-        for split in ('train', 'val'):
-            (data / split).mkdir(parents=True)
-            for c in ('cat', 'dog', 'eel'):
-                with tarfile.open(data / split / f'{c}.tar', 'w') as tf:
-                    for f in sorted((folder / split / c).iterdir()):
-                        tf.add(f, arcname=f.name)
+        data = write_class_tars(folder, tmp_path / 'ctars')
     assert resolve_data(str(data))[0] == 'tar'
     before = tree_digest(folder)
     t_train, t_val, spec = build_datasets(str(data))
@@ -328,6 +354,19 @@ def test_tar_layouts_read_the_same_images_as_the_folder(folder, tmp_path, layout
     ev, ev_spec = build_eval_dataset(str(data))
     assert len(ev) == 12 and ev_spec.val_size == 12
     assert tree_digest(folder) == before
+
+
+def test_many_class_tars_keep_a_bounded_number_open(folder, tmp_path, monkeypatch):
+    """timm's class-per-tar ImageNet layout has 1000 tars per split and ulimit -n is often 1024: a process keeps
+    at most MAX_OPEN_TARS open (least recently used closed) and still reads every image."""
+    from litcli.core import tars
+
+    monkeypatch.setattr(tars, 'MAX_OPEN_TARS', 2)
+    train, _, _ = build_datasets(str(write_class_tars(folder, tmp_path / 'ctars')))
+    images = train.dataset
+    for i in list(range(len(train))) + [0, 23, 8]:  # every tar, twice
+        images.load_sample(i)
+        assert len(images._fds) <= 2
 
 
 def test_bad_tars_are_one_line_errors_or_counted_skips(folder, tmp_path):

@@ -98,8 +98,9 @@ def use_cache(monkeypatch, folder: Path, base: str, timeout: float = 5):
 
 
 def cache_files(folder: Path):
-    """Every file in the test's cache (hidden temporary ones too)."""
-    return sorted(p.name for p in (folder / 'torch').rglob('*') if p.is_file())
+    """Every file in the test's cache (hidden temporary ones too), but the download lock (an empty file that
+    serialises concurrent downloads, kept on purpose: removing a lock file others may hold is a race)."""
+    return sorted(p.name for p in (folder / 'torch').rglob('*') if p.is_file() and not p.name.endswith('.lock'))
 
 
 @pytest.fixture(scope='module')
@@ -146,6 +147,27 @@ def test_the_releases_as_data(monkeypatch, tmp_path):
     listed = json.loads(result.output)
     assert [w['variant'] for w in listed['weights']] == list(PAPER) and not any(w['cached'] for w in listed['weights'])
     assert listed['cache_dir'] == str(tmp_path / 'hub' / 'checkpoints')
+
+
+def test_processes_asking_at_once_download_once(monkeypatch, tmp_path, release):
+    """Every rank of ``torchrun lit eval --pretrained`` asks for the file at once: one downloads (under a lock
+    beside the cache file), the others wait and read the cache."""
+    import subprocess
+    import sys
+
+    _, body = release
+    with serve({'lit_ti.pth': body}) as server:
+        use_cache(monkeypatch, tmp_path, server.base, timeout=60)
+        code = ('from litcli.core.factory import pretrained_file; '
+                'print(pretrained_file("lit_ti", log=lambda m: None))')
+        procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(3)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        cached = str(tmp_path / 'torch' / 'hub' / 'checkpoints' / 'lit_ti.pth')
+        assert [o[0].strip() for o in outs] == [cached] * 3
+        assert server.requests == ['/v1.0/lit_ti.pth']
+        assert cache_files(tmp_path) == ['lit_ti.pth']
 
 
 def test_download_once_then_cache_hit_strict_load(monkeypatch, tmp_path, release):

@@ -7,7 +7,8 @@ loops are ``core.engine``'s; the config merge ``core.config``'s; restoring ``cor
 """
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
 
 from litcli.core.checkpoint import plain
 from litcli.core.config import checked_img_size, new_run_config, resolve_config, scaled_lrs
@@ -96,32 +97,32 @@ def released_weights(variant: str, world, log) -> Path:
     return path if path is not None else pretrained_file(variant, log)
 
 
-def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initial_checkpoint, output, name,
-           exist_ok, options, pretrained: bool = False) -> Path:
-    """The run itself, once the config is resolved and the process group is up."""
-    import torch
-    from timm.utils import random_seed
+@dataclass
+class TrainingData:
+    """What the data section of a run built: datasets, loaders and what follows from them."""
+    kind: str  # 'builtin', 'folder', 'tar' or 'shards'
+    spec: Any  # core.data.DataSpec: class names, sizes, description
+    train_ds: Any
+    val_ds: Any
+    train_loader: Any
+    eval_loader: Any
+    eval_data_config: Dict  # the eval preprocessing recorded in every checkpoint
+    train_batch_tf: Optional[Callable]  # on the device, on the whole batch (built-in sets); None elsewhere
+    eval_batch_tf: Optional[Callable]
+    probe_tf: Callable  # uint8 samples -> what the model takes, for code that batches a few samples itself
+    lrs: Dict  # scaled_lrs: lr, offset_lr, warmup_lr, min_lr, global_batch
+    updates_per_epoch: int
 
-    from litcli.core import engine
-    from litcli.core.checkpoint import CheckpointSaver, TrainPosition, TrainState, rng_state
+
+def _training_data(cfg: Dict, world, device, amp_dtype, checkpoint: Optional[Dict], reporter) -> TrainingData:
+    """Resolve ``cfg['data']``, build the datasets and loaders, and check what depends on them (class count against
+    the checkpoint, Mixup's even batch, at least one update per epoch). Records the data as absolute paths and the
+    class count in ``cfg``."""
     from litcli.core.data import (batch_transforms, build_datasets, dataset_name, recorded_data, resolve_data,
                                   run_data_config, run_transforms, uses_fast_tensors)
     from litcli.core.loaders import build_eval_loader, build_train_loader, data_hint, normalizer
-    from litcli.core.envinfo import collect_env
-    from litcli.core.factory import create_model, load_initial_weights, model_size_note
-    from litcli.core.optim import create_optimizer, create_scheduler
-    from litcli.core.rundir import git_commit, plot_curves, prepare_run_dir, write_metrics
-    from litcli.core.tracking import create_tracker, dtm_offsets_px, fixed_batch
-    from litcli.core.runtime import (StopRequest, TrainingStopped, all_gather_object, all_reduce_sum, any_rank,
-                                     autocast_context, dtype_name, process_device, resolve_amp, resume_hint)
 
     log = reporter.log
-    device = process_device(device, world)
-    random_seed(cfg['seed'], world.rank)  # torch, numpy and python RNGs (timm transforms/Mixup use the latter)
-    amp_dtype = resolve_amp(device, cfg['amp'], cfg['amp_dtype'])
-
-    # ---- data: folders/tars/shards through timm transforms to uint8, finished on the device; built-ins as batched
-    # in-memory tensors ----
     requested_data, requested_dir = cfg['data'], cfg['data_dir']
     kind, root = resolve_data(requested_data, requested_dir)
     # Recorded as absolute paths (a built-in by its name), so lit eval/--resume work from any folder.
@@ -170,6 +171,39 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
         raise LitError(f'the training set ({spec.train_size} images) is smaller than one update of '
                        f'{cfg["batch_size"]} x {world.world_size} process(es) x {cfg["grad_accum_steps"]} images; '
                        f'lower --batch-size or --grad-accum-steps')
+    return TrainingData(kind, spec, train_ds, val_ds, train_loader, eval_loader, eval_data_config, train_batch_tf,
+                        eval_batch_tf, probe_tf, lrs, updates_per_epoch)
+
+
+def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initial_checkpoint, output, name,
+           exist_ok, options, pretrained: bool = False) -> Path:
+    """The run itself, once the config is resolved and the process group is up."""
+    import torch
+    from timm.utils import random_seed
+
+    from litcli.core import engine
+    from litcli.core.checkpoint import CheckpointSaver, TrainPosition, TrainState, rng_state
+    from litcli.core.data import dataset_name
+    from litcli.core.envinfo import collect_env
+    from litcli.core.factory import create_model, load_initial_weights, model_size_note
+    from litcli.core.optim import create_optimizer, create_scheduler
+    from litcli.core.rundir import git_commit, plot_curves, prepare_run_dir, write_metrics
+    from litcli.core.tracking import create_tracker, dtm_offsets_px, fixed_batch
+    from litcli.core.runtime import (StopRequest, TrainingStopped, all_gather_object, all_reduce_sum, any_rank,
+                                     autocast_context, dtype_name, process_device, resolve_amp, resume_hint)
+
+    log = reporter.log
+    device = process_device(device, world)
+    random_seed(cfg['seed'], world.rank)  # torch, numpy and python RNGs (timm transforms/Mixup use the latter)
+    amp_dtype = resolve_amp(device, cfg['amp'], cfg['amp_dtype'])
+
+    # ---- data: folders/tars/shards through timm transforms to uint8, finished on the device; built-ins as batched
+    # in-memory tensors ----
+    data = _training_data(cfg, world, device, amp_dtype, checkpoint, reporter)
+    kind, spec, num_classes, lrs = data.kind, data.spec, data.spec.num_classes, data.lrs
+    train_ds, val_ds, train_loader, eval_loader = data.train_ds, data.val_ds, data.train_loader, data.eval_loader
+    eval_data_config, eval_batch_tf = data.eval_data_config, data.eval_batch_tf
+    updates_per_epoch = data.updates_per_epoch
 
     # ---- model, optimizer, schedule, AMP, EMA ----
     model = create_model(cfg['variant'], num_classes=num_classes, drop_path_rate=cfg['drop_path'],
@@ -226,7 +260,7 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
                               per_update_schedule=not cfg['sched_on_epochs'], mixup=mixup, autocast=autocast,
                               loss_scaler=state.loss_scaler, clip_grad=cfg['clip_grad'] or None,
                               accum_steps=cfg['grad_accum_steps'], ema=state.ema, channels_last=cfg['channels_last'],
-                              batch_transform=train_batch_tf)
+                              batch_transform=data.train_batch_tf)
 
     # ---- run directory (rank 0 writes; every rank learns its path) ----
     env = {**collect_env(), **world.as_dict(), 'git_commit': git_commit(), 'device': str(device),
@@ -275,7 +309,7 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
         tracker = create_tracker(options['log'], run_dir, plain(cfg), optimizer, cfg['log_interval'],
                                  purge_step=position.step + 1 if checkpoint is not None else None)
         # DTM offsets measured on it every epoch (shards cannot be indexed: their first samples)
-        probe = fixed_batch(val_ds.head(8) if hasattr(val_ds, 'head') else val_ds, batch_transform=probe_tf)
+        probe = fixed_batch(val_ds.head(8) if hasattr(val_ds, 'head') else val_ds, batch_transform=data.probe_tf)
         log('logging to ' + ', '.join(str(p) for p in tracker.locations))
 
         def on_step(progress: Dict):

@@ -31,6 +31,14 @@ def _member_bytes(size: int) -> int:
     return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
 
 
+def _tar_file_bytes(members: int) -> int:
+    """The size of a tar file whose members take ``members`` bytes: python's tarfile closes it with two zero
+    blocks and pads it to a whole record (``tarfile.RECORDSIZE``, 10 KiB)."""
+    import tarfile
+
+    return -(-(members + 2 * TAR_BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 def check_output(src: Path, out: Path):
     """``out`` may be new or an empty folder, never inside the image folder (packing must not change it)."""
     src, out_abs = src.resolve(), out.expanduser().resolve()
@@ -114,7 +122,8 @@ def pack(src: Path, out: Path, shard_size: int = 500 * 10 ** 6, splits: Sequence
             ext = 'jpg' if ext == 'jpeg' else ext
             cls = str(target).encode()
             need = _member_bytes(len(data)) + _member_bytes(len(cls))
-            if writer is None or (count and size + need > shard_size):
+            # a shard stays within --shard-size (a single sample larger than it still gets a shard of its own)
+            if writer is None or (count and _tar_file_bytes(size + need) > shard_size):
                 close()
                 shards.append(dict(name=f'{split}-{len(shards):06d}.tar'))
                 f = open(partial / shards[-1]['name'], 'wb')

@@ -211,6 +211,11 @@ def load_run(run_dir: Path):
     if not rows:
         raise LitError(f'{run_dir} has no metrics (metrics.jsonl): not a lit train run folder, or no epoch has '
                        f'finished yet')
+    bad = next((i for i, row in enumerate(rows, 1)
+                if not isinstance(row, dict) or not isinstance(row.get('epoch'), int)), None)
+    if bad is not None:
+        raise LitError(f'{run_dir / "metrics.jsonl"} line {bad} is not a metrics row (a JSON object with an integer '
+                       f'"epoch"); is it a lit train run folder? (the file was edited or written by another tool)')
     try:
         config = yaml.safe_load((run_dir / 'config.yaml').read_text())
     except (OSError, yaml.YAMLError):

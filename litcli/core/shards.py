@@ -149,7 +149,7 @@ class ShardSource:
 
 
 def _source(folder: Path, index: Dict, split: str, names: List[str], pattern: str) -> ShardSource:
-    by_name = {s['name']: s for s in index['splits'][split]['shards']}
+    by_name = {s['name']: s for s in (index['splits'].get(split) or {}).get('shards') or []}
     return ShardSource(folder, split, names, [int(by_name[n]['count']) for n in names],
                        [int(by_name[n]['bytes']) for n in names], list(index['classes']), pattern, index)
 
@@ -159,10 +159,12 @@ def resolve_shards(data: str) -> ShardSource:
     train split) -> the shards, checked against the index: a pattern that matches nothing, a missing shard, one not
     in the index or of another size is a one-line error."""
     if not is_shard_spec(data):
-        folder = Path(data).expanduser()
+        folder = Path(data).expanduser().resolve()
         index = read_index(folder)
-        src = _source(folder.resolve(), index, 'train', [], '')
-        return src.other_split('train').check_files()
+        # its train split; a set packed with --split val alone stands for its validation split (lit eval)
+        split = next((name for name in ('train', 'val', 'validation')
+                      if (index['splits'].get(name) or {}).get('count')), 'train')
+        return _source(folder, index, split, [], '').other_split(split).check_files()
     pattern = os.path.abspath(os.path.expanduser(data[len(PREFIX):]))
     webdataset()
     import braceexpand
@@ -302,8 +304,12 @@ class ShardDataset(IterableDataset):
             return start, start + counts[worker] * self.batch_size
         n, w, r = self.total, self.world_size, self.rank
         lo, hi = n * r // w, n * (r + 1) // w
-        m = hi - lo
-        return lo + m * worker // workers, lo + m * (worker + 1) // workers
+        # whole batches per worker too, the share's last (partial) batch to the worker that reaches ``hi``: the
+        # loader then yields exactly ceil(share / batch) batches, its len()
+        batches = -(-(hi - lo) // self.batch_size)
+        counts = [batches // workers + (k < batches % workers) for k in range(workers)]
+        start = lo + sum(counts[:worker]) * self.batch_size
+        return min(start, hi), min(start + counts[worker] * self.batch_size, hi)
 
     def head(self, n: int) -> list:
         """The first ``n`` readable samples of the first shard, transformed (a fixed probe batch), as a list."""

@@ -16,6 +16,7 @@ last folder across the whole tar (no train/val split inside one tar), asserts on
 import io
 import os
 import tarfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -23,6 +24,8 @@ import numpy as np
 
 from litcli.core.errors import LitError
 from litcli.core.images import IMAGE_SUFFIXES, load_image
+
+MAX_OPEN_TARS = 64  # open tar files per process; more are reopened on use (least recently used closed)
 
 
 def _clean(member: str) -> List[str]:
@@ -163,7 +166,9 @@ class TarImages:
         self.root = root
         self.transform = transform
         self.target_transform = None
-        self._fds: Dict[Tuple[int, int], int] = {}  # (pid, tar id) -> descriptor: forked workers open their own
+        # (pid, tar id) -> descriptor, newest used last: forked workers open their own. At most MAX_OPEN_TARS per
+        # process stay open (timm's class-per-tar ImageNet layout has 1000 tars per split; ulimit -n is often 1024).
+        self._fds: 'OrderedDict[Tuple[int, int], int]' = OrderedDict()
 
     @property
     def samples(self):
@@ -174,18 +179,32 @@ class TarImages:
 
     def __getstate__(self):  # descriptors do not travel to spawned workers
         state = dict(self.__dict__)
-        state['_fds'] = {}
+        state['_fds'] = OrderedDict()
         return state
+
+    def _descriptor(self, tar: int) -> int:
+        """An open descriptor of tar ``tar`` for this process; the least recently used one is closed beyond
+        ``MAX_OPEN_TARS`` (a parent's descriptors inherited by a forked worker are dropped, not closed: they are
+        the parent's)."""
+        pid = os.getpid()
+        key = (pid, tar)
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        for other in [k for k in self._fds if k[0] != pid]:
+            del self._fds[other]
+        while len(self._fds) >= MAX_OPEN_TARS:
+            os.close(self._fds.popitem(last=False)[1])
+        try:
+            fd = self._fds[key] = os.open(self.tars[tar], os.O_RDONLY)
+        except OSError as e:
+            raise LitError(f'cannot open {self.tars[tar]} ({e.strerror}); is the data still there?') from None
+        return fd
 
     def read(self, index: int) -> bytes:
         tar = int(self.tar_ids[index])
-        key = (os.getpid(), tar)
-        fd = self._fds.get(key)
-        if fd is None:
-            try:
-                fd = self._fds[key] = os.open(self.tars[tar], os.O_RDONLY)
-            except OSError as e:
-                raise LitError(f'cannot open {self.tars[tar]} ({e.strerror}); is the data still there?') from None
+        fd = self._descriptor(tar)
         size = int(self.sizes[index])
         data = os.pread(fd, size, int(self.offsets[index]))
         if len(data) != size:

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -126,7 +127,32 @@ def fetch(variant: str, verify: Callable[[Path, str], None], log: Optional[Calla
     path = cached(variant)
     if path is not None:
         return path
-    return download(variant, verify, log or _stderr, timeout_s() if timeout is None else timeout)
+    with _download_lock(cache_path(variant)):
+        path = cached(variant)  # another process (a torchrun rank) finished the download while this one waited
+        if path is not None:
+            return path
+        return download(variant, verify, log or _stderr, timeout_s() if timeout is None else timeout)
+
+
+@contextmanager
+def _download_lock(dest: Path):
+    """One download of ``dest`` at a time across the processes of a machine (every rank of ``torchrun lit eval
+    --pretrained`` asks for the file at once): an exclusive ``flock`` on ``.<name>.lock`` beside it. Where the
+    folder cannot be written or there is no ``fcntl`` (Windows), no lock: the download reports its own error, and
+    concurrent downloads stay safe (each writes its own temporary file and renames it)."""
+    try:
+        import fcntl
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(dest.parent / f'.{dest.name}.lock', os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the holder's download is bounded by its timeouts
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _reason(e: BaseException, timeout: float) -> str:

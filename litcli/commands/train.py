@@ -312,9 +312,10 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
         probe = fixed_batch(val_ds.head(8) if hasattr(val_ds, 'head') else val_ds, batch_transform=data.probe_tf)
         log('logging to ' + ', '.join(str(p) for p in tracker.locations))
 
-        def on_step(progress: Dict):
+        def step_and_track(progress: Dict):
             reporter.step(progress)
             tracker.step(progress)
+        on_step = step_and_track
     if options['keep_best']:
         log(f'keeping the checkpoints of the {options["keep_best"]} best epochs by eval top-1 '
             f'(checkpoints/top-epochNNNN.pt, ranked in checkpoints/top.json)')

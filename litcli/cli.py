@@ -327,6 +327,9 @@ def train(
     workers: Annotated[Optional[int], typer.Option(
         '--workers', '-j', min=0,
         help='DataLoader worker processes (4).')] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        '--threads', min=1,
+        help='CPU runs: torch threads per process (default: one per core; the built-in demo uses 1).')] = None,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
     log_interval: Annotated[Optional[int], typer.Option(
         '--log-interval', min=1,
@@ -369,7 +372,7 @@ def train(
         lr_base=lr_base, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, min_lr=min_lr, weight_decay=weight_decay,
         drop_path=drop_path, aa=aa, reprob=reprob, mixup=mixup, cutmix=cutmix, smoothing=smoothing, amp=amp,
         amp_dtype=amp_dtype, model_ema=model_ema, model_ema_decay=model_ema_decay, model_ema_warmup=model_ema_warmup,
-        channels_last=channels_last, torchcompile=torchcompile,
+        channels_last=channels_last, torchcompile=torchcompile, threads=threads,
         grad_checkpointing=grad_checkpointing, seed=seed, workers=workers, device=device, log_interval=log_interval)
     overrides['clip_grad'] = clip_grad  # 0 turns clipping off
     if aa is not None and aa.lower() in ('none', 'off', ''):

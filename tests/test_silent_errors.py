@@ -65,6 +65,12 @@ def test_demo_log_names_its_size(tmp_path):
     assert result.exit_code == 0, result.output
     assert 'built-in demo configuration' in result.output and "not the paper's lit_ti" in result.output
     assert 'M parameters' in result.output
+    # one thread: the tiny model is bound by per-op overhead, a second thread costs more than it computes
+    assert 'cpu (1 thread(s))' in result.output
+    assert yaml.safe_load((tmp_path / 'd' / 'config.yaml').read_text())['threads'] == 1
+    result = lit('train', '--data', 'fashion-mnist-mini', '--epochs', 1, '--output', tmp_path, '--name', 'e',
+                 '--batch-size', 1000, '--lr', 0, '--threads', 2)  # the flag wins
+    assert result.exit_code == 0 and 'cpu (2 thread(s))' in result.output, result.output
 
 
 def test_predict_over_test_pngs_equals_eval(mini_run, tmp_path):

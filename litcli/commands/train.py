@@ -194,6 +194,8 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
 
     log = reporter.log
     device = process_device(device, world)
+    if device.type == 'cpu' and cfg.get('threads'):
+        torch.set_num_threads(cfg['threads'])
     random_seed(cfg['seed'], world.rank)  # torch, numpy and python RNGs (timm transforms/Mixup use the latter)
     amp_dtype = resolve_amp(device, cfg['amp'], cfg['amp_dtype'])
 
@@ -281,8 +283,9 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
     precision = f' {dtype_name(amp_dtype)} autocast' if amp_dtype else ' fp32'
     resuming = (f'; resuming at epoch {position.epoch}, step {position.step}' +
                 (f', batch {position.batch}' if position.batch else '')) if checkpoint is not None else ''
+    threads = f' ({torch.get_num_threads()} thread(s))' if device.type == 'cpu' else ''
     log(f'{cfg["variant"]} on {dataset_name(spec)} ({spec.train_size} train / {spec.val_size} val images, '
-        f'{num_classes} classes), {device}{precision}; global batch {lrs["global_batch"]}, lr {lrs["lr"]:.3g} '
+        f'{num_classes} classes), {device}{threads}{precision}; global batch {lrs["global_batch"]}, lr {lrs["lr"]:.3g} '
         f'(offset {lrs["offset_lr"]:.3g}), warmup lr {lrs["warmup_lr"]:.3g}, min lr {lrs["min_lr"]:.3g}, '
         f'{cfg["epochs"]} epochs x {updates_per_epoch} updates{resuming}')
     if options['save_interval']:

@@ -110,7 +110,6 @@ class TrainingData:
     train_batch_tf: Optional[Callable]  # on the device, on the whole batch (built-in sets); None elsewhere
     eval_batch_tf: Optional[Callable]
     probe_tf: Callable  # uint8 samples -> what the model takes, for code that batches a few samples itself
-    lrs: Dict  # scaled_lrs: lr, offset_lr, warmup_lr, min_lr, global_batch
     updates_per_epoch: int
 
 
@@ -149,7 +148,6 @@ def _training_data(cfg: Dict, world, device, amp_dtype, checkpoint: Optional[Dic
     if checkpoint is not None and checkpoint.get('num_classes') not in (None, num_classes):
         raise CheckpointError(f'the checkpoint has {checkpoint["num_classes"]} classes but {dataset_name(spec)} '
                               f'has {num_classes}; resume with the data it was trained on')
-    lrs = scaled_lrs(cfg, world.world_size)
     if (cfg['mixup'] > 0 or cfg['cutmix'] > 0) and cfg['batch_size'] % 2:
         raise LitError(f'Mixup/CutMix needs an even --batch-size (got {cfg["batch_size"]}); '
                        f'change it or pass --mixup 0 --cutmix 0')
@@ -172,7 +170,7 @@ def _training_data(cfg: Dict, world, device, amp_dtype, checkpoint: Optional[Dic
                        f'{cfg["batch_size"]} x {world.world_size} process(es) x {cfg["grad_accum_steps"]} images; '
                        f'lower --batch-size or --grad-accum-steps')
     return TrainingData(kind, spec, train_ds, val_ds, train_loader, eval_loader, eval_data_config, train_batch_tf,
-                        eval_batch_tf, probe_tf, lrs, updates_per_epoch)
+                        eval_batch_tf, probe_tf, updates_per_epoch)
 
 
 def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initial_checkpoint, output, name,
@@ -202,7 +200,8 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
     # ---- data: folders/tars/shards through timm transforms to uint8, finished on the device; built-ins as batched
     # in-memory tensors ----
     data = _training_data(cfg, world, device, amp_dtype, checkpoint, reporter)
-    kind, spec, num_classes, lrs = data.kind, data.spec, data.spec.num_classes, data.lrs
+    kind, spec, num_classes = data.kind, data.spec, data.spec.num_classes
+    lrs = scaled_lrs(cfg, world.world_size)  # lr, offset_lr, warmup_lr, min_lr, global_batch
     train_ds, val_ds, train_loader, eval_loader = data.train_ds, data.val_ds, data.train_loader, data.eval_loader
     eval_data_config, eval_batch_tf = data.eval_data_config, data.eval_batch_tf
     updates_per_epoch = data.updates_per_epoch

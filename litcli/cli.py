@@ -301,7 +301,7 @@ def train(
         help='Label smoothing (0.1).')] = None,
     amp: Annotated[Optional[bool], typer.Option(
         '--amp/--no-amp', rich_help_panel=HYPER,
-        help='Autocast (default: on for CUDA, off on CPU).')] = None,
+        help='Autocast (default: on for CUDA, off on CPU; the demo: also on CPUs with native bf16).')] = None,
     amp_dtype: Annotated[Optional[str], typer.Option(
         '--amp-dtype', rich_help_panel=HYPER,
         help='bfloat16 (default where supported) or float16 (with a grad scaler).')] = None,

@@ -385,3 +385,31 @@ def test_explicit_attention_adds_the_bias_in_fp32_under_autocast():
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         model(torch.randn(1, 3, 64, 64))
     assert seen == [torch.float32]
+
+
+@pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+def test_patch_size_two_stem_doubles_every_grid(variant):
+    """``patch_size=2`` (small inputs such as the built-in 28-32 px demo): 2x2 patches, stage grids twice as fine,
+    sides in multiples of 16, and every consumer of the strides reads them from the model."""
+    model = timm.create_model(variant, num_classes=3, img_size=32, patch_size=2).eval()
+    assert model.stage_grids == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert [f['reduction'] for f in model.feature_info] == [2, 4, 8, 16] == list(model.stage_strides)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 48, 32)).shape == (2, 3)  # 48: a multiple of 16, not of 32
+        feats = model.forward_intermediates(torch.randn(1, 3, 32, 32), intermediates_only=True)
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    with pytest.raises(ValueError, match='divisible by 16, got 40x32; nearest valid: height 32 or 48'):
+        model(torch.randn(1, 3, 40, 32))
+
+
+def test_patch_size_two_trace_maps_cells_to_pixel_centres():
+    """viz-offsets maps stage-1 cells p to P*p + P/2 pixels: with zero offsets a 2x2-patch model's final token
+    (r, c) samples the 8x8 lattice 2a + 1 inside its regular 16x16 field."""
+    from litcli.core.offsets import fraction_outside_field, trace_offsets
+    model = timm.create_model('lit_ti', num_classes=10, img_size=32, patch_size=2).eval()
+    trace = trace_offsets(model, 'assets/photos/chelsea.jpg', img_size=32)
+    assert trace.patch == 2 and trace.grid == (2, 2)
+    for (r, c), pts in zip(trace.tokens, trace.pixels):
+        assert sorted(set(pts[:, 0])) == [16 * r + 2 * a + 1 for a in range(8)]
+        assert sorted(set(pts[:, 1])) == [16 * c + 2 * a + 1 for a in range(8)]
+    assert fraction_outside_field(trace) == 0.0

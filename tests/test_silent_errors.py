@@ -39,7 +39,8 @@ def test_config_file_data_and_variant_count_like_flags(tmp_path):
     cfg = new_run_config(tmp_path / 'mini.yaml', {})
     assert cfg['model_kwargs'] == {} and not cfg['demo_config'] and cfg['img_size'] == 224
     cfg = new_run_config(None, {'data': 'fashion-mnist-mini'})  # no variant anywhere: the demo
-    assert cfg['demo_config'] and cfg['model_kwargs']['embed_dims'] == (32, 64, 128, 256)
+    assert cfg['demo_config'] and cfg['model_kwargs']['embed_dims'] == (16, 32, 64, 128)
+    assert cfg['model_kwargs']['patch_size'] == 2 and cfg['amp'] == 'auto'
 
 
 def test_config_file_variant_trains_that_variant(tmp_path):
@@ -51,7 +52,7 @@ def test_config_file_variant_trains_that_variant(tmp_path):
     ckpt = torch.load(tmp_path / 'runs' / 'ti' / 'checkpoints' / 'last.pt', weights_only=True)
     params = sum(v.numel() for k, v in ckpt['model'].items() if 'num_batches' not in k and 'index' not in k
                  and 'running' not in k)
-    assert params > 18_000_000 and 'demo' not in result.output  # the real LIT-Ti, not the 1.4M demo model
+    assert params > 18_000_000 and 'demo' not in result.output  # the real LIT-Ti, not the 0.6M demo model
 
 
 def test_demo_configuration_says_so(mini_run):
@@ -65,12 +66,16 @@ def test_demo_log_names_its_size(tmp_path):
     assert result.exit_code == 0, result.output
     assert 'built-in demo configuration' in result.output and "not the paper's lit_ti" in result.output
     assert 'M parameters' in result.output
-    # one thread: the tiny model is bound by per-op overhead, a second thread costs more than it computes
-    assert 'cpu (1 thread(s))' in result.output
-    assert yaml.safe_load((tmp_path / 'd' / 'config.yaml').read_text())['threads'] == 1
-    result = lit('train', '--data', 'fashion-mnist-mini', '--epochs', 1, '--output', tmp_path, '--name', 'e',
-                 '--batch-size', 1000, '--lr', 0, '--threads', 2)  # the flag wins
+    # torch's default threads (the patch-2 demo model scales to 2 threads); --threads pins them
+    assert yaml.safe_load((tmp_path / 'd' / 'config.yaml').read_text())['threads'] is None
+    before = torch.get_num_threads()
+    try:
+        result = lit('train', '--data', 'fashion-mnist-mini', '--epochs', 1, '--output', tmp_path, '--name', 'e',
+                     '--batch-size', 1000, '--lr', 0, '--threads', 2)  # the flag wins
+    finally:
+        torch.set_num_threads(before)  # lit train sets the process's threads
     assert result.exit_code == 0 and 'cpu (2 thread(s))' in result.output, result.output
+    assert yaml.safe_load((tmp_path / 'e' / 'config.yaml').read_text())['threads'] == 2
 
 
 def test_predict_over_test_pngs_equals_eval(mini_run, tmp_path):
@@ -172,6 +177,7 @@ def test_figure_commands_take_builtin_data_and_default_to_the_checkpoints(mini_r
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / 'a' / 'stats.json').read_text())
     assert stats['num_images'] == 20 and stats['img_size'] == 32
+    assert stats['stages']['3']['grid'] == [4, 4]  # the demo's 2x2-patch model: what `make demo` draws
     result = lit('attn-maps', '--checkpoint', ckpt, '--num-images', 10, '--output', tmp_path, '--name', 'b',
                  '--stage', 3)  # the checkpoint's own validation data
     assert result.exit_code == 0, result.output

@@ -228,9 +228,13 @@ def test_builtin_demo_config_on_mini_set_trains_and_evaluates(tmp_path):
     """No --variant on a built-in set: the demo config (fast tensor path); eval reproduces the metrics."""
     from litcli.core.config import demo_config as default_small_config
 
-    result = lit('train', '--data', 'fashion-mnist-mini', '--epochs', 1, '--output', tmp_path, '--name', 'mini')
+    # --amp: bf16 autocast on any CPU (the demo's own `amp: auto` turns it on only where bf16 is native), so the
+    # check below also shows that a bf16-trained run's logged metrics are the fp32 ones `lit eval` reproduces.
+    result = lit('train', '--data', 'fashion-mnist-mini', '--epochs', 1, '--output', tmp_path, '--name', 'mini',
+                 '--amp')
     assert result.exit_code == 0, result.output
     assert 'in-memory tensors' in result.output and 'Fashion-MNIST mini' in result.output
+    assert 'bfloat16 autocast' in result.output
     small = default_small_config()
     cfg = yaml.safe_load((tmp_path / 'mini' / 'config.yaml').read_text())
     assert cfg['variant'] == small['variant'] and cfg['fast_tensors'] and cfg['epochs'] == 1
@@ -243,6 +247,25 @@ def test_builtin_demo_config_on_mini_set_trains_and_evaluates(tmp_path):
     ev = json.loads((tmp_path / 'ev' / 'eval.json').read_text())
     assert ev['data'] == 'fashion-mnist-mini' and ev['num_images'] == 1000
     assert ev['top1'] == pytest.approx(row['eval_top1'])
+
+
+def test_amp_auto_follows_the_device_and_cpu_evaluation_stays_fp32(monkeypatch):
+    """``amp: auto`` (the demo's): bf16 autocast on CUDA and on CPUs with native bf16, fp32 on other CPUs; a
+    training run evaluates in fp32 on the CPU (as lit eval does) and in its own precision on CUDA."""
+    from litcli.core import runtime
+    from litcli.core.errors import LitError
+
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    for native in (True, False):
+        monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: native)
+        assert runtime.resolve_amp(cpu, 'auto') == (torch.bfloat16 if native else None)
+        assert runtime.resolve_amp(cpu, None) is None and runtime.resolve_amp(cpu, True) is torch.bfloat16
+    assert runtime.resolve_amp(cpu, False) is None
+    with pytest.raises(LitError, match="amp: 'yes' is not one of true, false, auto"):
+        runtime.resolve_amp(cpu, 'yes')
+    assert runtime.eval_amp_dtype(cpu, torch.bfloat16) is None
+    assert runtime.eval_amp_dtype(cuda, torch.bfloat16) is torch.bfloat16
+    assert isinstance(runtime.cpu_has_native_bf16(), bool)
 
 
 @pytest.mark.gpu

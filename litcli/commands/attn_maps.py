@@ -64,7 +64,7 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
         console.print('[yellow]No --checkpoint: the maps show a randomly initialised model, not what LIT learned.'
                       '[/yellow]')
     stages = resolve_stages(stage, model, arch)
-    grids = {s: (img_size // (4 * 2 ** (s - 1)),) * 2 for s in stages}
+    grids = {s: (img_size // model.stage_strides[s - 1],) * 2 for s in stages}
     queries = {s: check_token(query, grids[s], '--query') if query is not None else (grids[s][0] // 2,
                                                                                       grids[s][1] // 2)
                for s in stages}

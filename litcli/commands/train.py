@@ -52,7 +52,7 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
         cfg['variant'] = saved['variant']
     else:
         cfg = new_run_config(config_file, overrides)
-    checked_img_size(cfg['img_size'])
+    checked_img_size(cfg['img_size'], patch_size=(cfg['model_kwargs'] or {}).get('patch_size', 4))
     if pretrained and checkpoint is None:
         if cfg.get('demo_config'):
             raise UsageError('--pretrained needs --variant ti|s|m|b (and --data): the built-in demo model, a small '
@@ -120,6 +120,7 @@ def _training_data(cfg: Dict, world, device, amp_dtype, checkpoint: Optional[Dic
     from litcli.core.data import (batch_transforms, build_datasets, dataset_name, recorded_data, resolve_data,
                                   run_data_config, run_transforms, uses_fast_tensors)
     from litcli.core.loaders import build_eval_loader, build_train_loader, data_hint, normalizer
+    from litcli.core.runtime import eval_amp_dtype
 
     log = reporter.log
     requested_data, requested_dir = cfg['data'], cfg['data_dir']
@@ -161,7 +162,8 @@ def _training_data(cfg: Dict, world, device, amp_dtype, checkpoint: Optional[Dic
     # the rest bit for bit. Evaluation: disjoint shares, no padding.
     train_loader = build_train_loader(train_ds, cfg, world, device, eval_data_config, amp_dtype, fast=fast)
     eval_loader = build_eval_loader(val_ds, cfg['batch_size'], cfg['workers'], world, device, eval_data_config,
-                                    amp_dtype, channels_last=cfg['channels_last'], normalize=not fast)
+                                    eval_amp_dtype(device, amp_dtype), channels_last=cfg['channels_last'],
+                                    normalize=not fast)
     reporter.world_size = world.world_size
     reporter.data_hint = data_hint(kind, cfg['workers'], cfg.get('data'))
     updates_per_epoch = len(train_loader) // cfg['grad_accum_steps']
@@ -188,7 +190,8 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
     from litcli.core.rundir import git_commit, plot_curves, prepare_run_dir, write_metrics
     from litcli.core.tracking import create_tracker, dtm_offsets_px, fixed_batch
     from litcli.core.runtime import (StopRequest, TrainingStopped, all_gather_object, all_reduce_sum, any_rank,
-                                     autocast_context, dtype_name, process_device, resolve_amp, resume_hint)
+                                     autocast_context, dtype_name, eval_amp_dtype, process_device, resolve_amp,
+                                     resume_hint)
 
     log = reporter.log
     device = process_device(device, world)
@@ -257,6 +260,7 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
     if cfg['torchcompile']:
         train_model = torch.compile(train_model)
     autocast = autocast_context(device, amp_dtype)
+    eval_autocast = autocast_context(device, eval_amp_dtype(device, amp_dtype))
     setup = engine.TrainSetup(train_model, optimizer, loss_fn, device, scheduler=scheduler,
                               per_update_schedule=not cfg['sched_on_epochs'], mixup=mixup, autocast=autocast,
                               loss_scaler=state.loss_scaler, clip_grad=cfg['clip_grad'] or None,
@@ -383,7 +387,7 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
                     distribute_bn(state.ema.module, world.world_size, reduce=True)
             eval_loader.set_epoch(epoch)
             metrics = engine.evaluate(state.ema.module if state.ema is not None else model, eval_loader, device,
-                                      autocast, channels_last=cfg['channels_last'], batch_transform=eval_batch_tf,
+                                      eval_autocast, channels_last=cfg['channels_last'], batch_transform=eval_batch_tf,
                                       world=world)
             for dataset in (train_ds, val_ds):
                 skipped = int(all_reduce_sum([getattr(dataset, 'skipped', 0)], world, device)[0])

@@ -40,7 +40,8 @@ def viz_offsets(image, model, out_dir: Path, img_size: int = 224, tokens: Union[
         'image': str(getattr(image, 'name', image)), 'img_size': img_size, 'normalized': normalize,
         'token_grid': list(grid), 'points_per_token': int(trace.pixels.shape[1]),
         'dropped_leaving_grid': trace.dropped_in_grids, 'dropped_outside_image': trace.dropped_outside_image,
-        'frac_points_outside_field': fraction_outside_field(trace), 'stages': offset_stats(trace),
+        'field_px': 8 * trace.patch, 'frac_points_outside_field': fraction_outside_field(trace),
+        'stages': offset_stats(trace),
     }
     if save_json:
         p = out_dir / 'points.json'
@@ -141,7 +142,7 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
                               f"{st['mean_abs_offset_px']:.2f}", f"{st['max_abs_offset_px']:.2f}",
                               f"{100 * st['frac_taps_outside_cell']:.1f}%")
             console.print(table)
-            console.print(f"points outside their token's regular 32x32 field: "
+            console.print(f"points outside their token's regular {r['field_px']}x{r['field_px']} field: "
                           f"{100 * r['frac_points_outside_field']:.1f}%")
     for r in per_image:
         dropped = r['dropped_leaving_grid'] + r['dropped_outside_image']

@@ -7,7 +7,7 @@ does not depend on the number of images. LIT-Ti's stage-4 class token is removed
 as in the paper); for the statistics each query's remaining probabilities are renormalised to sum to 1.
 
 Statistics, per block and head, averaged over all queries:
-- mean attention distance: sum_k p(q, k) * |pos_q - pos_k| in input pixels (a token of stage s is 4 * 2^(s-1)
+- mean attention distance: sum_k p(q, k) * |pos_q - pos_k| in input pixels (a token of stage s is patch_size * 2^(s-1)
   pixels wide). Linear in p, so it is computed exactly from the mean map.
 - entropy (nats) of each query's distribution, averaged over images (streamed per image: entropy is not linear).
 """
@@ -27,16 +27,13 @@ if TYPE_CHECKING:  # annotations only: the module imports torch lazily
 class StageAttention:
     """Running sums for the attention blocks of one stage."""
     stage: int  # 1-based
+    stride: int  # pixels between neighbouring tokens: patch_size * 2^(stage - 1)
     grid: Tuple[int, int]
     prefix: int  # tokens before the grid tokens (LIT-Ti stage 4: the cls token)
     blocks: List[int]  # block indices within the stage that have attention
     sums: Dict[int, 'torch.Tensor'] = field(default_factory=dict)  # block -> (heads, N, N) float32
     entropy_sums: Dict[int, 'torch.Tensor'] = field(default_factory=dict)  # block -> (heads,) float64
     count: int = 0  # images accumulated (per block; all blocks see every image)
-
-    @property
-    def stride(self) -> int:
-        return 4 * 2 ** (self.stage - 1)
 
 
 def attention_stages(model) -> Dict[int, List[Tuple[int, 'torch.nn.Module']]]:
@@ -69,9 +66,10 @@ class AttentionMeans:
         self.stages: Dict[int, StageAttention] = {}
         self._handles = []
         for s in stages:
-            grid = (img_size[0] // (4 * 2 ** (s - 1)), img_size[1] // (4 * 2 ** (s - 1)))
+            stride = model.stage_strides[s - 1]
+            grid = (img_size[0] // stride, img_size[1] // stride)
             prefix = model.num_prefix_tokens if s == 4 else 0
-            self.stages[s] = StageAttention(s, grid, prefix, [j for j, _ in available[s]])
+            self.stages[s] = StageAttention(s, stride, grid, prefix, [j for j, _ in available[s]])
             for j, attn in available[s]:
                 if getattr(attn, 'sr', None) is not None:
                     raise LitError(f'stage {s} uses spatial-reduction attention (keys on a grid '

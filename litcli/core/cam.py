@@ -3,7 +3,7 @@ extra: ``pip install 'litcli[cam]'``), which does the hooking, weighting and ove
 where a LIT stage's activations are and how its tokens lie on the image, which is written here.
 
 A stage's blocks work on token sequences (B, prefix + h*w, C), row-major over the stage's h x w grid
-(stride 4 * 2^(stage-1) pixels); LIT-Ti prepends a class token in stage 4 (``num_prefix_tokens``). The
+(stride 4 * 2^(stage-1) pixels for the 4x4 stem); LIT-Ti prepends a class token in stage 4 (``num_prefix_tokens``). The
 reshape drops the prefix and lays the tokens out as the (B, C, h, w) map grad-cam expects.
 """
 import importlib.util
@@ -40,7 +40,7 @@ def stage_target(model, stage: int, input_hw: Tuple[int, int]) -> Tuple[object, 
         raise LitError(f'lit cam draws LIT models; {type(model).__name__} has no LIT stages')
     if stage not in (1, 2, 3, 4):
         raise LitError(f'--stage {stage}: LIT has stages 1, 2, 3 and 4')
-    stride = 4 * 2 ** (stage - 1)
+    stride = model.stage_strides[stage - 1]
     grid = (input_hw[0] // stride, input_hw[1] // stride)
     blocks = model.stage_blocks(stage - 1)
     prefix = model.num_prefix_tokens if stage == 4 else 0

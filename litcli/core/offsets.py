@@ -4,9 +4,9 @@ For each final-stage token, its 4^3 = 64 sampling locations are traced back thro
 image, following the official visualisation code: start from the token on the top grid; at each DTM (last to
 first) round the point to the nearest cell, drop it if it leaves that DTM's output grid, expand it to the 2x2
 kernel taps ``(2y + i, 2x + j)`` and add the learned ``(dy, dx)`` of tap ``k = 2i + j`` read at the cell. The
-points end in stage-1 grid coordinates p and map to pixels as ``4p + 2`` (the official convention). Unlike the
-official script we feed the model a *normalised* image (it forgot the mean/std normalisation); pass
-``normalize=False`` to replicate it.
+points end in stage-1 grid coordinates p and map to pixels as ``4p + 2`` (the official convention; ``Pp + P/2``
+for a stem of P x P patches). Unlike the official script we feed the model a *normalised* image (it forgot the
+mean/std normalisation); pass ``normalize=False`` to replicate it.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,14 @@ import numpy as np
 
 from litcli.core.errors import LitError
 
-PATCH = 4  # stage-1 token = 4x4 pixels
+PATCH = 4  # stage-1 token = 4x4 pixels in every official model (a model's own: ``model.patch_size``)
+
+
+def stem_patch(model) -> int:
+    """The pixels between stage-1 tokens: a LIT model's ``patch_size``, 4 for models without one (Swin-T + DTM)."""
+    return getattr(model, 'patch_size', PATCH)
+
+
 TAPS = np.array([(0, 0), (0, 1), (1, 0), (1, 1)], dtype=np.float64)  # tap k = 2i + j -> (i, j)
 
 
@@ -52,12 +59,13 @@ def back_project(offsets_top_down: Sequence[np.ndarray], tokens: np.ndarray) -> 
 class OffsetTrace:
     """Everything a figure or an analysis needs."""
     image: np.ndarray  # H, W, 3 uint8: what the model saw, before normalisation
-    grid: Tuple[int, int]  # top token grid (H/32, W/32)
+    grid: Tuple[int, int]  # top token grid (H/32, W/32 for the 4x4 stem)
     tokens: np.ndarray  # T, 2 (row, col)
     pixels: np.ndarray  # T, 64, 2 (y, x) in pixels, NaN where dropped
     dropped_in_grids: int  # points that left a DTM's grid on the way down
     dropped_outside_image: int
     offsets: Dict[str, np.ndarray] = field(default_factory=dict)  # DTM name -> (8, h, w), forward order
+    patch: int = PATCH  # the stem's patch side: stage-1 cells are this many pixels apart
 
 
 def open_checked_image(image, min_side: int = 32):
@@ -103,9 +111,11 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     from litcli.core.factory import inference_data_config
     from litcli.core.transforms import normalize_data_config
     from litcli.models.dtm import capture_offsets
-    from litcli.models.lit import LITBase
+    from litcli.models.spec import size_problem
 
-    LITBase._check_size((img_size, img_size))
+    problem = size_problem(img_size, 8 * stem_patch(model))
+    if problem:
+        raise LitError(f'--img-size {problem}')
     cfg = normalize_data_config(data_config, img_size) if data_config else inference_data_config({}, model, img_size)
     pil = open_checked_image(image, min_side=1 if cfg['crop_mode'] == 'pad' else 32)
     rgb = model_frame(pil, cfg, img_size)
@@ -123,21 +133,22 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     grid = top.shape[-2:]
     tokens = np.array([(r, c) for r in range(grid[0]) for c in range(grid[1])], dtype=np.int64)
     points, dropped = back_project(list(offsets.values())[::-1], tokens)
-    pixels = PATCH * points + 2  # official mapping of stage-1 cells to pixels
+    patch = stem_patch(model)
+    pixels = patch * points + patch / 2  # official mapping of stage-1 cells to pixels (4p + 2)
     valid = ~np.isnan(pixels[..., 0])
     outside = valid & ((pixels[..., 0] < 0) | (pixels[..., 0] > img_size - 1) |
                        (pixels[..., 1] < 0) | (pixels[..., 1] > img_size - 1))
     pixels[outside] = np.nan
-    return OffsetTrace(rgb, tuple(grid), tokens, pixels, dropped, int(outside.sum()), offsets)
+    return OffsetTrace(rgb, tuple(grid), tokens, pixels, dropped, int(outside.sum()), offsets, patch)
 
 
 def offset_stats(trace: OffsetTrace) -> List[Dict]:
     """Per DTM: mean/max |offset| in its input grid's units and in pixels, and the fraction of sampling
     points that leave their regular 2x2 cell; plus, for the traced tokens, the share of the final points that
-    lie outside the token's regular 32x32 field."""
+    lie outside the token's regular field (32x32 px for the 4x4 stem)."""
     rows = []
     for level, (name, off) in enumerate(trace.offsets.items()):
-        stride = PATCH * 2 ** level  # pixels per cell of the grid this DTM reads
+        stride = trace.patch * 2 ** level  # pixels per cell of the grid this DTM reads
         d = off.reshape(4, 2, *off.shape[-2:])
         mag = np.sqrt((d ** 2).sum(axis=1))  # 4, h, w
         # a tap at regular position 2o + t lies in its cell while |dy|, |dx| keep it inside [2o - .5, 2o + 1.5]
@@ -150,8 +161,10 @@ def offset_stats(trace: OffsetTrace) -> List[Dict]:
     return rows
 
 
-def fraction_outside_field(trace: OffsetTrace, cell: int = 32) -> float:
-    """Share of the (kept) final points that lie outside their token's regular ``cell`` x ``cell`` field."""
+def fraction_outside_field(trace: OffsetTrace, cell: Optional[int] = None) -> float:
+    """Share of the (kept) final points that lie outside their token's regular ``cell`` x ``cell`` field (default:
+    the final stage's token, 8 * patch = 32 px for the 4x4 stem)."""
+    cell = cell or 8 * trace.patch
     ty, tx = trace.tokens[:, 0:1] * cell, trace.tokens[:, 1:2] * cell
     y, x = trace.pixels[..., 0], trace.pixels[..., 1]
     valid = ~np.isnan(y)

@@ -183,12 +183,14 @@ def dtm_offsets_px(model, x) -> Dict[str, float]:
     """Each DTM's mean |offset| in pixels on the batch ``x`` (empty for a model without DTM), eval mode, no grad.
 
     A DTM's raw offsets are in units of its input grid; the grid of the k-th DTM (forward order) has a stride of
-    4 * 2**k pixels (4, 8, 16), as in ``litcli.core.offsets.offset_stats``.
+    patch * 2**k pixels (4, 8, 16 for the 4x4 stem), as in ``litcli.core.offsets.offset_stats``.
     """
     import torch
 
-    from litcli.core.offsets import PATCH
+    from litcli.core.offsets import stem_patch
     from litcli.models import capture_offsets
+
+    patch = stem_patch(model)
 
     was_training = model.training
     model.eval()
@@ -203,5 +205,5 @@ def dtm_offsets_px(model, x) -> Dict[str, float]:
         b, _, h, w = off.shape
         d = off.float().reshape(b, 4, 2, h, w)  # B, tap, (dy, dx), h, w
         out[name.replace('.dconv.conv_offset', '').replace('.conv_offset', '')] = \
-            float(d.norm(dim=2).mean()) * PATCH * 2 ** level
+            float(d.norm(dim=2).mean()) * patch * 2 ** level
     return out

@@ -34,7 +34,7 @@ from timm.models.pvt_v2 import Attention as SpatialReductionAttention
 from timm.models.swin_transformer import PatchMerging
 
 from .dtm import DeformableTokenMerging
-from .spec import REDUCTION, nearest_valid, release_url, unwrap_state_dict
+from .spec import nearest_valid, release_url, size_fits, unwrap_state_dict
 
 __all__ = ['LITBase', 'LITPvtStyle', 'LITSwinStyle', 'Attention', 'MlpBlock', 'TransformerBlock',
            'checkpoint_filter_fn', 'pretrained_filter_fn', 'relative_position_index', 'resize_rel_pos_table',
@@ -269,6 +269,7 @@ class LITBase(nn.Module):
             merge: str = 'dtm',
             sr_ratios: Sequence[int] = (1, 1, 1, 1),
             dtm_backend: str = 'auto',
+            patch_size: int = 4,
     ):
         super().__init__()
         assert len(embed_dims) == len(depths) == len(num_heads) == len(mlp_ratios) == 4
@@ -285,9 +286,14 @@ class LITBase(nn.Module):
         self.msa_stages = tuple(sorted(msa_stages))
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.grad_checkpointing = False
-        self._check_size(self.img_size)
+        # The stem's patch side (4 in every official model; 2 gives small inputs such as 28-32 px images 4x the
+        # tokens). Stage i's tokens are patch_size * 2**i pixels apart; sides must be multiples of 8 * patch_size.
+        self.patch_size = patch_size
+        self.stage_strides = tuple(patch_size * 2 ** i for i in range(4))
+        self.reduction = 8 * patch_size  # the stem, then three 2x2 merges
+        self.check_size(self.img_size)
         # Token grid of each stage at the build size: 56, 28, 14, 7 at 224.
-        self.stage_grids = [(self.img_size[0] // (4 * 2 ** i), self.img_size[1] // (4 * 2 ** i)) for i in range(4)]
+        self.stage_grids = [(self.img_size[0] // s, self.img_size[1] // s) for s in self.stage_strides]
         self.norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         # Stochastic depth grows linearly over all blocks, MLP-only blocks included.
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -304,9 +310,9 @@ class LITBase(nn.Module):
     # ---- construction helpers used by the subclasses ----
     def _make_stem(self) -> PatchEmbed:
         # Conv2d(k4, s4) + LayerNorm(eps 1e-5) in both official layouts; keys proj.*, norm.*.
-        return PatchEmbed(self.img_size, patch_size=4, in_chans=self.in_chans, embed_dim=self.embed_dims[0],
-                          norm_layer=partial(nn.LayerNorm, eps=1e-5), flatten=False, output_fmt='NHWC',
-                          strict_img_size=False)
+        return PatchEmbed(self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
+                          embed_dim=self.embed_dims[0], norm_layer=partial(nn.LayerNorm, eps=1e-5), flatten=False,
+                          output_fmt='NHWC', strict_img_size=False)
 
     def _make_blocks(self, i: int, rel_pos: bool) -> nn.ModuleList:
         msa = (i + 1) in self.msa_stages
@@ -352,17 +358,18 @@ class LITBase(nn.Module):
         return x
 
     # ---- forward ----
-    @staticmethod
-    def _check_size(hw: Tuple[int, int]):
+    def check_size(self, hw: Tuple[int, int]):
+        """ValueError naming the nearest valid sides unless ``hw`` are multiples of ``self.reduction``."""
         h, w = hw
-        if h % REDUCTION or w % REDUCTION or h <= 0 or w <= 0:
-            raise ValueError(f'LIT needs an input whose height and width are divisible by {REDUCTION}, '
-                             f'got {h}x{w}; nearest valid: height {nearest_valid(h)}, width {nearest_valid(w)}')
+        if not size_fits(h, self.reduction) or not size_fits(w, self.reduction):
+            raise ValueError(f'LIT needs an input whose height and width are divisible by {self.reduction}, got '
+                             f'{h}x{w}; nearest valid: height {nearest_valid(h, self.reduction)}, width '
+                             f'{nearest_valid(w, self.reduction)}')
 
     def _check_input(self, x: torch.Tensor):
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f'LIT expects a (B, {self.in_chans}, H, W) image batch, got shape {tuple(x.shape)}')
-        self._check_size(tuple(x.shape[-2:]))
+        self.check_size(tuple(x.shape[-2:]))
 
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         for blk in blocks:
@@ -479,8 +486,8 @@ class LITPvtStyle(LITBase):
         for i in range(4):
             setattr(self, f'block{i + 1}', self._make_blocks(i, rel_pos=False))
         self._make_head()
-        self.feature_info = [dict(num_chs=self.embed_dims[i], reduction=4 * 2 ** i, module=f'block{i + 1}')
-                             for i in range(4)]
+        self.feature_info = [dict(num_chs=self.embed_dims[i], reduction=self.stage_strides[i],
+                                  module=f'block{i + 1}') for i in range(4)]
         for i in range(4):
             trunc_normal_(getattr(self, f'pos_embed{i + 1}'), std=.02)
         trunc_normal_(self.cls_token, std=.02)
@@ -540,7 +547,7 @@ class LITSwinStyle(LITBase):
             self.layers.append(SwinStyleLayer(self._make_blocks(i, rel_pos=True),
                                               self._make_merge(i) if i < 3 else None))
         self._make_head()
-        self.feature_info = [dict(num_chs=self.embed_dims[i], reduction=4 * 2 ** i, module=f'layers.{i}')
+        self.feature_info = [dict(num_chs=self.embed_dims[i], reduction=self.stage_strides[i], module=f'layers.{i}')
                              for i in range(4)]
         self.apply(self._init_weights)
 

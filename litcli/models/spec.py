@@ -5,7 +5,7 @@ PAPER_VARIANTS = ('lit_ti', 'lit_s', 'lit_m', 'lit_b')
 # The paper's ablations (Tables 3-5, Figure 3), registered next to the variants.
 ABLATIONS = ('lit_ti_star', 'lit_s_star', 'pvt_s_msa', 'pvt_s_dtm', 'swin_t_dtm')
 
-REDUCTION = 32  # total downsampling: a 4x4 patch stem and three 2x2 merges
+REDUCTION = 32  # total downsampling of the official models: a 4x4 patch stem and three 2x2 merges
 
 # The official ImageNet-1k weights (224 px, 1000 classes): assets of GitHub release v1.0 of ziplab/LIT, one
 # ``<variant>.pth`` per paper variant, in the official key layout, wrapped as {'model': state_dict}.
@@ -17,18 +17,24 @@ def release_url(variant: str, base: str = RELEASE_URL) -> str:
     return f'{base.rstrip("/")}/{variant}.pth'
 
 
-def nearest_valid(side: int) -> str:
-    """'224' for a valid side, else the two nearest valid ones ('96 or 128'), or '32' below it."""
-    lo = side // REDUCTION * REDUCTION
-    return str(side) if lo == side and side > 0 else f'{lo} or {lo + REDUCTION}' if lo > 0 else str(REDUCTION)
+def size_fits(side: int, reduction: int = REDUCTION) -> bool:
+    """True when a model that downsamples ``reduction`` x takes an input side of ``side`` pixels."""
+    return side > 0 and side % reduction == 0
 
 
-def size_problem(side: int) -> Optional[str]:
-    """None when LIT takes an input side of ``side`` pixels, else what is wrong with it and the nearest valid sides."""
-    if side > 0 and side % REDUCTION == 0:
+def nearest_valid(side: int, reduction: int = REDUCTION) -> str:
+    """'224' for a valid side, else the two nearest valid ones ('96 or 128'), or the smallest one below it."""
+    lo = side // reduction * reduction
+    return str(side) if size_fits(side, reduction) else f'{lo} or {lo + reduction}' if lo > 0 else str(reduction)
+
+
+def size_problem(side: int, reduction: int = REDUCTION) -> Optional[str]:
+    """None when LIT takes an input side of ``side`` pixels, else what is wrong with it and the nearest valid sides.
+    ``reduction``: 32 for the 4x4 patch stem, 8 * patch_size in general."""
+    if size_fits(side, reduction):
         return None
-    return (f'{side} is not a multiple of {REDUCTION} (LIT downsamples 32x, so sides must be divisible by '
-            f'{REDUCTION}); nearest valid: {nearest_valid(side)}')
+    return (f'{side} is not a multiple of {reduction} (LIT downsamples {reduction}x, so sides must be divisible by '
+            f'{reduction}); nearest valid: {nearest_valid(side, reduction)}')
 
 
 def unwrap_state_dict(state_dict: Dict) -> Dict:

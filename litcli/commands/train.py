@@ -387,8 +387,8 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
                     distribute_bn(state.ema.module, world.world_size, reduce=True)
             eval_loader.set_epoch(epoch)
             metrics = engine.evaluate(state.ema.module if state.ema is not None else model, eval_loader, device,
-                                      eval_autocast, channels_last=cfg['channels_last'], batch_transform=eval_batch_tf,
-                                      world=world)
+                                      eval_autocast, channels_last=cfg['channels_last'],
+                                      batch_transform=eval_batch_tf, world=world)
             for dataset in (train_ds, val_ds):
                 skipped = int(all_reduce_sum([getattr(dataset, 'skipped', 0)], world, device)[0])
                 if skipped:

@@ -40,7 +40,7 @@ def viz_offsets(image, model, out_dir: Path, img_size: int = 224, tokens: Union[
         'image': str(getattr(image, 'name', image)), 'img_size': img_size, 'normalized': normalize,
         'token_grid': list(grid), 'points_per_token': int(trace.pixels.shape[1]),
         'dropped_leaving_grid': trace.dropped_in_grids, 'dropped_outside_image': trace.dropped_outside_image,
-        'field_px': 8 * trace.patch, 'frac_points_outside_field': fraction_outside_field(trace),
+        'field_px': trace.field_px, 'frac_points_outside_field': fraction_outside_field(trace),
         'stages': offset_stats(trace),
     }
     if save_json:

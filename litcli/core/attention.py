@@ -7,8 +7,8 @@ does not depend on the number of images. LIT-Ti's stage-4 class token is removed
 as in the paper); for the statistics each query's remaining probabilities are renormalised to sum to 1.
 
 Statistics, per block and head, averaged over all queries:
-- mean attention distance: sum_k p(q, k) * |pos_q - pos_k| in input pixels (a token of stage s is patch_size * 2^(s-1)
-  pixels wide). Linear in p, so it is computed exactly from the mean map.
+- mean attention distance: sum_k p(q, k) * |pos_q - pos_k| in input pixels (a token of stage s is
+  patch_size * 2^(s-1) pixels wide). Linear in p, so it is computed exactly from the mean map.
 - entropy (nats) of each query's distribution, averaged over images (streamed per image: entropy is not linear).
 """
 import math

@@ -3,7 +3,7 @@ extra: ``pip install 'litcli[cam]'``), which does the hooking, weighting and ove
 where a LIT stage's activations are and how its tokens lie on the image, which is written here.
 
 A stage's blocks work on token sequences (B, prefix + h*w, C), row-major over the stage's h x w grid
-(stride 4 * 2^(stage-1) pixels for the 4x4 stem); LIT-Ti prepends a class token in stage 4 (``num_prefix_tokens``). The
+(stride patch_size * 2^(stage-1) pixels); LIT-Ti prepends a class token in stage 4 (``num_prefix_tokens``). The
 reshape drops the prefix and lays the tokens out as the (B, C, h, w) map grad-cam expects.
 """
 import importlib.util

@@ -44,7 +44,7 @@ def draw_token(trace: OffsetTrace, index: int, path: Path):
     fig, ax, scale = _figure(trace.image)
     pts = trace.pixels[index]
     ax.scatter(pts[:, 1], pts[:, 0], s=_marker_size(scale, 6), marker='s', c='red', linewidths=0)
-    _box(ax, *trace.tokens[index], colour='lime', cell=8 * trace.patch, lw=max(1.5, scale / 4))
+    _box(ax, *trace.tokens[index], colour='lime', cell=trace.field_px, lw=max(1.5, scale / 4))
     fig.savefig(path)
     plt.close(fig)
 
@@ -58,7 +58,7 @@ def draw_overview(trace: OffsetTrace, path: Path, step: int = 1):
     for colour, i in zip(colours, keep):
         pts = trace.pixels[i]
         ax.scatter(pts[:, 1], pts[:, 0], s=_marker_size(scale, 4), marker='s', color=colour, linewidths=0)
-        _box(ax, *trace.tokens[i], colour=colour, cell=8 * trace.patch, lw=max(0.8, scale / 5))
+        _box(ax, *trace.tokens[i], colour=colour, cell=trace.field_px, lw=max(0.8, scale / 5))
     fig.savefig(path)
     plt.close(fig)
 

@@ -67,6 +67,11 @@ class OffsetTrace:
     offsets: Dict[str, np.ndarray] = field(default_factory=dict)  # DTM name -> (8, h, w), forward order
     patch: int = PATCH  # the stem's patch side: stage-1 cells are this many pixels apart
 
+    @property
+    def field_px(self) -> int:
+        """The side of a final-stage token's regular field: 8 * patch (32 px for the 4x4 stem)."""
+        return 8 * self.patch
+
 
 def open_checked_image(image, min_side: int = 32):
     """A path, ImageRef or PIL image as RGB, refusing images too small to hold one 32 px token."""
@@ -113,7 +118,8 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     from litcli.models.dtm import capture_offsets
     from litcli.models.spec import size_problem
 
-    problem = size_problem(img_size, 8 * stem_patch(model))
+    patch = stem_patch(model)
+    problem = size_problem(img_size, 8 * patch)
     if problem:
         raise LitError(f'--img-size {problem}')
     cfg = normalize_data_config(data_config, img_size) if data_config else inference_data_config({}, model, img_size)
@@ -133,7 +139,6 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     grid = top.shape[-2:]
     tokens = np.array([(r, c) for r in range(grid[0]) for c in range(grid[1])], dtype=np.int64)
     points, dropped = back_project(list(offsets.values())[::-1], tokens)
-    patch = stem_patch(model)
     pixels = patch * points + patch / 2  # official mapping of stage-1 cells to pixels (4p + 2)
     valid = ~np.isnan(pixels[..., 0])
     outside = valid & ((pixels[..., 0] < 0) | (pixels[..., 0] > img_size - 1) |
@@ -164,7 +169,7 @@ def offset_stats(trace: OffsetTrace) -> List[Dict]:
 def fraction_outside_field(trace: OffsetTrace, cell: Optional[int] = None) -> float:
     """Share of the (kept) final points that lie outside their token's regular ``cell`` x ``cell`` field (default:
     the final stage's token, 8 * patch = 32 px for the 4x4 stem)."""
-    cell = cell or 8 * trace.patch
+    cell = cell or trace.field_px
     ty, tx = trace.tokens[:, 0:1] * cell, trace.tokens[:, 1:2] * cell
     y, x = trace.pixels[..., 0], trace.pixels[..., 1]
     valid = ~np.isnan(y)

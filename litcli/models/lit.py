@@ -547,8 +547,8 @@ class LITSwinStyle(LITBase):
             self.layers.append(SwinStyleLayer(self._make_blocks(i, rel_pos=True),
                                               self._make_merge(i) if i < 3 else None))
         self._make_head()
-        self.feature_info = [dict(num_chs=self.embed_dims[i], reduction=self.stage_strides[i], module=f'layers.{i}')
-                             for i in range(4)]
+        self.feature_info = [dict(num_chs=self.embed_dims[i], reduction=self.stage_strides[i],
+                                  module=f'layers.{i}') for i in range(4)]
         self.apply(self._init_weights)
 
     @property

@@ -38,6 +38,13 @@ def test_backends_agree_values_and_gradients(dtype, atol):
         torch.testing.assert_close(a / scale, b / scale, rtol=0, atol=atol * 10, msg=f'grad of {name}')
 
 
+def test_pure_backend_gradients_pass_gradcheck():
+    """The pure backend's gradients (through the weighted embedding_bag, to the rows and, through the bilinear
+    weights, to the offsets) against finite differences, offsets outside the map included; no torchvision needed."""
+    x, offset, weight, bias = (t.requires_grad_(True) for t in _inputs(B=2, C=3, H=4, W=6, C_out=2))
+    assert torch.autograd.gradcheck(lambda *a: deform_conv2x2(*a, backend='pure'), (x, offset, weight, bias))
+
+
 @needs_tv
 @pytest.mark.parametrize('B', [1, 3, 5, 7])
 def test_any_batch_size(B):

@@ -402,6 +402,25 @@ def test_patch_size_two_stem_doubles_every_grid(variant):
         model(torch.randn(1, 3, 40, 32))
 
 
+def test_overlapping_stem_window_is_centred_on_its_patch():
+    """``stem_kernel`` > ``patch_size`` (PVTv2-style overlapping patch embedding): same grids, and token (r, c) of a
+    2x2-patch model with a 4x4 stem sees exactly pixels 2r-1 .. 2r+2, a window centred on its own 2x2 patch, so the
+    pixel geometry of viz-offsets and attn-maps holds unchanged."""
+    model = timm.create_model('lit_ti', num_classes=3, img_size=32, patch_size=2, stem_kernel=4).eval()
+    assert model.stage_grids == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    stem = model.patch_embed1
+    assert tuple(stem.proj.kernel_size) == (4, 4) and tuple(stem.proj.padding) == (1, 1)
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    stem(x)[0, 5, 7, 0].backward()  # NHWC: token row 5, column 7, one channel (LayerNorm makes a sum constant)
+    rows, cols = x.grad[0].abs().sum(0).nonzero(as_tuple=True)
+    assert sorted(set(rows.tolist())) == [9, 10, 11, 12] and sorted(set(cols.tolist())) == [13, 14, 15, 16]
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    for bad in (3, 1):
+        with pytest.raises(ValueError, match='patch_size \\(2\\) plus an even number'):
+            timm.create_model('lit_ti', num_classes=3, img_size=32, patch_size=2, stem_kernel=bad)
+
+
 def test_patch_size_two_trace_maps_cells_to_pixel_centres():
     """viz-offsets maps stage-1 cells p to P*p + P/2 pixels: with zero offsets a 2x2-patch model's final token
     (r, c) samples the 8x8 lattice 2a + 1 inside its regular 16x16 field."""

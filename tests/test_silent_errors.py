@@ -39,8 +39,8 @@ def test_config_file_data_and_variant_count_like_flags(tmp_path):
     cfg = new_run_config(tmp_path / 'mini.yaml', {})
     assert cfg['model_kwargs'] == {} and not cfg['demo_config'] and cfg['img_size'] == 224
     cfg = new_run_config(None, {'data': 'fashion-mnist-mini'})  # no variant anywhere: the demo
-    assert cfg['demo_config'] and cfg['model_kwargs']['embed_dims'] == (16, 32, 64, 128)
-    assert cfg['model_kwargs']['patch_size'] == 2 and cfg['amp'] == 'auto'
+    assert cfg['demo_config'] and cfg['model_kwargs']['embed_dims'] == (16, 48, 96, 192)
+    assert cfg['model_kwargs']['patch_size'] == 2 and cfg['model_kwargs']['stem_kernel'] == 6 and cfg['amp'] == 'auto'
 
 
 def test_config_file_variant_trains_that_variant(tmp_path):
@@ -52,7 +52,7 @@ def test_config_file_variant_trains_that_variant(tmp_path):
     ckpt = torch.load(tmp_path / 'runs' / 'ti' / 'checkpoints' / 'last.pt', weights_only=True)
     params = sum(v.numel() for k, v in ckpt['model'].items() if 'num_batches' not in k and 'index' not in k
                  and 'running' not in k)
-    assert params > 18_000_000 and 'demo' not in result.output  # the real LIT-Ti, not the 0.6M demo model
+    assert params > 18_000_000 and 'demo' not in result.output  # the real LIT-Ti, not the 0.8M demo model
 
 
 def test_demo_configuration_says_so(mini_run):

@@ -270,6 +270,7 @@ class LITBase(nn.Module):
             sr_ratios: Sequence[int] = (1, 1, 1, 1),
             dtm_backend: str = 'auto',
             patch_size: int = 4,
+            stem_kernel: Optional[int] = None,
     ):
         super().__init__()
         assert len(embed_dims) == len(depths) == len(num_heads) == len(mlp_ratios) == 4
@@ -291,6 +292,12 @@ class LITBase(nn.Module):
         self.patch_size = patch_size
         self.stage_strides = tuple(patch_size * 2 ** i for i in range(4))
         self.reduction = 8 * patch_size  # the stem, then three 2x2 merges
+        # The stem conv's kernel: patch_size (non-overlapping patches, every official model) or larger, as in PVTv2's
+        # overlapping patch embedding. Padded by (kernel - patch_size) / 2 per side, so a token's window stays centred
+        # on its patch (the pixel geometry of viz-offsets / attn-maps holds for any kernel) and the grid is unchanged.
+        self.stem_kernel = patch_size if stem_kernel is None else stem_kernel
+        if self.stem_kernel < patch_size or (self.stem_kernel - patch_size) % 2:
+            raise ValueError(f'stem_kernel {self.stem_kernel} must be patch_size ({patch_size}) plus an even number')
         self.check_size(self.img_size)
         # Token grid of each stage at the build size: 56, 28, 14, 7 at 224.
         self.stage_grids = [(self.img_size[0] // s, self.img_size[1] // s) for s in self.stage_strides]
@@ -310,9 +317,13 @@ class LITBase(nn.Module):
     # ---- construction helpers used by the subclasses ----
     def _make_stem(self) -> PatchEmbed:
         # Conv2d(k4, s4) + LayerNorm(eps 1e-5) in both official layouts; keys proj.*, norm.*.
-        return PatchEmbed(self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
+        stem = PatchEmbed(self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
                           embed_dim=self.embed_dims[0], norm_layer=partial(nn.LayerNorm, eps=1e-5), flatten=False,
                           output_fmt='NHWC', strict_img_size=False)
+        if self.stem_kernel != self.patch_size:  # timm's PatchEmbed has no padding: its conv replaced, same keys
+            stem.proj = nn.Conv2d(self.in_chans, self.embed_dims[0], kernel_size=self.stem_kernel,
+                                  stride=self.patch_size, padding=(self.stem_kernel - self.patch_size) // 2)
+        return stem
 
     def _make_blocks(self, i: int, rel_pos: bool) -> nn.ModuleList:
         msa = (i + 1) in self.msa_stages

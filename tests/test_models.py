@@ -402,23 +402,30 @@ def test_patch_size_two_stem_doubles_every_grid(variant):
         model(torch.randn(1, 3, 40, 32))
 
 
-def test_overlapping_stem_window_is_centred_on_its_patch():
-    """``stem_kernel`` > ``patch_size`` (PVTv2-style overlapping patch embedding): same grids, and token (r, c) of a
-    2x2-patch model with a 4x4 stem sees exactly pixels 2r-1 .. 2r+2, a window centred on its own 2x2 patch, so the
-    pixel geometry of viz-offsets and attn-maps holds unchanged."""
-    model = timm.create_model('lit_ti', num_classes=3, img_size=32, patch_size=2, stem_kernel=4).eval()
+@pytest.mark.parametrize('variant, kernel, window', [('lit_ti', 4, (1, 2)), ('lit_ti', 6, (2, 3)),
+                                                     ('lit_s', 4, (1, 2))])
+def test_overlapping_stem_window_is_centred_on_its_patch(variant, kernel, window):
+    """``stem_kernel`` > ``patch_size`` (PVTv2-style overlapping patch embedding), in both layouts: same grids, and
+    token (r, c) of a 2x2-patch model sees pixels 2r - a .. 2r + 1 + a (a = (kernel - 2) / 2), a window centred on
+    its own 2x2 patch, so the pixel geometry of viz-offsets and attn-maps holds unchanged."""
+    model = timm.create_model(variant, num_classes=3, img_size=32, patch_size=2, stem_kernel=kernel).eval()
     assert model.stage_grids == [(16, 16), (8, 8), (4, 4), (2, 2)]
-    stem = model.patch_embed1
-    assert tuple(stem.proj.kernel_size) == (4, 4) and tuple(stem.proj.padding) == (1, 1)
+    stem = model.patch_embed1 if variant == 'lit_ti' else model.patch_embed
+    assert tuple(stem.proj.kernel_size) == (kernel, kernel) and tuple(stem.proj.padding) == (window[0],) * 2
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
     stem(x)[0, 5, 7, 0].backward()  # NHWC: token row 5, column 7, one channel (LayerNorm makes a sum constant)
     rows, cols = x.grad[0].abs().sum(0).nonzero(as_tuple=True)
-    assert sorted(set(rows.tolist())) == [9, 10, 11, 12] and sorted(set(cols.tolist())) == [13, 14, 15, 16]
+    before, after = window
+    assert sorted(set(rows.tolist())) == list(range(10 - before, 10 + after + 1))
+    assert sorted(set(cols.tolist())) == list(range(14 - before, 14 + after + 1))
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-    for bad in (3, 1):
-        with pytest.raises(ValueError, match='patch_size \\(2\\) plus an even number'):
-            timm.create_model('lit_ti', num_classes=3, img_size=32, patch_size=2, stem_kernel=bad)
+
+
+@pytest.mark.parametrize('bad', [3, 1, 6.0])
+def test_stem_kernel_must_be_the_patch_plus_an_even_integer(bad):
+    with pytest.raises(ValueError, match='patch_size \\(2\\) plus an even number'):
+        timm.create_model('lit_ti', num_classes=3, img_size=32, patch_size=2, stem_kernel=bad)
 
 
 def test_patch_size_two_trace_maps_cells_to_pixel_centres():

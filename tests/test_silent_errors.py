@@ -170,6 +170,18 @@ def test_lr_column_is_the_rate_the_epoch_used(tmp_path, tiny_config):
     assert 'lr 1.000e-06' in result.output
 
 
+def test_checkpoint_sizes_follow_its_own_patch(mini_run):
+    """A 2x2-patch checkpoint (the demo's) takes any side divisible by 16 at load time (48 was refused by the
+    official 32-pixel rule); a side that fits no 16 is a usage error naming the nearest."""
+    from litcli.core.errors import UsageError
+    from litcli.core.factory import load_model
+
+    ckpt = mini_run / 'checkpoints' / 'last.pt'
+    assert load_model(ckpt, img_size=48).model.stage_grids[-1] == (3, 3)
+    with pytest.raises(UsageError, match='nearest valid: 32 or 48'):
+        load_model(ckpt, img_size=40)
+
+
 def test_figure_commands_take_builtin_data_and_default_to_the_checkpoints(mini_run, tmp_path):
     ckpt = mini_run / 'checkpoints' / 'last.pt'
     result = lit('attn-maps', '--checkpoint', ckpt, '--data', 'fashion-mnist-mini', '--num-images', 20,
@@ -189,6 +201,12 @@ def test_figure_commands_take_builtin_data_and_default_to_the_checkpoints(mini_r
     assert len(folders) == 3 and all((f / 'overview.png').exists() for f in folders)
     assert Image.open(folders[0] / 'overview.png').size[0] >= 448  # readable, not 64 px
     assert 'T-shirt/top' in result.output and 'Trouser' in result.output  # different classes, one each
+    # 32 px / 16 = a 2x2 top grid: 'center' is token 1-1 (not 0-0 of a 32-px-per-token grid), and 1,1 is valid
+    assert [t.name for t in (folders[0] / 'tokens').iterdir()] == ['1-1.png']
+    result = lit('viz-offsets', '--checkpoint', ckpt, '--num-images', 1, '--output', tmp_path, '--name', 'x',
+                 '--tokens', '1,1', '--json')
+    assert result.exit_code == 0, result.output
+    assert json.loads(next((tmp_path / 'x').rglob('points.json')).read_text())['token_grid'] == [2, 2]
     result = lit('viz-offsets', '--data', 'fashion-mnist-mini', '--num-images', 1, '--checkpoint', ckpt,
                  '--output', tmp_path, '--name', 'w')
     assert result.exit_code == 0, result.output

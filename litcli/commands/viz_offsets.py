@@ -9,7 +9,7 @@ import numpy as np
 
 from litcli.core.errors import LitError
 from litcli.core.figures import draw_magnitude, draw_overview, draw_token
-from litcli.core.offsets import fraction_outside_field, offset_stats, open_checked_image, trace_offsets
+from litcli.core.offsets import fraction_outside_field, offset_stats, open_checked_image, top_grid, trace_offsets
 from litcli.core.tokens import Token, select_tokens
 
 
@@ -18,7 +18,7 @@ def viz_offsets(image, model, out_dir: Path, img_size: int = 224, tokens: Union[
                 save_npy: bool = False, data_config: Optional[Dict] = None) -> Dict:
     """Write the figures (and optional data files) for one image (a path, ImageRef or PIL image) into
     ``out_dir``; return paths and stats."""
-    grid = (img_size // 32, img_size // 32)
+    grid = top_grid(model, img_size)
     chosen = select_tokens(tokens, grid)
     trace = trace_offsets(model, image, img_size=img_size, normalize=normalize, data_config=data_config)
     indices = range(len(trace.tokens)) if chosen is None else [r * grid[1] + c for r, c in chosen]
@@ -96,7 +96,7 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
                         pretrained=pretrained)
     model = loaded.model.to(resolve_device(device))
     source, arch, img_size = loaded.describe(), loaded.variant, loaded.img_size
-    select_tokens(kwargs.get('tokens', 'all'), (img_size // 32, img_size // 32))  # validate before writing
+    select_tokens(kwargs.get('tokens', 'all'), top_grid(model, img_size))  # validate before writing
     pad = loaded.data_config['crop_mode'] == 'pad'
     if images:
         chosen = list(images)

@@ -216,17 +216,23 @@ def load_model(checkpoint: Optional[Path] = None, variant: Optional[str] = None,
     from litcli.core.config import checked_img_size
     from litcli.models.spec import unwrap_state_dict
 
+    def check_size(kwargs):  # sides are multiples of 8 x the stem patch: the checkpoint's own, 4 in official models
+        if img_size is not None:
+            checked_img_size(img_size, patch_size=kwargs.get('patch_size', 4))
+
     if img_size is not None:
-        model_kwargs['img_size'] = checked_img_size(img_size)
+        model_kwargs['img_size'] = img_size
     if pretrained:
         if checkpoint is not None:
             raise UsageError('--checkpoint and --pretrained both name the weights; pass one (--pretrained: the '
                              'released ImageNet-1k weights of --variant)')
         if use_ema:
             raise UsageError('the released weights are one set (no EMA copy); drop --use-ema')
+        check_size(model_kwargs)
         return _load_released(variant or default_variant, img_size, crop_pct, log, model_kwargs)
     if checkpoint is None:
         name = variant or default_variant
+        check_size(model_kwargs)
         model = create_model(name, **model_kwargs).eval()
         data_config = inference_data_config({}, model, img_size, crop_pct)
         return LoadedModel(model, name, model.num_classes, class_names_for({}, model.num_classes), data_config,
@@ -235,6 +241,7 @@ def load_model(checkpoint: Optional[Path] = None, variant: Optional[str] = None,
     name = _variant_of(raw, variant, checkpoint, require_variant)
     state_dict = unwrap_state_dict(raw)
     kwargs = {**(raw.get('model_kwargs') or {}), **model_kwargs}
+    check_size(kwargs)
     head = state_dict.get('head.weight')
     if head is not None and head.ndim == 2:
         kwargs.setdefault('num_classes', head.shape[0])

@@ -24,6 +24,13 @@ def stem_patch(model) -> int:
     return getattr(model, 'patch_size', PATCH)
 
 
+def top_grid(model, img_size: int) -> Tuple[int, int]:
+    """The final stage's token grid of a square ``img_size`` input: its side over 8 x the stem patch (32 for the
+    official 4x4 stem, 16 for the demo's 2x2)."""
+    side = img_size // (8 * stem_patch(model))
+    return side, side
+
+
 TAPS = np.array([(0, 0), (0, 1), (1, 0), (1, 1)], dtype=np.float64)  # tap k = 2i + j -> (i, j)
 
 
@@ -59,7 +66,7 @@ def back_project(offsets_top_down: Sequence[np.ndarray], tokens: np.ndarray) -> 
 class OffsetTrace:
     """Everything a figure or an analysis needs."""
     image: np.ndarray  # H, W, 3 uint8: what the model saw, before normalisation
-    grid: Tuple[int, int]  # top token grid (H/32, W/32 for the 4x4 stem)
+    grid: Tuple[int, int]  # top token grid (H/32, W/32 for the 4x4 stem; top_grid)
     tokens: np.ndarray  # T, 2 (row, col)
     pixels: np.ndarray  # T, 64, 2 (y, x) in pixels, NaN where dropped
     dropped_in_grids: int  # points that left a DTM's grid on the way down

@@ -296,7 +296,8 @@ class LITBase(nn.Module):
         # overlapping patch embedding. Padded by (kernel - patch_size) / 2 per side, so a token's window stays centred
         # on its patch (the pixel geometry of viz-offsets / attn-maps holds for any kernel) and the grid is unchanged.
         self.stem_kernel = patch_size if stem_kernel is None else stem_kernel
-        if self.stem_kernel < patch_size or (self.stem_kernel - patch_size) % 2:
+        kernel_ok = isinstance(self.stem_kernel, int) and self.stem_kernel >= patch_size
+        if not kernel_ok or (self.stem_kernel - patch_size) % 2:
             raise ValueError(f'stem_kernel {self.stem_kernel} must be patch_size ({patch_size}) plus an even number')
         self.check_size(self.img_size)
         # Token grid of each stage at the build size: 56, 28, 14, 7 at 224.
@@ -316,7 +317,7 @@ class LITBase(nn.Module):
 
     # ---- construction helpers used by the subclasses ----
     def _make_stem(self) -> PatchEmbed:
-        # Conv2d(k4, s4) + LayerNorm(eps 1e-5) in both official layouts; keys proj.*, norm.*.
+        # Conv2d(k=P, s=P) + LayerNorm(eps 1e-5), P = 4 in both official layouts; keys proj.*, norm.*.
         stem = PatchEmbed(self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
                           embed_dim=self.embed_dims[0], norm_layer=partial(nn.LayerNorm, eps=1e-5), flatten=False,
                           output_fmt='NHWC', strict_img_size=False)
@@ -397,7 +398,7 @@ class LITBase(nn.Module):
         stage of the PVT layout (cls token).
         """
         self._check_input(x)
-        x = self.stem(x)  # B, H/4, W/4, C
+        x = self.stem(x)  # B, H/P, W/P, C (P = patch_size)
         grid = tuple(x.shape[1:3])
         x = x.flatten(1, 2)  # B, N, C
         for i in range(last + 1):

@@ -462,7 +462,8 @@ def predict(
     batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 16,
     img_size: Annotated[Optional[int], typer.Option(
         '--img-size', min=32,
-        help='Input size, a multiple of 32 (default: the checkpoint\'s, 224 for official files).')] = None,
+        help='Input size, a multiple of 32 (of 16 for a 2x2-patch checkpoint; default: the checkpoint\'s, 224 for '
+             'official files).')] = None,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
     pretrained: Annotated[bool, pretrained_option()] = False,
@@ -492,7 +493,8 @@ def export(
     force: Annotated[bool, typer.Option('--force', help='Overwrite an existing output.')] = False,
     img_size: Annotated[Optional[int], typer.Option(
         '--img-size', min=32,
-        help='Input size of the exported model, a multiple of 32 (default: the checkpoint\'s).')] = None,
+        help='Input size of the exported model, a multiple of 32 (of 16 for a 2x2-patch checkpoint; default: the '
+             'checkpoint\'s).')] = None,
     opset: Annotated[int, typer.Option(min=1, help='ONNX opset (18+, the oldest torch\'s exporter writes).')] = 18,
     use_ema: Annotated[Optional[bool], use_ema_option()] = None,
     pretrained: Annotated[bool, pretrained_option()] = False,
@@ -522,7 +524,8 @@ def viz_offsets(
     num_images: Annotated[int, typer.Option('--num-images', min=1,
                                             help='Images from --data, one per class in turn.')] = 4,
     img_size: Annotated[Optional[int], typer.Option('--img-size', min=32, help='Input size, a multiple of 32 '
-                                                    '(default: the checkpoint\'s, else 224).')] = None,
+                                                    '(16 for a 2x2-patch checkpoint; default: the checkpoint\'s, '
+                                                    'else 224).')] = None,
     tokens: Annotated[str, typer.Option(help="Per-token figures: 'all', 'center' or 'ROW,COL;ROW,COL'.")] = 'all',
     step: Annotated[Optional[int], typer.Option(min=1, help='Overview shows every STEP-th token row/col.')] = None,
     output: Annotated[Path, typer.Option(help='Parent folder of the output folder.')] = Path('runs/viz-offsets'),
@@ -562,7 +565,8 @@ def attn_maps(
     num_images: Annotated[int, typer.Option('--num-images', help='Images to average over.')] = 100,
     batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 25,
     img_size: Annotated[Optional[int], typer.Option('--img-size', min=32, help='Input size, a multiple of 32 '
-                                                    '(default: the checkpoint\'s, else 224).')] = None,
+                                                    '(16 for a 2x2-patch checkpoint; default: the checkpoint\'s, '
+                                                    'else 224).')] = None,
     query: Annotated[Optional[str], typer.Option(help='Query token ROW,COL (default: the centre of each stage).')] = None,
     per_head: Annotated[bool, typer.Option('--per-head', help='Also one PNG per block and head.')] = False,
     save_npy: Annotated[bool, typer.Option('--save-npy', help='Save the mean maps [block, head, N, N] per stage.')] = False,

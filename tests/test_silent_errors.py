@@ -170,7 +170,7 @@ def test_lr_column_is_the_rate_the_epoch_used(tmp_path, tiny_config):
     assert 'lr 1.000e-06' in result.output
 
 
-def test_checkpoint_sizes_follow_its_own_patch(mini_run):
+def test_checkpoint_sizes_follow_its_own_patch(mini_run, tmp_path):
     """A 2x2-patch checkpoint (the demo's) takes any side divisible by 16 at load time (48 was refused by the
     official 32-pixel rule); a side that fits no 16 is a usage error naming the nearest."""
     from litcli.core.errors import UsageError
@@ -180,6 +180,9 @@ def test_checkpoint_sizes_follow_its_own_patch(mini_run):
     assert load_model(ckpt, img_size=48).model.stage_grids[-1] == (3, 3)
     with pytest.raises(UsageError, match='nearest valid: 32 or 48'):
         load_model(ckpt, img_size=40)
+    result = lit('export', '--checkpoint', ckpt, '--format', 'safetensors', '--img-size', 48,
+                 '--out', tmp_path / 'm48.safetensors')  # export checked the 32-pixel rule before loading
+    assert result.exit_code == 0, result.output
 
 
 def test_figure_commands_take_builtin_data_and_default_to_the_checkpoints(mini_run, tmp_path):

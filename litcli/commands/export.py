@@ -134,7 +134,6 @@ def run(checkpoint: Optional[Path], fmt: str, out: Optional[Path] = None, varian
     and write the JSON config next to it; returns a summary. ``pretrained``: the released ImageNet-1k weights of
     ``variant`` (default lit_s) instead of ``checkpoint``; ``out`` then defaults to ``<variant><suffix>`` here."""
     from litcli.core.checkpoint import atomic_write, sidecar_path
-    from litcli.core.config import checked_img_size
     from litcli.core.factory import load_model
 
     if fmt not in FORMATS:
@@ -142,8 +141,6 @@ def run(checkpoint: Optional[Path], fmt: str, out: Optional[Path] = None, varian
     if fmt == 'onnx' and opset < MIN_OPSET:
         raise UsageError(f'--opset {opset} is too old: torch\'s ONNX exporter writes opset {MIN_OPSET} or newer; '
                          f'use --opset {MIN_OPSET}')
-    if img_size is not None:
-        checked_img_size(img_size)
     if checkpoint is not None and pretrained:
         raise UsageError('--checkpoint and --pretrained both name the weights; pass one')
     if checkpoint is None and not pretrained:

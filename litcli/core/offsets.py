@@ -123,12 +123,10 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     from litcli.core.factory import inference_data_config
     from litcli.core.transforms import normalize_data_config
     from litcli.models.dtm import capture_offsets
-    from litcli.models.spec import size_problem
+    from litcli.core.config import checked_img_size
 
     patch = stem_patch(model)
-    problem = size_problem(img_size, 8 * patch)
-    if problem:
-        raise LitError(f'--img-size {problem}')
+    checked_img_size(img_size, patch_size=patch)
     cfg = normalize_data_config(data_config, img_size) if data_config else inference_data_config({}, model, img_size)
     pil = open_checked_image(image, min_side=1 if cfg['crop_mode'] == 'pad' else 32)
     rgb = model_frame(pil, cfg, img_size)

@@ -208,18 +208,98 @@ def test_resume_auto_takes_only_the_named_run(tmp_path, tiny_config):
     assert torch.load(runs / 'A' / 'checkpoints' / 'last.pt', weights_only=True)['step'] == 8
 
 
-def test_workers_still_stop_when_the_main_process_exits(tmp_path):
+@pytest.mark.parametrize('start', ['lit', 'fork'])
+def test_workers_still_stop_when_the_main_process_exits(tmp_path, start):
     """Workers survive a SIGTERM sent to the whole job, but not the main process's own terminate(): an exit with a
-    live persistent-worker loader (multiprocessing terminates and joins its children at exit) must not hang."""
+    live persistent-worker loader (multiprocessing terminates and joins its children at exit) must not hang, with
+    lit's loader settings (workers of a forkserver) or ignore_stop_signals on torch's default fork."""
     script = tmp_path / 'exit.py'
+    kwargs = ("_loader_kwargs(2, torch.device('cpu'), None)" if start == 'lit' else
+              "dict(num_workers=2, persistent_workers=True, worker_init_fn=ignore_stop_signals)")
     script.write_text(
         'import torch\n'
+        'from litcli.core.loaders import _loader_kwargs\n'
         'from litcli.core.runtime import ignore_stop_signals\n'
-        'loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, num_workers=2, persistent_workers=True,\n'
-        '                                     worker_init_fn=ignore_stop_signals)\n'
-        'it = iter(loader)\n'
-        'next(it)\n'
-        'KEEP = (loader, it)  # still referenced at exit\n')
+        "if __name__ == '__main__':\n"
+        f'    loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, **{kwargs})\n'
+        '    it = iter(loader)\n'
+        '    next(it)\n'
+        '    KEEP = (loader, it)  # still referenced at exit\n')
     env = {**os.environ, 'PYTHONPATH': str(REPO)}
     proc = subprocess.run([sys.executable, str(script)], env=env, timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f'/proc/{pid}/status').read_text().split('State:')[1].split()[0] in ('Z', 'X')
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+@pytest.mark.skipif(not Path('/proc/self/status').exists(), reason='reads /proc')
+def test_workers_and_their_server_exit_when_the_main_process_is_killed(tmp_path):
+    """kill -9 (or the OOM killer) of the main process: its workers and their forkserver go too, within seconds.
+    torch's workers watch their parent, which is the server, and the server waits for its workers: both stayed."""
+    script = tmp_path / 'main.py'
+    script.write_text(
+        'import time, torch\n'
+        'from multiprocessing import forkserver\n'
+        'from litcli.core.loaders import _loader_kwargs\n'
+        "if __name__ == '__main__':\n"
+        "    loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, **_loader_kwargs(2, torch.device('cpu'), None))\n"
+        '    it = iter(loader)\n'
+        '    next(it)\n'
+        "    print(forkserver._forkserver._forkserver_pid, *[w.pid for w in it._workers], flush=True)\n"
+        '    time.sleep(300)\n')
+    env = {**os.environ, 'PYTHONPATH': str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 3 and not any(_gone(p) for p in pids)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and not all(_gone(p) for p in pids):
+            time.sleep(0.2)
+        assert all(_gone(p) for p in pids), [p for p in pids if not _gone(p)]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class ParentOfWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return os.getppid()
+
+
+def test_workers_are_not_forked_from_the_threaded_main_process():
+    """The CI hang (gh-112275): a worker fork()ed from a process whose other threads hold a CPython lock deadlocks
+    before running any Python. lit's workers come from a single-threaded forkserver instead, started with SIGTERM
+    blocked so that a job-wide SIGTERM leaves it (and so the workers) alive until the main process has saved."""
+    import threading
+    from litcli.core.loaders import _loader_kwargs
+
+    busy = threading.Event()
+    thread = threading.Thread(target=busy.wait, daemon=True)  # the main process is multi-threaded, as under DDP
+    thread.start()
+    try:
+        kwargs = _loader_kwargs(2, torch.device('cpu'), None)
+        assert kwargs['multiprocessing_context'].get_start_method() == 'forkserver'
+        parents = torch.utils.data.DataLoader(ParentOfWorker(), batch_size=1, **kwargs)
+        seen = {int(p) for batch in parents for p in batch}
+    finally:
+        busy.set()
+    from multiprocessing import forkserver
+    server = forkserver._forkserver._forkserver_pid
+    assert seen == {server} and server != os.getpid()
+    status = Path(f'/proc/{server}/status')
+    if status.exists():  # Linux
+        blocked = int(status.read_text().split('SigBlk:')[1].split()[0], 16)
+        assert blocked & (1 << (signal.SIGTERM - 1)) and blocked & (1 << (signal.SIGINT - 1))

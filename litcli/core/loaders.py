@@ -15,6 +15,9 @@ steps run in the main process, in the step's dtype too.
 Training samples of map-style datasets (image folders, tars, the built-ins' PIL path) carry a seed per sample
 (``SeedingSampler`` -> ``SeededSamples``): see ``litcli.core.seeding``.
 """
+import multiprocessing
+import os
+import signal
 from functools import partial
 from typing import Any, Dict, Optional
 
@@ -22,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from litcli.core.data import collate_readable
-from litcli.core.runtime import ResumableSampler, ShardSampler, World, ignore_stop_signals, train_sampler
+from litcli.core.runtime import ResumableSampler, ShardSampler, World, init_worker, train_sampler
 from litcli.core.seeding import sample_seed, seeded_rng
 
 ERASE_STREAM = 0x5EED_E4A5  # separates the erasing seeds from the per-sample ones
@@ -159,13 +162,50 @@ class DeviceLoader:
             yield pending
 
 
+# What a worker needs imported, loaded once by the forkserver instead of by every worker.
+WORKER_PRELOAD = ['litcli.core.data', 'litcli.core.loaders']
+
+
+def worker_context():
+    """The multiprocessing context of DataLoader workers: a forkserver where the platform has one (Linux, macOS).
+
+    Why not torch's default, fork: when a loader starts its workers this process already runs other threads (gloo
+    or NCCL, the training loader's queue feeders, torch's C++ threads), and fork() copies whatever lock one of them
+    holds at that instant. CPython before 3.11.10 then deadlocks the child in its own thread-state lock (gh-112275):
+    CI's two-node test hung that way (Python 3.11.7, torch 2.14), and ``benchmarks/fork_hang.py`` hangs 1% of fork
+    starts; Python 3.14 made forkserver the Linux default for the same reason. The server is a fresh, single-threaded process that imports the data stack once,
+    so a worker is a fork of it plus the unpickled dataset.
+
+    The server is started with SIGTERM and SIGINT blocked (and keeps them so; its workers unblock what they handle,
+    ``ignore_stop_signals``): a SIGTERM sent to the whole job would otherwise kill it, and torch's workers exit when
+    their parent dies, before the main process could save. ``multiprocessing.resource_tracker`` starts its helper the
+    same way. Windows has no forkserver: its default, spawn, is used.
+    """
+    if 'forkserver' not in multiprocessing.get_all_start_methods():
+        return None
+    from multiprocessing import forkserver, resource_tracker
+
+    context = multiprocessing.get_context('forkserver')
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    resource_tracker.ensure_running()  # first: it unblocks SIGINT and SIGTERM after starting its helper
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        forkserver.ensure_running()  # a no-op once it runs
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that came meanwhile is delivered now
+    return context
+
+
 def _loader_kwargs(workers: int, device: torch.device, prefetch_factor: Optional[int]) -> Dict:
     # A private generator: each iter(DataLoader) draws its workers' base seed from it, which would otherwise advance
     # the global torch stream (restored by a resume) at every epoch start and evaluation.
-    kwargs = dict(num_workers=workers, pin_memory=device.type == 'cuda', worker_init_fn=ignore_stop_signals,
-                  persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
-    if workers > 0 and prefetch_factor:
-        kwargs['prefetch_factor'] = prefetch_factor
+    kwargs = dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0,
+                  generator=torch.Generator().manual_seed(0))
+    if workers > 0:
+        kwargs.update(multiprocessing_context=worker_context(),
+                      worker_init_fn=partial(init_worker, main_pid=os.getpid()))
+        if prefetch_factor:
+            kwargs['prefetch_factor'] = prefetch_factor
     return kwargs
 
 

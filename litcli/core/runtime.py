@@ -368,7 +368,7 @@ def relaunch_with_torchrun(nproc_per_node: int, argv):
     os.execv(sys.executable, cmd)
 
 
-def ignore_stop_signals(worker_id: int = 0):
+def ignore_stop_signals(worker_id: int = 0, main_pid: Optional[int] = None):
     """DataLoader ``worker_init_fn``: a worker leaves SIGTERM/SIGINT sent to the whole job to the main process.
 
     SLURM preemption, ``timeout``, systemd and Ctrl-C signal every process of the job. A worker killed by SIGTERM
@@ -376,23 +376,68 @@ def ignore_stop_signals(worker_id: int = 0):
     survive it; the main process saves at the next step and then stops its workers itself. But SIGTERM is also how
     the main process stops a worker (``multiprocessing``'s ``terminate()``, used by torch's shutdown and at exit), so
     a worker that ignored every SIGTERM could hang the exit. Hence: SIGINT is ignored, and SIGTERM is blocked and
-    read by a thread (``sigwaitinfo``) that exits the worker when the sender is the main process and drops it
-    otherwise. Without ``sigwaitinfo`` (macOS) only SIGINT is ignored. Workers also exit when the main process dies
-    (torch's worker loop watches its parent).
+    read by a thread (``sigwaitinfo``) that exits the worker when the sender is the main process (``main_pid``; the
+    parent when not given, which a forkserver's worker must give) and drops it otherwise. Without ``sigwaitinfo``
+    (macOS) only SIGINT is ignored. Workers exit when the main process dies: see ``exit_with_main_process``.
     """
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not hasattr(signal, 'sigwaitinfo'):
+    if not hasattr(signal, 'pthread_sigmask'):  # Windows
         return
-    parent = os.getppid()
+    # a worker of the forkserver (litcli.core.loaders.worker_context) starts with both blocked, as the server runs
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if not hasattr(signal, 'sigwaitinfo'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        return
+    main_pid = main_pid or os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the mask
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # sigwaitinfo wants a signal that is not ignored
 
     def sort_sigterm():
         while True:
             info = signal.sigwaitinfo({signal.SIGTERM})
-            if info.si_pid == parent:  # terminate() from the main process: stop now
+            if info.si_pid == main_pid:  # terminate() from the main process: stop now
                 os._exit(0)
             # else: a signal to the whole job; the main process decides (it saves, then shuts us down)
 
     threading.Thread(target=sort_sigterm, name='lit-sigterm', daemon=True).start()
+
+
+def exit_with_main_process(main_pid: int):
+    """In a DataLoader worker: exit as soon as the main process has (a SIGKILL, the OOM killer).
+
+    torch's worker loop watches its parent, which for a forkserver's worker is the server, and the server lives as
+    long as any of its workers holds its pipe: after ``kill -9`` of the main process the server and the workers stayed
+    (measured: all there 20 s later, for good). A thread waits on a pidfd of the main process (Linux >= 5.3: readable
+    once it has exited, zombie or not), else checks it once a second.
+    """
+    import select
+    import threading
+    import time
+
+    def watch():
+        try:
+            pidfd = os.pidfd_open(main_pid)
+        except (AttributeError, OSError):  # no pidfd (macOS, an old kernel), or already gone
+            pidfd = None
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+            os._exit(0)
+        while True:
+            try:
+                os.kill(main_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # it exists (as another user's process, after a pid reuse: rare; keep going)
+                pass
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name='lit-main-watch', daemon=True).start()
+
+
+def init_worker(worker_id: int, main_pid: int):
+    """lit's DataLoader ``worker_init_fn``: signals sent to the whole job left to the main process, and an exit
+    together with it."""
+    ignore_stop_signals(worker_id, main_pid)
+    exit_with_main_process(main_pid)

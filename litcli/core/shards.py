@@ -264,6 +264,7 @@ class ShardDataset(IterableDataset):
         self._state = torch.zeros(2, dtype=torch.int64).share_memory_()  # epoch, batches to skip
         self._unreadable = torch.zeros(max(1, source.total), dtype=torch.bool).share_memory_()
         self._warned = set()
+        self.log_path = os.environ.get(LOG_ENV)  # read here: a forkserver's workers have the server's environment
 
     # ---- configuration ----
     def configure(self, rank: int, world_size: int, batch_size: int, num_workers: int, training: bool):
@@ -426,7 +427,7 @@ class ShardDataset(IterableDataset):
             raw = iter(webdataset().filters._shuffle(raw, self.shuffle_buffer, min(100, self.shuffle_buffer), rng))
         if self.training and skip:  # resume: drop this worker's batches among the epoch's first `skip`
             raw = itertools.islice(raw, (skip - worker + workers - 1) // workers * self.batch_size, None)
-        log = _SampleLog(self.source.split, epoch, self.rank, worker)
+        log = _SampleLog(self.log_path, self.source.split, epoch, self.rank, worker)
         try:
             yield from self._samples(raw, epoch, log)
         finally:
@@ -460,8 +461,7 @@ class ShardDataset(IterableDataset):
 class _SampleLog:
     """The ``LIT_DATA_LOG`` audit lines of one worker and pass (nothing when the variable is unset)."""
 
-    def __init__(self, split: str, epoch: int, rank: int, worker: int):
-        path = os.environ.get(LOG_ENV)
+    def __init__(self, path: Optional[str], split: str, epoch: int, rank: int, worker: int):
         self.prefix = f'{split} {epoch} {rank} {worker} '
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if path else None
 

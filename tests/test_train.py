@@ -231,13 +231,14 @@ def test_builtin_demo_config_on_mini_set_trains_and_evaluates(tmp_path):
     # --amp: bf16 autocast on any CPU (the demo's own `amp: auto` turns it on only where bf16 is native), so the
     # check below also shows that a bf16-trained run's logged metrics are the fp32 ones `lit eval` reproduces.
     result = lit('train', '--data', 'fashion-mnist-mini', '--epochs', 1, '--output', tmp_path, '--name', 'mini',
-                 '--amp')
+                 '--amp', '-j', 2)
     assert result.exit_code == 0, result.output
     assert 'in-memory tensors' in result.output and 'Fashion-MNIST mini' in result.output
+    assert '-j 2 unused (read in this process)' in result.output  # no workers copying batches through /dev/shm
     assert 'bfloat16 autocast' in result.output
     small = default_small_config()
     cfg = yaml.safe_load((tmp_path / 'mini' / 'config.yaml').read_text())
-    assert cfg['variant'] == small['variant'] and cfg['fast_tensors'] and cfg['epochs'] == 1
+    assert cfg['variant'] == small['variant'] and cfg['fast_tensors'] and cfg['epochs'] == 1 and cfg['workers'] == 0
     assert cfg['model_kwargs']['embed_dims'] == list(small['model_kwargs']['embed_dims'])
     assert cfg['lr'] == small['lr'] and cfg['batch_size'] == small['batch_size']
     row = json.loads((tmp_path / 'mini' / 'metrics.jsonl').read_text())

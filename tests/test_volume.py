@@ -271,35 +271,40 @@ def test_workers_and_their_server_exit_when_the_main_process_is_killed(tmp_path)
             pass
 
 
-class ParentOfWorker(torch.utils.data.Dataset):
-    def __len__(self):
-        return 4
-
-    def __getitem__(self, index):
-        return os.getppid()
-
-
-def test_workers_are_not_forked_from_the_threaded_main_process():
+def test_workers_are_not_forked_from_the_threaded_main_process(tmp_path):
     """The CI hang (gh-112275): a worker fork()ed from a process whose other threads hold a CPython lock deadlocks
     before running any Python. lit's workers come from a single-threaded forkserver instead, started with SIGTERM
-    blocked so that a job-wide SIGTERM leaves it (and so the workers) alive until the main process has saved."""
-    import threading
-    from litcli.core.loaders import _loader_kwargs
-
-    busy = threading.Event()
-    thread = threading.Thread(target=busy.wait, daemon=True)  # the main process is multi-threaded, as under DDP
-    thread.start()
+    blocked so that a job-wide SIGTERM leaves it (and so the workers) alive until the main process has saved. In a
+    fresh process: a forkserver started before lit's would be used as it is."""
+    script = tmp_path / 'parents.py'
+    script.write_text(
+        'import json, os, threading, torch\n'
+        'from multiprocessing import forkserver\n'
+        'from litcli.core.loaders import _loader_kwargs\n'
+        'class ParentOfWorker(torch.utils.data.Dataset):\n'
+        '    def __len__(self):\n'
+        '        return 4\n'
+        '    def __getitem__(self, index):\n'
+        '        return os.getppid()\n'
+        "if __name__ == '__main__':\n"
+        '    busy = threading.Event()\n'
+        '    threading.Thread(target=busy.wait, daemon=True).start()  # multi-threaded, as under DDP\n'
+        "    kwargs = _loader_kwargs(2, torch.device('cpu'), None)\n"
+        '    parents = torch.utils.data.DataLoader(ParentOfWorker(), batch_size=1, **kwargs)\n'
+        '    print(json.dumps(dict(start=kwargs["multiprocessing_context"].get_start_method(), main=os.getpid(),\n'
+        '                          server=forkserver._forkserver._forkserver_pid,\n'
+        '                          parents=sorted({int(p) for batch in parents for p in batch}))), flush=True)\n'
+        '    input()  # the server runs until the main process exits: the test reads its signal mask first\n'
+        '    busy.set()\n')
+    env = {**os.environ, 'PYTHONPATH': str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
     try:
-        kwargs = _loader_kwargs(2, torch.device('cpu'), None)
-        assert kwargs['multiprocessing_context'].get_start_method() == 'forkserver'
-        parents = torch.utils.data.DataLoader(ParentOfWorker(), batch_size=1, **kwargs)
-        seen = {int(p) for batch in parents for p in batch}
+        seen = json.loads(proc.stdout.readline())
+        assert seen['start'] == 'forkserver' and seen['parents'] == [seen['server']] != [seen['main']]
+        if sys.platform.startswith('linux'):
+            blocked = int(Path(f'/proc/{seen["server"]}/status').read_text().split('SigBlk:')[1].split()[0], 16)
+            assert blocked & (1 << (signal.SIGTERM - 1)) and blocked & (1 << (signal.SIGINT - 1))
     finally:
-        busy.set()
-    from multiprocessing import forkserver
-    server = forkserver._forkserver._forkserver_pid
-    assert seen == {server} and server != os.getpid()
-    status = Path(f'/proc/{server}/status')
-    if status.exists():  # Linux
-        blocked = int(status.read_text().split('SigBlk:')[1].split()[0], 16)
-        assert blocked & (1 << (signal.SIGTERM - 1)) and blocked & (1 << (signal.SIGINT - 1))
+        proc.communicate('\n', timeout=60)
+    assert proc.returncode == 0

@@ -140,7 +140,11 @@ def _training_data(cfg: Dict, world, device, amp_dtype, checkpoint: Optional[Dic
     probe_tf = eval_batch_tf if fast else normalizer(eval_data_config)
     if fast:
         log('built-in data as in-memory tensors: ' + ('random crop and ' if cfg.get('crop_padding') else '') +
-            'random horizontal flip on the batch; --aa/--reprob unused')
+            'random horizontal flip on the batch; --aa/--reprob unused' +
+            (f'; -j {cfg["workers"]} unused (read in this process)' if cfg['workers'] else ''))
+        # a worker would only index the tensors and copy each batch back through shared memory, and its dataset
+        # (the whole set) would be moved to /dev/shm first, more than Docker's default 64 MB for Fashion-MNIST
+        cfg['workers'] = 0
     num_classes = spec.num_classes
     if cfg['num_classes'] is not None and cfg['num_classes'] != num_classes:
         raise LitError(f'--num-classes {cfg["num_classes"]} but the dataset {dataset_name(spec)} has '

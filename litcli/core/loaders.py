@@ -162,8 +162,10 @@ class DeviceLoader:
             yield pending
 
 
-# What a worker needs imported, loaded once by the forkserver instead of by every worker.
-WORKER_PRELOAD = ['litcli.core.data', 'litcli.core.loaders']
+# What a worker needs imported, loaded once by the forkserver instead of by every worker: the datasets, timm's
+# transforms (imported lazily elsewhere) and webdataset (a missing one is skipped). Not the main module: each worker
+# imports it as spawn's do, so an unguarded script fails there with multiprocessing's own message, not in the server.
+WORKER_PRELOAD = ['litcli.core.data', 'litcli.core.loaders', 'timm.data', 'webdataset']
 
 
 def worker_context():
@@ -171,15 +173,17 @@ def worker_context():
 
     Why not torch's default, fork: when a loader starts its workers this process already runs other threads (gloo
     or NCCL, the training loader's queue feeders, torch's C++ threads), and fork() copies whatever lock one of them
-    holds at that instant. CPython before 3.11.10 then deadlocks the child in its own thread-state lock (gh-112275):
-    CI's two-node test hung that way (Python 3.11.7, torch 2.14), and ``benchmarks/fork_hang.py`` hangs 1% of fork
-    starts; Python 3.14 made forkserver the Linux default for the same reason. The server is a fresh, single-threaded process that imports the data stack once,
-    so a worker is a fork of it plus the unpickled dataset.
+    holds at that instant. CPython 3.8-3.11 before their 2024 fix (gh-112275; 3.11.10) then deadlock the child in
+    their own thread-state lock: CI's two-node test hung that way (Python 3.11.7, torch 2.14), and
+    ``benchmarks/fork_hang.py`` hangs 1% of fork starts. Python 3.14 made forkserver the Linux default, for fork's
+    dangers in threaded processes in general. The server is a fresh, single-threaded process that imports the data
+    stack once, so a worker is a fork of it plus the unpickled dataset (which must therefore pickle).
 
     The server is started with SIGTERM and SIGINT blocked (and keeps them so; its workers unblock what they handle,
     ``ignore_stop_signals``): a SIGTERM sent to the whole job would otherwise kill it, and torch's workers exit when
     their parent dies, before the main process could save. ``multiprocessing.resource_tracker`` starts its helper the
-    same way. Windows has no forkserver: its default, spawn, is used.
+    same way. A forkserver some other code started first is used as it is (its signals are its own). Windows has no
+    forkserver: its default, spawn, is used.
     """
     if 'forkserver' not in multiprocessing.get_all_start_methods():
         return None
@@ -187,7 +191,7 @@ def worker_context():
 
     context = multiprocessing.get_context('forkserver')
     context.set_forkserver_preload(WORKER_PRELOAD)
-    resource_tracker.ensure_running()  # first: it unblocks SIGINT and SIGTERM after starting its helper
+    resource_tracker.ensure_running()  # first: up to 3.13 it unblocks SIGINT and SIGTERM after starting its helper
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         forkserver.ensure_running()  # a no-op once it runs

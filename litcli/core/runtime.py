@@ -405,16 +405,19 @@ def ignore_stop_signals(worker_id: int = 0, main_pid: Optional[int] = None):
 
 
 def exit_with_main_process(main_pid: int):
-    """In a DataLoader worker: exit as soon as the main process has (a SIGKILL, the OOM killer).
+    """In a DataLoader worker of a forkserver: exit as soon as the main process has (a SIGKILL, the OOM killer).
 
     torch's worker loop watches its parent, which for a forkserver's worker is the server, and the server lives as
     long as any of its workers holds its pipe: after ``kill -9`` of the main process the server and the workers stayed
     (measured: all there 20 s later, for good). A thread waits on a pidfd of the main process (Linux >= 5.3: readable
-    once it has exited, zombie or not), else checks it once a second.
+    once it has exited, zombie or not), else checks it once a second. A worker whose parent is the main process (fork,
+    or spawn on Windows, where ``os.kill(pid, 0)`` would send a Ctrl-C) is left to torch's own watch.
     """
     import select
-    import threading
     import time
+
+    if os.getppid() == main_pid:
+        return
 
     def watch():
         try:
@@ -422,14 +425,16 @@ def exit_with_main_process(main_pid: int):
         except (AttributeError, OSError):  # no pidfd (macOS, an old kernel), or already gone
             pidfd = None
         if pidfd is not None:
-            select.select([pidfd], [], [])
+            poller = select.poll()  # not select(): a descriptor number may exceed FD_SETSIZE
+            poller.register(pidfd, select.POLLIN)
+            poller.poll()
             os._exit(0)
         while True:
             try:
                 os.kill(main_pid, 0)
             except ProcessLookupError:
                 os._exit(0)
-            except PermissionError:  # it exists (as another user's process, after a pid reuse: rare; keep going)
+            except PermissionError:  # another user's process after a pid reuse (rare): nothing to watch any more
                 pass
             time.sleep(1.0)
 

@@ -271,6 +271,33 @@ def test_workers_and_their_server_exit_when_the_main_process_is_killed(tmp_path)
             pass
 
 
+@pytest.mark.parametrize('pidfd', [True, False])
+def test_the_main_process_watch_exits_when_it_is_gone(pidfd):
+    """exit_with_main_process on a pidfd (Linux) and on its once-a-second fallback (macOS): the watcher exits (0) once
+    the watched process has gone, and not before."""
+    sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])
+    code = ('import os, sys, time\n'
+            'from litcli.core.runtime import exit_with_main_process\n' +
+            ('' if pidfd else 'del os.pidfd_open\n') +
+            f'exit_with_main_process({sleeper.pid})\n'
+            'print("watching", flush=True)\n'
+            'time.sleep(300)\n'
+            'sys.exit(3)\n')
+    watcher = subprocess.Popen([sys.executable, '-c', code], env={**os.environ, 'PYTHONPATH': str(REPO)},
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout.readline().strip() == 'watching'
+        time.sleep(1.5)
+        assert watcher.poll() is None  # the watched process still runs
+        sleeper.kill()
+        sleeper.wait()  # reaped (a zombie still answers kill(pid, 0))
+        assert watcher.wait(timeout=30) == 0
+    finally:
+        for proc in (sleeper, watcher):
+            if proc.poll() is None:
+                proc.kill()
+
+
 def test_workers_are_not_forked_from_the_threaded_main_process(tmp_path):
     """The CI hang (gh-112275): a worker fork()ed from a process whose other threads hold a CPython lock deadlocks
     before running any Python. lit's workers come from a single-threaded forkserver instead, started with SIGTERM

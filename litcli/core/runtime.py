@@ -432,10 +432,8 @@ def exit_with_main_process(main_pid: int):
         while True:
             try:
                 os.kill(main_pid, 0)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user's process)
                 os._exit(0)
-            except PermissionError:  # another user's process after a pid reuse (rare): nothing to watch any more
-                pass
             time.sleep(1.0)
 
     threading.Thread(target=watch, name='lit-main-watch', daemon=True).start()

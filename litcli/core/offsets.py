@@ -25,9 +25,9 @@ def stem_patch(model) -> int:
 
 
 def top_grid(model, img_size: int) -> Tuple[int, int]:
-    """The final stage's token grid of a square ``img_size`` input: its side over 8 x the stem patch (32 for the
-    official 4x4 stem, 16 for the demo's 2x2)."""
-    side = img_size // (8 * stem_patch(model))
+    """The final stage's token grid of a square ``img_size`` input: its side over the last stage's stride (32 for
+    the official 4x4 stem, 16 for the demo's 2x2), as attn-maps and cam read it."""
+    side = img_size // model.stage_strides[-1]
     return side, side
 
 
@@ -120,10 +120,10 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     and has its own mean/std), else the model's registered cfg."""
     import torch
 
+    from litcli.core.config import checked_img_size
     from litcli.core.factory import inference_data_config
     from litcli.core.transforms import normalize_data_config
     from litcli.models.dtm import capture_offsets
-    from litcli.core.config import checked_img_size
 
     patch = stem_patch(model)
     checked_img_size(img_size, patch_size=patch)

@@ -380,8 +380,6 @@ def ignore_stop_signals(worker_id: int = 0, main_pid: Optional[int] = None):
     parent when not given, which a forkserver's worker must give) and drops it otherwise. Without ``sigwaitinfo``
     (macOS) only SIGINT is ignored. Workers exit when the main process dies: see ``exit_with_main_process``.
     """
-    import threading
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not hasattr(signal, 'pthread_sigmask'):  # Windows
         return

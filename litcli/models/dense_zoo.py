@@ -6,12 +6,14 @@ official release file (mmdetection / mmsegmentation layout), where that file is,
     name, state_dict, num_classes = convert_official(torch.load('sem_fpn_lit_s.pth')['state_dict'])
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from . import segmentation
 from .dense_classes import ADE20K_CLASSES, COCO_CLASSES
+from .spec import unwrap_state_dict
 
 # The official dense weights: assets of GitHub release v2.0 of ziplab/LIT, mmdet/mmseg checkpoints
 # ({'state_dict': ..., 'meta': ...}).
@@ -26,12 +28,15 @@ class DenseFamily:
 
     ``build(variant, num_classes=..., **kwargs) -> nn.Module``; ``from_official(state_dict) -> state_dict`` maps the
     mmdet/mmseg keys onto the module's; ``identify(state_dict) -> (variant, num_classes)`` reads an official state
-    dict's keys and shapes and raises ValueError when it is not this architecture."""
+    dict's keys and shapes and raises ValueError when it is not this architecture; ``official_layout(variant,
+    num_classes) -> [(key, shape, dtype)]`` lists the official checkpoint's rows (what tests build a release-format
+    state dict from, with no download)."""
     task: str  # 'retinanet' | 'mask_rcnn' | 'semantic_fpn'
     dataset: str  # 'coco' | 'ade20k': the default classes
     build: Callable[..., nn.Module]
     from_official: Callable[[Dict[str, Tensor]], Dict[str, Tensor]]
     identify: Callable[[Dict[str, Tensor]], Tuple[str, int]]
+    official_layout: Callable[[str, int], List[Tuple[str, Tuple[int, ...], torch.dtype]]]
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,8 @@ class DenseModel:
 
 
 SEMANTIC_FPN = DenseFamily('semantic_fpn', 'ade20k', segmentation.semantic_fpn_lit,
-                           segmentation.semantic_fpn_from_mmseg, segmentation.identify_semantic_fpn)
+                           segmentation.semantic_fpn_from_mmseg, segmentation.identify_semantic_fpn,
+                           segmentation.mmseg_semantic_fpn_layout)
 
 _MODELS = [
     DenseModel('semantic_fpn_lit_ti', SEMANTIC_FPN, 'ti', 'sem_fpn_lit_ti', {'miou': 41.3}, 23_638_382),
@@ -75,7 +81,7 @@ _MODELS = [
 
 # --- Detection: RetinaNet and Mask R-CNN (litcli.models.detection, written by the detection work) ---------------
 # Their four entries go here, built the same way: a DenseFamily per task from detection's retinanet_lit /
-# mask_rcnn_lit, retinanet_from_mmdet / mask_rcnn_from_mmdet and its identify function, then
+# mask_rcnn_lit, retinanet_from_mmdet / mask_rcnn_from_mmdet, its identify and official-layout functions, then
 #   DenseModel('retinanet_lit_ti', RETINANET, 'ti', 'retina_lit_ti', {'box_ap': 41.6}, 29_621_708),
 #   DenseModel('retinanet_lit_s', RETINANET, 's', 'retina_lit_s', {'box_ap': 41.6}, 38_904_292),
 #   DenseModel('mask_rcnn_lit_ti', MASK_RCNN, 'ti', 'mask_rcnn_lit_ti', {'box_ap': 42.0, 'mask_ap': 39.1}, 39_543_501),
@@ -103,8 +109,10 @@ def create_dense_model(name: str, num_classes: Optional[int] = None, **kwargs) -
 
 
 def convert_official(state_dict: Dict[str, Tensor]) -> Tuple[str, Dict[str, Tensor], int]:
-    """Recognise an official mmdet/mmseg state dict (already unwrapped from its ``state_dict`` key) as one of the
-    six models from its keys and shapes; return (name, the state dict in the model's key names, num_classes)."""
+    """Recognise an official mmdet/mmseg checkpoint (the file's dict with ``state_dict`` and ``meta``, or the state
+    dict itself) as one of the six models from its keys and shapes; return (name, the state dict in the model's key
+    names, num_classes)."""
+    state_dict = unwrap_state_dict(state_dict)
     for family in DENSE_FAMILIES:
         try:
             variant, num_classes = family.identify(state_dict)

@@ -5,6 +5,8 @@ from .lit import (LIT_ARCHS, Attention, LITBase, LITPvtStyle, LITSwinStyle, MlpB
                   checkpoint_filter_fn, lit_b, lit_m, lit_s, lit_s_star, lit_ti, lit_ti_star, pvt_s_dtm, pvt_s_msa,
                   relative_position_index)
 from .swin_dtm import swin_t_dtm
+from .dense import (DENSE_TASKS, DENSE_VARIANTS, DenseLITS, DenseLITTi, create_dense_backbone,
+                    dense_state_dict_from_classification)
 
 from .spec import ABLATIONS, PAPER_VARIANTS, REDUCTION, nearest_valid, size_problem, unwrap_state_dict  # noqa: F401
 

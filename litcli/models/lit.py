@@ -87,6 +87,7 @@ class Attention(nn.Module):
             attn_drop: float = 0.,
             proj_drop: float = 0.,
             fused_attn: Optional[bool] = None,
+            rel_pos_index_buffer: bool = True,
     ):
         super().__init__()
         assert dim % num_heads == 0, f'dim {dim} must be divisible by num_heads {num_heads}'
@@ -99,9 +100,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos_grid = tuple(rel_pos_grid) if rel_pos_grid is not None else None
+        # False: no index buffer, the index is computed for every grid (the dense backbones, whose 800-px build grid
+        # would make it 2500 x 2500 per block).
+        self.rel_pos_index_buffer = rel_pos_index_buffer and self.rel_pos_grid is not None
         if self.rel_pos_grid is not None:
             h, w = self.rel_pos_grid
             self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * h - 1) * (2 * w - 1), num_heads))
+        if self.rel_pos_index_buffer:
             # Persistent, with the official name, so official checkpoints load strictly.
             self.register_buffer('relative_position_index', relative_position_index(h, w), persistent=True)
 
@@ -117,7 +122,7 @@ class Attention(nn.Module):
         """(heads, n_rows, N) bias of the query ``rows`` on an h x w token grid (``table_t``: ``bias_table``'s
         result, to reuse across chunks). Off the build grid the index rows are computed on the fly."""
         table_t = self.bias_table(grid_size) if table_t is None else table_t
-        if tuple(grid_size) == self.rel_pos_grid:
+        if tuple(grid_size) == self.rel_pos_grid and self.rel_pos_index_buffer:
             index = self.relative_position_index[rows]
         else:
             index = relative_position_index(*grid_size, device=table_t.device, rows=rows)
@@ -192,6 +197,7 @@ class TransformerBlock(nn.Module):
             rel_pos_grid: Optional[Tuple[int, int]] = None,
             fused_attn: Optional[bool] = None,
             sr_ratio: int = 1,
+            rel_pos_index_buffer: bool = True,
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -203,7 +209,7 @@ class TransformerBlock(nn.Module):
                 self.attn.fused_attn = fused_attn
         else:
             self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_grid=rel_pos_grid,
-                                  fused_attn=fused_attn)
+                                  fused_attn=fused_attn, rel_pos_index_buffer=rel_pos_index_buffer)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -250,6 +256,7 @@ class LITBase(nn.Module):
     (add position information / prefix tokens after the merge).
     """
     num_prefix_tokens = 0  # tokens before the grid tokens in the final stage (cls token)
+    rel_pos_index_buffer = True  # persistent relative_position_index buffers (False in the dense backbones)
 
     def __init__(
             self,
@@ -329,7 +336,8 @@ class LITBase(nn.Module):
     def _make_blocks(self, i: int, rel_pos: bool) -> nn.ModuleList:
         msa = (i + 1) in self.msa_stages
         block_cls = TransformerBlock if msa else MlpBlock
-        extra = dict(rel_pos_grid=self.stage_grids[i] if rel_pos else None, sr_ratio=self.sr_ratios[i]) if msa else {}
+        extra = dict(rel_pos_grid=self.stage_grids[i] if rel_pos else None, sr_ratio=self.sr_ratios[i],
+                     rel_pos_index_buffer=self.rel_pos_index_buffer) if msa else {}
         return nn.ModuleList([
             block_cls(drop_path=dp, **self.block_kwargs[i], **extra) for dp in self.block_drop_path[i]
         ])
@@ -492,9 +500,12 @@ class LITPvtStyle(LITBase):
         for i in range(1, 4):
             setattr(self, f'patch_embed{i + 1}', self._make_merge(i - 1))
         for i, (h, w) in enumerate(self.stage_grids):
-            prefix = self.num_prefix_tokens if i == 3 else 0
-            setattr(self, f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, prefix + h * w, self.embed_dims[i])))
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims[3]))
+            # pos_embed4 has slot 0 for the cls token in every official file, also the dense ones, which have no cls
+            # token (num_prefix_tokens 0, dense.py) and leave the slot unused.
+            slots = 1 if i == 3 else 0
+            setattr(self, f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, slots + h * w, self.embed_dims[i])))
+        if self.num_prefix_tokens:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims[3]))
         for i in range(4):
             setattr(self, f'block{i + 1}', self._make_blocks(i, rel_pos=False))
         self._make_head()
@@ -502,7 +513,8 @@ class LITPvtStyle(LITBase):
                                   module=f'block{i + 1}') for i in range(4)]
         for i in range(4):
             trunc_normal_(getattr(self, f'pos_embed{i + 1}'), std=.02)
-        trunc_normal_(self.cls_token, std=.02)
+        if self.num_prefix_tokens:
+            trunc_normal_(self.cls_token, std=.02)
         self.apply(self._init_weights)
 
     @property

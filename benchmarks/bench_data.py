@@ -57,7 +57,7 @@ def make_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
 
 def pipeline_rates(sources, workers, rounds: int, batches: int, batch_size: int):
     """{(format, workers): [img/s per round]} measured interleaved: every (format, workers) once per round."""
-    from litcli.core.databench import bench_pipeline
+    from litcli.core.data.bench import bench_pipeline
 
     rates = {}
     for r in range(rounds):
@@ -109,12 +109,12 @@ def gpu_rates(folder: Path, workers, steps: int, batch: int, device_name: str = 
     (``device_name='cpu'``, a small ``variant``: a dry run of this code)."""
     import torch
 
-    from litcli.core import engine
+    from litcli.core.training import engine
     from litcli.core.config import recipe
-    from litcli.core.data import build_datasets, run_data_config, run_transforms
-    from litcli.core.factory import create_model
-    from litcli.core.loaders import build_train_loader
-    from litcli.core.optim import create_optimizer
+    from litcli.core.data.datasets import build_datasets, run_data_config, run_transforms
+    from litcli.core.modelio.factory import create_model
+    from litcli.core.data.loaders import build_train_loader
+    from litcli.core.training.optim import create_optimizer
     from litcli.core.runtime import World, autocast_context
 
     device = torch.device(device_name)
@@ -212,7 +212,7 @@ def main():
             tf.add(folder, arcname='jpegs')
     shards = work / 'shards'
     if not (shards / 'index.json').exists():
-        from litcli.core.pack import pack
+        from litcli.core.data.pack import pack
         pack(folder, shards, shard_size=50 * 10 ** 6, log=print)
     index = json.loads((shards / 'index.json').read_text())
     n_train = len(index['splits']['train']['shards'])

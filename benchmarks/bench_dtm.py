@@ -14,7 +14,7 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from litcli.core.benchmark import interleaved_times
+from litcli.core.analysis.benchmark import interleaved_times
 from litcli.models.dtm import DeformableTokenMerging, deform_conv2x2, torchvision_ops_available
 
 

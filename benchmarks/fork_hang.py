@@ -1,5 +1,5 @@
 """How often a DataLoader worker start hangs when the process has C threads that call into Python: torch's default
-fork against lit's loader settings (workers of a forkserver, ``litcli.core.loaders.worker_context``).
+fork against lit's loader settings (workers of a forkserver, ``litcli.core.data.loaders.worker_context``).
 
 A C thread that calls a Python function creates and deletes a CPython thread state each time, under the runtime's
 thread-state lock and without the GIL (torch's C++ threads do this when they drop a tensor that a Python object
@@ -50,7 +50,7 @@ def run_mode(mode: str, rounds: int, timeout: float) -> int:
     from torch.utils.data import DataLoader
 
     if mode == 'lit':
-        from litcli.core.loaders import _loader_kwargs
+        from litcli.core.data.loaders import _loader_kwargs
         kwargs = {**_loader_kwargs(2, torch.device('cpu'), None), 'persistent_workers': False}
     else:
         kwargs = dict(num_workers=2)

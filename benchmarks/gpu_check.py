@@ -621,7 +621,7 @@ def part_resume(ctx: Ctx):
     """torchrun (1 process) lit train killed with SIGKILL after a step checkpoint, resumed with --resume auto."""
     import yaml
     work = ctx.workdir
-    from litcli.core.synthetic import write_image_folder
+    from litcli.core.data.synthetic import write_image_folder
     data = write_image_folder(work / 'data', ('a', 'b'), n_train=32, n_val=8)  # 64 train images: 16 steps/epoch at batch 4
     cfg = work / 'tiny.yaml'
     cfg.write_text(yaml.safe_dump(dict(model_kwargs=TINY, warmup_epochs=1)))

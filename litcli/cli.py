@@ -191,7 +191,7 @@ def bench(
 ):
     """Images/s, ms/step, peak memory and share of the device's GEMM rate, models timed interleaved."""
     from litcli.commands import bench as command
-    from litcli.core.benchmark import BenchConfig
+    from litcli.core.analysis.benchmark import BenchConfig
     with user_errors():
         sizes = parse_ints(img_size, '--img-size', '224,384,512')
         cfg = BenchConfig(mode=mode, batch_size=batch_size, img_size=sizes[0] if sizes else 224, device=device,

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from litcli.cli import app
-from litcli.core.synthetic import write_image_folder
+from litcli.core.data.synthetic import write_image_folder
 
 # A 4-stage LIT-Ti layout small enough to train in a second on a CPU.
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])

@@ -8,7 +8,7 @@ import torch
 
 import litcli.models  # noqa: F401
 from litcli.commands.flops import msa_stages_without
-from litcli.core.flops import analyse_model
+from litcli.core.analysis.flops import analyse_model
 from litcli.models import ABLATIONS, DeformConv2x2
 
 # Every params/FLOPs cell of Tables 3-5: (model, kwargs, paper params M, paper GMACs, rounding of params).
@@ -92,8 +92,8 @@ def test_cli_flops_remove_msa():
 
 def test_attn_maps_and_viz_offsets_on_ablations(tmp_path):
     from litcli.core.errors import LitError
-    from litcli.core.attention import AttentionMeans
-    from litcli.core.offsets import trace_offsets
+    from litcli.core.analysis.attention import AttentionMeans
+    from litcli.core.analysis.offsets import trace_offsets
     model = timm.create_model('pvt_s_msa', img_size=64, fused_attn=False).eval()
     with AttentionMeans(model, [1, 2, 3, 4], (64, 64)) as acc, torch.no_grad():
         model(torch.randn(2, 3, 64, 64))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import litcli.models  # noqa: F401
 from litcli.cli import app
 from litcli.models import Attention
-from litcli.core.attention import AttentionMeans, attention_stages
+from litcli.core.analysis.attention import AttentionMeans, attention_stages
 
 
 def _model(variant='lit_s', **kw):
@@ -86,7 +86,7 @@ def _invoke(*args):
     return CliRunner().invoke(app, ['attn-maps', *args], prog_name='lit', env={'COLUMNS': '160'})
 
 
-def _image_folder(root, n=4):
+def image_folder(root, n=4):
     for i in range(n):
         cls = root / 'val' / f'class{i % 2}'
         cls.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def _image_folder(root, n=4):
 
 
 def test_cli_writes_grid_per_head_npy_json(tmp_path):
-    data = _image_folder(tmp_path / 'data')
+    data = image_folder(tmp_path / 'data')
     r = _invoke('--variant', 's', '--img-size', '64', '--data', str(data), '--num-images', '3', '-b', '2',
                 '--per-head', '--save-npy', '--json', '--output', str(tmp_path / 'out'), '--name', 'run')
     assert r.exit_code == 0, r.output
@@ -142,7 +142,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     import subprocess
     import sys
     torch.save(timm.create_model('lit_ti', img_size=64).state_dict(), tmp_path / 'ti.pth')
-    data = _image_folder(tmp_path / 'data', n=5)
+    data = image_folder(tmp_path / 'data', n=5)
     common = ['attn-maps', '--checkpoint', str(tmp_path / 'ti.pth'), '--img-size', '64', '--data', str(data),
               '--json', '--stage', '4']
     runs = []

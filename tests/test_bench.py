@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from litcli.core import benchmark as bench
+from litcli.core.analysis import benchmark as bench
 from litcli.cli import app
 
 
@@ -83,7 +83,7 @@ def test_cli_bad_inputs(args, msg):
 
 
 def test_train_mode_gives_every_model_the_same_drop_path():
-    from litcli.core import benchmark as bench
+    from litcli.core.analysis import benchmark as bench
     cfg = bench.BenchConfig(mode='train', drop_path=0.2)
     for name in ('lit_ti', 'swin_tiny_patch4_window7_224', 'resnet18'):
         model = bench.build_model(name, cfg, 64 if name != 'swin_tiny_patch4_window7_224' else 224)
@@ -102,7 +102,7 @@ def test_train_mode_gives_every_model_the_same_drop_path():
                                       ('flash_bwd_convert_dq_kernel', 'matmul'),
                                       ('void at::native::(anonymous namespace)::CatArrayBatchedCopy', 'copy')])
 def test_op_kinds(op, kind):
-    from litcli.core.benchmark import op_kind
+    from litcli.core.analysis.benchmark import op_kind
     assert op_kind(op) == kind
 
 
@@ -111,7 +111,7 @@ def test_build_model_keeps_the_size_without_drop_path_and_reports_real_errors(mo
     optional argument timm rejects); any other TypeError surfaces as it is."""
     import timm
 
-    from litcli.core import benchmark as bench
+    from litcli.core.analysis import benchmark as bench
     calls = []
 
     def fake_create(name, **kwargs):
@@ -129,7 +129,7 @@ def test_build_model_keeps_the_size_without_drop_path_and_reports_real_errors(mo
 
 
 def test_profile_failure_keeps_the_timings(monkeypatch):
-    from litcli.core import benchmark as bench
+    from litcli.core.analysis import benchmark as bench
 
     def broken_profiler(step, device):
         raise RuntimeError('profiler unavailable')

@@ -6,7 +6,7 @@ import timm
 import torch
 
 import litcli.models  # noqa: F401
-from litcli.core.checkpoint import detect_variant, load_weights as load_checkpoint, read_checkpoint, save_checkpoint
+from litcli.core.modelio.checkpoint import detect_variant, load_weights as load_checkpoint, read_checkpoint, save_checkpoint
 from litcli.core.errors import CheckpointError
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from litcli.core import data
-from litcli.core.data import (BUILTIN_DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, build_datasets,
+from litcli.core.data import datasets as data
+from litcli.core.data.datasets import (BUILTIN_DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, build_datasets,
                          build_eval_dataset, resolve_data)
 from litcli.core.errors import LitError
 

@@ -22,11 +22,11 @@ import yaml
 from typer.testing import CliRunner
 
 from helpers import lit_cmd, run_until_step
-from litcli.core.checkpoint import read_checkpoint
+from litcli.core.modelio.checkpoint import read_checkpoint
 from litcli.cli import app
 from litcli.core.runtime import ResumableSampler, ShardSampler
 from litcli.core.errors import CheckpointError
-from litcli.core.checkpoint import newest_valid_checkpoint
+from litcli.core.modelio.checkpoint import newest_valid_checkpoint
 
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
 N_TRAIN, N_VAL = 20, 7  # 7: an uneven evaluation set for 2 processes (shards of 4 and 3)

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 import litcli.models  # noqa: F401
-from litcli.core import flops as F
+from litcli.core.analysis import flops as F
 from litcli.cli import app
 from litcli.models.dtm import DeformConv2x2, torchvision_ops_available
 

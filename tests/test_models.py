@@ -431,7 +431,7 @@ def test_stem_kernel_must_be_the_patch_plus_an_even_integer(bad):
 def test_patch_size_two_trace_maps_cells_to_pixel_centres():
     """viz-offsets maps stage-1 cells p to P*p + P/2 pixels: with zero offsets a 2x2-patch model's final token
     (r, c) samples the 8x8 lattice 2a + 1 inside its regular 16x16 field."""
-    from litcli.core.offsets import fraction_outside_field, trace_offsets
+    from litcli.core.analysis.offsets import fraction_outside_field, trace_offsets
     model = timm.create_model('lit_ti', num_classes=10, img_size=32, patch_size=2).eval()
     trace = trace_offsets(model, 'assets/photos/chelsea.jpg', img_size=32)
     assert trace.patch == 2 and trace.grid == (2, 2)

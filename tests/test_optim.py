@@ -6,7 +6,7 @@ import timm
 import torch
 
 import litcli.models  # noqa: F401
-from litcli.core.optim import create_optimizer, create_scheduler, lit_param_groups
+from litcli.core.training.optim import create_optimizer, create_scheduler, lit_param_groups
 from litcli.core.config import recipe, scaled_lrs
 
 TINY = dict(img_size=32, embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
@@ -111,7 +111,7 @@ def test_adamw_is_fused_and_updates_like_the_reference():
 def test_adamw_without_a_fused_kernel_falls_back_before_the_first_step():
     """torch only checks fused support at the first step, too late to fall back: a parameter on a device without
     the kernel (here 'meta') must give the plain optimizer up front."""
-    from litcli.core.optim import fused_kernel_available
+    from litcli.core.training.optim import fused_kernel_available
     model = torch.nn.Linear(3, 2)
     assert fused_kernel_available(model)
     model_meta = torch.nn.Linear(3, 2, device='meta')

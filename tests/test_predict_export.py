@@ -12,10 +12,10 @@ import yaml
 from PIL import Image
 
 import litcli.models  # noqa: F401
-from litcli.core.checkpoint import read_checkpoint, sidecar_path
+from litcli.core.modelio.checkpoint import read_checkpoint, sidecar_path
 from litcli.paths import REPO_ASSETS
-from litcli.core.factory import load_model
-from litcli.core.transforms import eval_transform
+from litcli.core.modelio.factory import load_model
+from litcli.core.data.transforms import eval_transform
 from helpers import lit, one_thread  # noqa: F401  (CLI helper; autouse one-thread fixture)
 
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
@@ -186,7 +186,7 @@ def check_onnx_export(checkpoint, out: Path, img_size: int):
     import onnx
     import onnxruntime as ort
 
-    from litcli.core.images import load_image
+    from litcli.core.data.images import load_image
 
     result = lit('export', '--checkpoint', checkpoint, '--format', 'onnx', '--out', out, '--img-size', img_size)
     assert result.exit_code == 0, result.output

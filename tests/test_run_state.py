@@ -6,10 +6,10 @@ import pytest
 import torch
 import yaml
 
-from litcli.core.checkpoint import CheckpointSaver, TrainState, step_checkpoints
+from litcli.core.modelio.checkpoint import CheckpointSaver, TrainState, step_checkpoints
 from litcli.core.errors import CheckpointError
-from litcli.core.optim import create_optimizer, create_scheduler
-from litcli.core.rundir import prepare_run_dir, write_metrics
+from litcli.core.training.optim import create_optimizer, create_scheduler
+from litcli.core.training.rundir import prepare_run_dir, write_metrics
 from litcli.core.runtime import World
 
 CFG = dict(epochs=4, warmup_epochs=1, warmup_lr=1e-6, min_lr=1e-5, lr=1e-3, lr_base=5e-4, scale_lr_bounds=False,
@@ -87,7 +87,7 @@ def test_resume_auto_prefers_the_higher_step_on_an_mtime_tie(tmp_path):
     """A coarse file-system clock gives several step files the same mtime: the higher step is the newer."""
     import os
 
-    from litcli.core.checkpoint import newest_valid_checkpoint, save_checkpoint
+    from litcli.core.modelio.checkpoint import newest_valid_checkpoint, save_checkpoint
 
     for step in (10, 12, 11):
         save_checkpoint({'config': {}, 'optimizer': {}, 'step': step}, tmp_path / f'step-{step:07d}.pt')

@@ -16,7 +16,7 @@ from PIL import Image
 
 import litcli.models  # noqa: F401
 from helpers import TINY, lit, one_thread, train_args  # noqa: F401  (autouse fixture)
-from litcli.core.checkpoint import CheckpointSaver, read_checkpoint, read_top_index
+from litcli.core.modelio.checkpoint import CheckpointSaver, read_checkpoint, read_top_index
 
 EPOCHS = 3
 
@@ -43,8 +43,8 @@ def metrics_rows(run_dir: Path):
 def test_tensorboard_events_hold_steps_lrs_eval_and_dtm_offsets(run, tiny_data):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from litcli.core.factory import load_model
-    from litcli.core.tracking import dtm_offsets_px, fixed_batch
+    from litcli.core.modelio.factory import load_model
+    from litcli.core.training.tracking import dtm_offsets_px, fixed_batch
 
     run_dir, out = run
     assert f'logging to {run_dir / "tensorboard"}' in out
@@ -69,8 +69,8 @@ def test_tensorboard_events_hold_steps_lrs_eval_and_dtm_offsets(run, tiny_data):
     assert dtm_tags == ['dtm/patch_embed2_offset_px', 'dtm/patch_embed3_offset_px', 'dtm/patch_embed4_offset_px']
     # the last epoch's value is each DTM's mean |offset| (px) of the final weights on the first 16 val images
     loaded = load_model(run_dir / 'checkpoints' / 'last.pt')
-    from litcli.core.data import build_eval_dataset
-    from litcli.core.transforms import eval_transform
+    from litcli.core.data.datasets import build_eval_dataset
+    from litcli.core.data.transforms import eval_transform
     ds, _ = build_eval_dataset(str(tiny_data), transform=eval_transform(loaded.data_config))
     expected = dtm_offsets_px(loaded.model, fixed_batch(ds))
     for name, px in expected.items():
@@ -83,7 +83,7 @@ def test_dtm_offsets_px_is_offset_stats_arithmetic():
     """A hand-set offset conv: every tap of the first DTM moved by (3, 4) grid cells = 5 cells = 20 px."""
     import timm
 
-    from litcli.core.tracking import dtm_offsets_px
+    from litcli.core.training.tracking import dtm_offsets_px
     model = timm.create_model('lit_ti', num_classes=2, img_size=64, **TINY).eval()
     conv = model.patch_embed2.dconv.conv_offset
     with torch.no_grad():
@@ -156,7 +156,7 @@ def test_log_needs_its_package_and_a_known_name(tiny_data, tiny_config, tmp_path
 def test_wandb_writer_runs_offline_in_the_run_directory(tmp_path, monkeypatch):
     """The calls lit makes to wandb (a stand-in module records them): an offline run under <run>/wandb, scalars
     at the optimizer step, finished at the end."""
-    from litcli.core.tracking import create_tracker
+    from litcli.core.training.tracking import create_tracker
 
     calls = []
 
@@ -238,7 +238,7 @@ def test_eval_per_class_confusion_and_results(run, tiny_data, tmp_path):
 
 def test_per_class_metrics_match_sklearn():
     sklearn_metrics = pytest.importorskip('sklearn.metrics')
-    from litcli.core.evaluation import per_class_metrics
+    from litcli.core.analysis.evaluation import per_class_metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 200)
@@ -321,7 +321,7 @@ def test_avg_checkpoints_files_top_k_and_refusals(run, tmp_path):
 
 
 def test_compare_runs_of_different_lengths_and_data(run, tmp_path):
-    from litcli.core.factory import create_model, param_counts
+    from litcli.core.modelio.factory import create_model, param_counts
 
     run_dir, _ = run
     other = tmp_path / 'short'  # a shorter run on other data: its files as lit train writes them
@@ -421,7 +421,7 @@ def test_cam_token_reshape_lays_tokens_on_the_stage_grid(variant, grad_cam):
     stage-4 Grad-CAM of a class-token model (LIT-Ti: its norm1 input) is not empty."""
     import timm
 
-    from litcli.core.cam import compute_cams, stage_target
+    from litcli.core.analysis.cam import compute_cams, stage_target
 
     torch.manual_seed(0)
     model = timm.create_model(variant, num_classes=3, img_size=64, **TINY).eval()

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from helpers import lit, make_folder, one_thread  # noqa: F401  (autouse fixture)
-from litcli.core import shards as shards_mod
-from litcli.core.data import build_datasets, build_eval_dataset, resolve_data
+from litcli.core.data import shards as shards_mod
+from litcli.core.data.datasets import build_datasets, build_eval_dataset, resolve_data
 from litcli.core.errors import LitError
-from litcli.core.pack import pack
+from litcli.core.data.pack import pack
 from litcli.core.seeding import sample_seed, seeded_rng
-from litcli.core.shards import ShardDataset, resolve_shards
+from litcli.core.data.shards import ShardDataset, resolve_shards
 
 pytest.importorskip('webdataset')
 
@@ -359,7 +359,7 @@ def test_tar_layouts_read_the_same_images_as_the_folder(folder, tmp_path, layout
 def test_many_class_tars_keep_a_bounded_number_open(folder, tmp_path, monkeypatch):
     """timm's class-per-tar ImageNet layout has 1000 tars per split and ulimit -n is often 1024: a process keeps
     at most MAX_OPEN_TARS open (least recently used closed) and still reads every image."""
-    from litcli.core import tars
+    from litcli.core.data import tars
 
     monkeypatch.setattr(tars, 'MAX_OPEN_TARS', 2)
     train, _, _ = build_datasets(str(write_class_tars(folder, tmp_path / 'ctars')))
@@ -401,9 +401,9 @@ def test_bad_tars_are_one_line_errors_or_counted_skips(folder, tmp_path):
 
 
 def test_device_normalisation_is_torchvisions_to_the_bit_and_sends_a_quarter_of_the_bytes(folder):
-    from litcli.core.data import ImageFolderNoHidden
-    from litcli.core.loaders import DeviceLoader
-    from litcli.core.transforms import eval_transform
+    from litcli.core.data.datasets import ImageFolderNoHidden
+    from litcli.core.data.loaders import DeviceLoader
+    from litcli.core.data.transforms import eval_transform
 
     dc = dict(input_size=(3, 32, 32), interpolation='bicubic', crop_pct=0.875, crop_mode='center',
               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from helpers import TINY, lit, lit_cmd, make_folder, one_thread, run_until_step  # noqa: F401  (autouse fixture)
-from litcli.core.checkpoint import read_checkpoint
-from litcli.core.pack import pack
+from litcli.core.modelio.checkpoint import read_checkpoint
+from litcli.core.data.pack import pack
 
 pytest.importorskip('webdataset')
 TIMEOUT = 240

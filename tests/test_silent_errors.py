@@ -80,7 +80,7 @@ def test_demo_log_names_its_size(tmp_path):
 
 def test_predict_over_test_pngs_equals_eval(mini_run, tmp_path):
     """The built-in sets are zero-padded 28 -> 32 in training; predict (and export's config) must do the same."""
-    from litcli.core.data import load_fashion_mnist_mini
+    from litcli.core.data.datasets import load_fashion_mnist_mini
     from litcli.commands.eval import run as run_eval
     from litcli.commands.predict import run as predict
 
@@ -174,7 +174,7 @@ def test_checkpoint_sizes_follow_its_own_patch(mini_run, tmp_path):
     """A 2x2-patch checkpoint (the demo's) takes any side divisible by 16 at load time (48 was refused by the
     official 32-pixel rule); a side that fits no 16 is a usage error naming the nearest."""
     from litcli.core.errors import UsageError
-    from litcli.core.factory import load_model
+    from litcli.core.modelio.factory import load_model
 
     ckpt = mini_run / 'checkpoints' / 'last.pt'
     assert load_model(ckpt, img_size=48).model.stage_grids[-1] == (3, 3)
@@ -223,7 +223,7 @@ def test_paper_variant_without_data_refuses_with_the_alternatives(tmp_path):
 
 
 def test_smaller_defects(tmp_path, mini_run):
-    from litcli.core.images import expand_images
+    from litcli.core.data.images import expand_images
 
     help_text = lit('export', '--help').output
     assert 'lit_s.safetensors.json' in ''.join(c for c in help_text if c not in ' \n│')
@@ -249,8 +249,8 @@ def test_smaller_defects(tmp_path, mini_run):
     assert 'weights_only' not in result.output
     # lit eval names the dataset, not its split folder
     data = make_folder(tmp_path / 'flowers', n_train=1, n_val=1)
-    from litcli.core.data import build_eval_dataset
-    from litcli.core.data import dataset_name
+    from litcli.core.data.datasets import build_eval_dataset
+    from litcli.core.data.datasets import dataset_name
     _, spec = build_eval_dataset(str(data / 'val'))
     assert dataset_name(spec) == 'flowers'
 

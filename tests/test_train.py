@@ -73,7 +73,7 @@ def test_resume_continues_epoch_and_step(first_run, tiny_data, tiny_config, tmp_
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tiny_config, tmp_path, monkeypatch):
     """A run stopped after epoch 0 and resumed ends with bit-identical weights to one run straight through."""
     from litcli.commands.train import run as train
-    from litcli.core import engine
+    from litcli.core.training import engine
 
     flags = dict(data=str(tiny_data), img_size=32, batch_size=4, workers=0, epochs=2, log_interval=100,
                  reprob=0.25, drop_path=0.1)  # random erasing, drop path and mixup all draw random numbers

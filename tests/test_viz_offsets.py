@@ -12,7 +12,7 @@ import litcli.models  # noqa: F401
 from litcli.cli import app
 from litcli.models import DeformConv2x2
 from litcli.commands.viz_offsets import viz_offsets
-from litcli.core.offsets import back_project, trace_offsets
+from litcli.core.analysis.offsets import back_project, trace_offsets
 
 PHOTO = 'assets/photos/chelsea.jpg'
 

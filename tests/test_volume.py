@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from litcli.core.images import load_image
+from litcli.core.data.images import load_image
 from litcli.core.config import RECIPES
-from litcli.core.transforms import TransformError, _posterize_any_bits, train_transform
+from litcli.core.data.transforms import TransformError, _posterize_any_bits, train_transform
 from helpers import TINY, lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,8 +71,8 @@ def test_every_recipe_transform_on_thousands_of_varied_images():
 
 def test_builtin_pil_path_runs_the_recipe_transform():
     """The built-in sets' PIL path (a paper variant on Fashion-MNIST) runs the same guarded transform."""
-    from litcli.core.data import build_datasets
-    from litcli.core.data import run_transforms as transforms
+    from litcli.core.data.datasets import build_datasets
+    from litcli.core.data.datasets import run_transforms as transforms
 
     cfg = dict(RECIPES['pvt_s_msa'], img_size=32, data='fashion-mnist-mini')
     train_tf, eval_tf = transforms(cfg, 'fashion-mnist-mini')
@@ -82,7 +82,7 @@ def test_builtin_pil_path_runs_the_recipe_transform():
 
 
 def test_transform_errors_name_the_image_and_step_and_are_not_skips(tmp_path):
-    from litcli.core.data import SkipUnreadable, _image_folder
+    from litcli.core.data.datasets import SkipUnreadable, image_folder
 
     root = make_folder(tmp_path / 'd', n_train=3, n_val=1) / 'train'
 
@@ -91,7 +91,7 @@ def test_transform_errors_name_the_image_and_step_and_are_not_skips(tmp_path):
             raise ValueError('boom')
 
     from torchvision import transforms as T
-    ds = SkipUnreadable(_image_folder(root, T.Compose([T.Resize(8), Broken()]), 'train'))
+    ds = SkipUnreadable(image_folder(root, T.Compose([T.Resize(8), Broken()]), 'train'))
     with pytest.raises(TransformError, match=r'transform Broken.* failed on .*cat/0\.png: ValueError: boom'):
         ds[0]
     assert ds.skipped == 0
@@ -218,7 +218,7 @@ def test_workers_still_stop_when_the_main_process_exits(tmp_path, start):
               "dict(num_workers=2, persistent_workers=True, worker_init_fn=ignore_stop_signals)")
     script.write_text(
         'import torch\n'
-        'from litcli.core.loaders import _loader_kwargs\n'
+        'from litcli.core.data.loaders import _loader_kwargs\n'
         'from litcli.core.runtime import ignore_stop_signals\n'
         "if __name__ == '__main__':\n"
         f'    loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, **{kwargs})\n'
@@ -245,7 +245,7 @@ def test_workers_and_their_server_exit_when_the_main_process_is_killed(tmp_path)
     script.write_text(
         'import time, torch\n'
         'from multiprocessing import forkserver\n'
-        'from litcli.core.loaders import _loader_kwargs\n'
+        'from litcli.core.data.loaders import _loader_kwargs\n'
         "if __name__ == '__main__':\n"
         "    loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, **_loader_kwargs(2, torch.device('cpu'), None))\n"
         '    it = iter(loader)\n'
@@ -307,7 +307,7 @@ def test_workers_are_not_forked_from_the_threaded_main_process(tmp_path):
     script.write_text(
         'import json, os, threading, torch\n'
         'from multiprocessing import forkserver\n'
-        'from litcli.core.loaders import _loader_kwargs\n'
+        'from litcli.core.data.loaders import _loader_kwargs\n'
         'class ParentOfWorker(torch.utils.data.Dataset):\n'
         '    def __len__(self):\n'
         '        return 4\n'

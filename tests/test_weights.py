@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from helpers import lit, one_thread  # noqa: F401  (autouse fixture: one thread)
-from litcli.core import weights
+from litcli.core.modelio import weights
 from litcli.core.errors import LitError
-from litcli.core.factory import create_model, load_model
+from litcli.core.modelio.factory import create_model, load_model
 from litcli.models.spec import release_url
 
 PAPER = {'lit_ti': (81.1, 3.6), 'lit_s': (81.5, 4.1), 'lit_m': (83.0, 8.6), 'lit_b': (83.4, 15.0)}
@@ -158,7 +158,7 @@ def test_processes_asking_at_once_download_once(monkeypatch, tmp_path, release):
     _, body = release
     with serve({'lit_ti.pth': body}) as server:
         use_cache(monkeypatch, tmp_path, server.base, timeout=60)
-        code = ('from litcli.core.factory import pretrained_file; '
+        code = ('from litcli.core.modelio.factory import pretrained_file; '
                 'print(pretrained_file("lit_ti", log=lambda m: None))')
         procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(3)]

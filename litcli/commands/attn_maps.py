@@ -7,10 +7,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from litcli.core.attention import AttentionMeans, attention_stages
+from litcli.core.analysis.attention import AttentionMeans, attention_stages
 from litcli.core.errors import LitError
-from litcli.core.figures import draw_single, draw_stage_grid
-from litcli.core.tokens import check_token
+from litcli.core.analysis.figures import draw_single, draw_stage_grid
+from litcli.core.analysis.tokens import check_token
 
 
 def resolve_stages(stage: Optional[int], model, arch: str) -> List[int]:
@@ -47,11 +47,11 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
     from rich.console import Console
     from rich.table import Table
 
-    from litcli.core.data import figure_data, image_refs
-    from litcli.core.factory import load_model
-    from litcli.core.rundir import new_run_dir
+    from litcli.core.data.datasets import figure_data, image_refs
+    from litcli.core.modelio.factory import load_model
+    from litcli.core.training.rundir import new_run_dir
     from litcli.core.runtime import init_distributed, process_device, resolve_device
-    from litcli.core.transforms import eval_transform
+    from litcli.core.data.transforms import eval_transform
 
     console = Console(stderr=as_json)
     if num_images < 1:

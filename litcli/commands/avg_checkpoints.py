@@ -11,8 +11,8 @@ def members_of(inputs: Sequence[Path], top: Optional[int]) -> List:
     """The checkpoints to average, best first when ranked: a run folder gives its ``--keep-best`` checkpoints in
     their ``top.json`` order; files are taken as given (each with its own recorded ``eval_top1``). ``top`` keeps
     the K best, which needs every member's metric."""
-    from litcli.core.averaging import Member
-    from litcli.core.checkpoint import read_checkpoint, read_top_index
+    from litcli.core.modelio.averaging import Member
+    from litcli.core.modelio.checkpoint import read_checkpoint, read_top_index
 
     members = []
     for item in inputs:
@@ -50,9 +50,9 @@ def run(inputs: Sequence[Path], out: Path, top: Optional[int] = None, use_ema: O
     the integer buffers and the metadata. ``out`` is written atomically, and replaced only with ``force``; the
     written file is loaded back through the model factory, so every command's ``--checkpoint`` takes it.
     """
-    from litcli.core.averaging import average_checkpoints
-    from litcli.core.checkpoint import save_checkpoint
-    from litcli.core.factory import load_model, param_counts
+    from litcli.core.modelio.averaging import average_checkpoints
+    from litcli.core.modelio.checkpoint import save_checkpoint
+    from litcli.core.modelio.factory import load_model, param_counts
 
     out = Path(out)
     if out.suffix.lower() in ('.safetensors', '.onnx'):

@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from litcli.core.benchmark import OP_KINDS, BenchConfig, run_bench
+from litcli.core.analysis.benchmark import OP_KINDS, BenchConfig, run_bench
 
 
 def print_bench(report: Dict, console=None):
@@ -99,7 +99,7 @@ def run(variant: str, compare: Sequence[str] = (), cfg: Optional[BenchConfig] = 
     import sys
 
     from litcli.core.config import checked_img_size
-    from litcli.core.factory import check_model_names
+    from litcli.core.modelio.factory import check_model_names
 
     cfg = cfg or BenchConfig()
     check_model_names(list(compare))  # unknown names fail now, with a suggestion

@@ -44,14 +44,14 @@ def run(images: Sequence[str], checkpoint: Path, method: str = 'gradcam', stage:
     import torch
     from PIL import Image
 
-    from litcli.core.cam import CLASS_AGNOSTIC, METHODS, compute_cams, grad_cam_package, overlay, stage_target
-    from litcli.core.checkpoint import atomic_write
-    from litcli.core.factory import load_model
-    from litcli.core.figures import MIN_PANEL_PX
-    from litcli.core.images import expand_images, load_image
-    from litcli.core.rundir import new_run_dir
+    from litcli.core.analysis.cam import CLASS_AGNOSTIC, METHODS, compute_cams, grad_cam_package, overlay, stage_target
+    from litcli.core.io import atomic_write
+    from litcli.core.modelio.factory import load_model
+    from litcli.core.analysis.figures import MIN_PANEL_PX
+    from litcli.core.data.images import expand_images, load_image
+    from litcli.core.training.rundir import new_run_dir
     from litcli.core.runtime import resolve_device
-    from litcli.core.transforms import eval_transform
+    from litcli.core.data.transforms import eval_transform
 
     if method not in METHODS:
         raise LitError(f'unknown --method {method!r}; use {", ".join(METHODS)}')

@@ -38,11 +38,11 @@ def _model_size(config: Optional[Dict], gmacs: bool, cache: Dict) -> Dict:
         if config.get('num_classes'):
             kwargs['num_classes'] = config['num_classes']
         if gmacs:
-            from litcli.core.flops import analyse_model
+            from litcli.core.analysis.flops import analyse_model
             counted = analyse_model(config['variant'], (size, size), keep_analysis=False, **kwargs)
             cache[key] = dict(params=counted['params'], gmacs=counted['macs'] / 1e9)
         else:
-            from litcli.core.factory import create_model, param_counts
+            from litcli.core.modelio.factory import create_model, param_counts
             cache[key] = dict(params=param_counts(create_model(config['variant'], img_size=size, **kwargs))['params'],
                               gmacs=None)
     return cache[key]
@@ -74,8 +74,8 @@ def run(run_dirs: Sequence[Path], out: Optional[Path] = None, metric: str = 'val
         force: bool = False) -> Dict:
     """Compare the runs in ``run_dirs`` (at least one; two or more to compare) and draw their curves into ``out``
     (default ``runs/compare/A-vs-B.png``; an existing ``out`` is replaced only with ``force``)."""
-    from litcli.core.figures import draw_comparison
-    from litcli.core.rundir import load_run
+    from litcli.core.analysis.figures import draw_comparison
+    from litcli.core.training.rundir import load_run
 
     column = metric_column(metric)
     run_dirs = [Path(d) for d in run_dirs]

@@ -8,7 +8,7 @@ def run(data: str, workers: Sequence[int], variant: str = 'lit_s', img_size: Opt
         quiet: bool = False) -> Dict:
     from rich.console import Console
 
-    from litcli.core.databench import bench_pipeline
+    from litcli.core.data.bench import bench_pipeline
 
     console = Console(stderr=True)
     log = None if quiet else (lambda m: console.print(m, highlight=False))

@@ -11,7 +11,7 @@ def run(src: Path, out: Path, shard_size: int, splits: Sequence[str], seed: int 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from litcli.core.pack import pack
+    from litcli.core.data.pack import pack
 
     console = Console()
     interactive = sys.stdout.isatty()

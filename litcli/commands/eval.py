@@ -31,15 +31,15 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
     timm's ``inference.py`` layout. All of it also goes into eval.json. Files already in an explicit ``out`` (and
     an existing ``results_file``) are only replaced with ``force``.
     """
-    from litcli.core.data import build_eval_dataset, dataset_name, is_image_data, normalize_batch, resolve_data
-    from litcli.core.engine import evaluate
-    from litcli.core.evaluation import WithIndex, check_results_file
-    from litcli.core.factory import load_model, param_counts
-    from litcli.core.rundir import new_run_dir
-    from litcli.core.loaders import build_eval_loader
+    from litcli.core.data.datasets import build_eval_dataset, dataset_name, is_image_data, normalize_batch, resolve_data
+    from litcli.core.training.engine import evaluate
+    from litcli.core.analysis.evaluation import WithIndex, check_results_file
+    from litcli.core.modelio.factory import load_model, param_counts
+    from litcli.core.training.rundir import new_run_dir
+    from litcli.core.data.loaders import build_eval_loader
     from litcli.core.runtime import (all_reduce_sum, autocast_context, distributed_session, dtype_name, process_device,
                                      resolve_amp, resolve_device)
-    from litcli.core.transforms import PAD_MODE, eval_transform
+    from litcli.core.data.transforms import PAD_MODE, eval_transform
 
     check_results_file(results_file, force)
     if out is not None and not force:
@@ -72,7 +72,7 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
     if kind == 'shards' and results_file:
         raise LitError('--results-file names images by file; shards have no files: evaluate the image folder, or '
                        'drop --results-file')
-    # uint8 images from the workers, normalised on the device (litcli.core.loaders)
+    # uint8 images from the workers, normalised on the device (litcli.core.data.loaders)
     ds, spec = build_eval_dataset(data, data_dir=data_dir, transform=eval_transform(data_cfg, uint8=not fast),
                                   strict_data=strict_data, fast_tensors=fast, img_size=loaded.img_size)
     if spec.num_classes != loaded.num_classes:
@@ -129,9 +129,9 @@ def output_files(per_class: bool, confusion_matrix: bool):
 def write_extras(metrics: Dict, out_dir: Path, class_names, dataset, data_name: str, per_class: bool,
                  confusion_matrix: bool, results_file: Optional[Path]) -> Dict:
     """Per-class metrics, confusion matrix and per-image results: their files, and their part of eval.json."""
-    from litcli.core.evaluation import (per_class_metrics, result_records, sample_names, write_confusion_csv,
+    from litcli.core.analysis.evaluation import (per_class_metrics, result_records, sample_names, write_confusion_csv,
                                         write_per_class_csv, write_results)
-    from litcli.core.figures import draw_confusion
+    from litcli.core.analysis.figures import draw_confusion
 
     extras = {}
     if per_class:

@@ -133,8 +133,9 @@ def run(checkpoint: Optional[Path], fmt: str, out: Optional[Path] = None, varian
     """Export ``checkpoint`` (official ``.pth``, ``lit train`` checkpoint or safetensors) to ``fmt`` at ``out``
     and write the JSON config next to it; returns a summary. ``pretrained``: the released ImageNet-1k weights of
     ``variant`` (default lit_s) instead of ``checkpoint``; ``out`` then defaults to ``<variant><suffix>`` here."""
-    from litcli.core.checkpoint import atomic_write, sidecar_path
-    from litcli.core.factory import load_model
+    from litcli.core.io import atomic_write
+    from litcli.core.modelio.checkpoint import sidecar_path
+    from litcli.core.modelio.factory import load_model
 
     if fmt not in FORMATS:
         raise UsageError(f'unknown format {fmt!r}: choose one of {", ".join(FORMATS)}')

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from litcli.core.errors import UsageError
-from litcli.core.flops import STAGE_PARTS, flops_report
+from litcli.core.analysis.flops import STAGE_PARTS, flops_report
 
 
 def _public(report: Dict) -> Dict:
@@ -18,7 +18,7 @@ def _public(report: Dict) -> Dict:
 def write_json(report: Dict, path: Optional[Path] = None) -> str:
     text = json.dumps(_public(report), indent=2)
     if path is not None:  # atomic, with a normal file's permissions
-        from litcli.core.checkpoint import atomic_write
+        from litcli.core.io import atomic_write
         atomic_write(path, lambda name: Path(name).write_text(text + '\n'))
     return text
 

@@ -10,9 +10,9 @@ def describe_variant(variant: str, image: Optional[Path] = None, img_size: int =
     """Build ``variant`` (random weights), run ``image`` through it, and report structure, counts and timing."""
     import torch
 
-    from litcli.core.factory import load_model, param_counts
-    from litcli.core.images import load_image
-    from litcli.core.transforms import eval_transform, normalize_data_config
+    from litcli.core.modelio.factory import load_model, param_counts
+    from litcli.core.data.images import load_image
+    from litcli.core.data.transforms import eval_transform, normalize_data_config
 
     loaded = load_model(None, variant)  # built at its 224 size; other sizes resample the position tables
     model = loaded.model

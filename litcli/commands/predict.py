@@ -12,10 +12,10 @@ def run(images: Sequence[str], checkpoint: Optional[Path], variant: Optional[str
     ``pretrained``: the released ImageNet-1k weights of ``variant`` (default lit_s) instead of ``checkpoint``."""
     import torch
 
-    from litcli.core.factory import load_model
-    from litcli.core.images import expand_images, load_image
+    from litcli.core.modelio.factory import load_model
+    from litcli.core.data.images import expand_images, load_image
     from litcli.core.runtime import resolve_device
-    from litcli.core.transforms import eval_transform
+    from litcli.core.data.transforms import eval_transform
 
     paths = expand_images(images)
     loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, pretrained=pretrained)

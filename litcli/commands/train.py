@@ -10,7 +10,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from litcli.core.checkpoint import plain
+from litcli.core.modelio.checkpoint import plain
 from litcli.core.config import checked_img_size, new_run_config, resolve_config, scaled_lrs
 from litcli.core.errors import CheckpointError, LitError, UsageError
 
@@ -33,7 +33,7 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
     """
     from timm.utils.distributed import world_info_from_env
 
-    from litcli.core.checkpoint import resume_source
+    from litcli.core.modelio.checkpoint import resume_source
     from litcli.core.progress import Reporter
     from litcli.core.runtime import distributed_session, resolve_device
 
@@ -57,13 +57,13 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
         if cfg.get('demo_config'):
             raise UsageError('--pretrained needs --variant ti|s|m|b (and --data): the built-in demo model, a small '
                              'LIT-Ti layout, has no released weights')
-        from litcli.core.weights import release
+        from litcli.core.modelio.weights import release
         release(cfg['variant'])  # an ablation model has none either: refused before any work
     saved_options = (checkpoint or {}).get('run_options') or {}
     options = dict(save_interval=saved_options.get('save_interval', 0) if save_interval is None else save_interval,
                    keep_last=saved_options.get('keep_last', 3) if keep_last is None else keep_last,
                    keep_best=saved_options.get('keep_best', 0) if keep_best is None else keep_best)
-    from litcli.core.tracking import check_trackers
+    from litcli.core.training.tracking import check_trackers
     options['log'] = check_trackers(saved_options.get('log', []) if log is None else log)  # before any work
     device = resolve_device(cfg['device'])
     if sync_bn is None:  # as the resumed run did, where it can (SyncBatchNorm does not run on CPU)
@@ -82,7 +82,7 @@ def released_weights(variant: str, world, log) -> Path:
     """The cached file of ``variant``'s released weights for ``--pretrained``. One process per node downloads it
     first (every process fetching the same file at once would multiply the traffic), the others then find it in the
     cache; a download error on any process stops all of them with its one-line message."""
-    from litcli.core.factory import pretrained_file
+    from litcli.core.modelio.factory import pretrained_file
     from litcli.core.runtime import all_gather_object
 
     path, error = None, None
@@ -117,9 +117,9 @@ def _training_data(cfg: Dict, world, device, amp_dtype, checkpoint: Optional[Dic
     """Resolve ``cfg['data']``, build the datasets and loaders, and check what depends on them (class count against
     the checkpoint, Mixup's even batch, at least one update per epoch). Records the data as absolute paths and the
     class count in ``cfg``."""
-    from litcli.core.data import (batch_transforms, build_datasets, dataset_name, recorded_data, resolve_data,
+    from litcli.core.data.datasets import (batch_transforms, build_datasets, dataset_name, recorded_data, resolve_data,
                                   run_data_config, run_transforms, uses_fast_tensors)
-    from litcli.core.loaders import build_eval_loader, build_train_loader, data_hint, normalizer
+    from litcli.core.data.loaders import build_eval_loader, build_train_loader, data_hint, normalizer
     from litcli.core.runtime import eval_amp_dtype
 
     log = reporter.log
@@ -185,14 +185,14 @@ def _train(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, initi
     import torch
     from timm.utils import random_seed
 
-    from litcli.core import engine
-    from litcli.core.checkpoint import CheckpointSaver, TrainPosition, TrainState, rng_state
-    from litcli.core.data import dataset_name
+    from litcli.core.training import engine
+    from litcli.core.modelio.checkpoint import CheckpointSaver, TrainPosition, TrainState, rng_state
+    from litcli.core.data.datasets import dataset_name
     from litcli.core.envinfo import collect_env
-    from litcli.core.factory import create_model, load_initial_weights, model_size_note
-    from litcli.core.optim import create_optimizer, create_scheduler
-    from litcli.core.rundir import git_commit, plot_curves, prepare_run_dir, write_metrics
-    from litcli.core.tracking import create_tracker, dtm_offsets_px, fixed_batch
+    from litcli.core.modelio.factory import create_model, load_initial_weights, model_size_note
+    from litcli.core.training.optim import create_optimizer, create_scheduler
+    from litcli.core.training.rundir import git_commit, plot_curves, prepare_run_dir, write_metrics
+    from litcli.core.training.tracking import create_tracker, dtm_offsets_px, fixed_batch
     from litcli.core.runtime import (StopRequest, TrainingStopped, all_gather_object, all_reduce_sum, any_rank,
                                      autocast_context, dtype_name, eval_amp_dtype, process_device, resolve_amp,
                                      resume_hint)

@@ -8,9 +8,9 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 
 from litcli.core.errors import LitError
-from litcli.core.figures import draw_magnitude, draw_overview, draw_token
-from litcli.core.offsets import fraction_outside_field, offset_stats, open_checked_image, top_grid, trace_offsets
-from litcli.core.tokens import Token, select_tokens
+from litcli.core.analysis.figures import draw_magnitude, draw_overview, draw_token
+from litcli.core.analysis.offsets import fraction_outside_field, offset_stats, open_checked_image, top_grid, trace_offsets
+from litcli.core.analysis.tokens import Token, select_tokens
 
 
 def viz_offsets(image, model, out_dir: Path, img_size: int = 224, tokens: Union[str, Sequence[Token]] = 'all',
@@ -82,9 +82,9 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
     from rich.console import Console
     from rich.table import Table
 
-    from litcli.core.data import figure_data, image_refs, one_per_class
-    from litcli.core.factory import load_model
-    from litcli.core.rundir import new_run_dir
+    from litcli.core.data.datasets import figure_data, image_refs, one_per_class
+    from litcli.core.modelio.factory import load_model
+    from litcli.core.training.rundir import new_run_dir
     from litcli.core.runtime import resolve_device
 
     console = Console()

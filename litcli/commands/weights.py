@@ -8,8 +8,8 @@ def run(download: Optional[Sequence[str]] = None) -> Dict:
     """Download (and verify) the released weights of the ``download`` variants ('lit_s', ...) that are not cached
     yet, then list every release: ``{'cache_dir', 'weights': [{variant, top1, gmacs, params_m, url, cached, path,
     bytes}], 'downloaded': [...]}``. Progress and errors of a download name the URL and the cache path."""
-    from litcli.core.factory import pretrained_file
-    from litcli.core.weights import cache_dir, cached, listing
+    from litcli.core.modelio.factory import pretrained_file
+    from litcli.core.modelio.weights import cache_dir, cached, listing
 
     downloaded = []
     for variant in download or ():

@@ -73,7 +73,7 @@ _COMMON = dict(
     fast_tensors=False,       # built-in sets only: batched uint8 tensors, crop+flip on the batch (no timm transforms)
     crop_padding=0,           # fast_tensors: random crop with this much zero padding (0: none)
     strict_data=False,
-    shuffle_buffer=1000,      # WebDataset shards: samples each loader worker shuffles among (litcli.core.shards)
+    shuffle_buffer=1000,      # WebDataset shards: samples each loader worker shuffles among (litcli.core.data.shards)
     threads=None,             # CPU: torch intra-op threads per process (None: torch's default, one per core)
 )
 

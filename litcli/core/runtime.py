@@ -383,7 +383,7 @@ def ignore_stop_signals(worker_id: int = 0, main_pid: Optional[int] = None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not hasattr(signal, 'pthread_sigmask'):  # Windows
         return
-    # a worker of the forkserver (litcli.core.loaders.worker_context) starts with both blocked, as the server runs
+    # a worker of the forkserver (litcli.core.data.loaders.worker_context) starts with both blocked, as the server runs
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if not hasattr(signal, 'sigwaitinfo'):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

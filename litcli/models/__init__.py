@@ -1,6 +1,6 @@
 """The LIT model family. Importing this package registers ``lit_ti``, ``lit_s``, ``lit_m``, ``lit_b`` in timm."""
 from .dtm import (DTM_BACKENDS, DeformableTokenMerging, DeformConv2x2, capture_offsets, deform_conv2x2,
-                  resolve_dtm_backend, torchvision_ops_available)
+                  offset_lengths_px, resolve_dtm_backend, torchvision_ops_available)
 from .lit import (LIT_ARCHS, Attention, LITBase, LITPvtStyle, LITSwinStyle, MlpBlock, TransformerBlock,
                   checkpoint_filter_fn, lit_b, lit_m, lit_s, lit_s_star, lit_ti, lit_ti_star, pvt_s_dtm, pvt_s_msa,
                   relative_position_index)

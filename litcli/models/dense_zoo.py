@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import segmentation
+from . import detection, segmentation
 from .dense_classes import ADE20K_CLASSES, COCO_CLASSES
 from .spec import unwrap_state_dict
 
@@ -74,18 +74,19 @@ SEMANTIC_FPN = DenseFamily('semantic_fpn', 'ade20k', segmentation.semantic_fpn_l
                            segmentation.semantic_fpn_from_mmseg, segmentation.identify_semantic_fpn,
                            segmentation.mmseg_semantic_fpn_layout)
 
+RETINANET = DenseFamily('retinanet', 'coco', detection.retinanet_lit, detection.retinanet_from_mmdet,
+                        detection.identify_retinanet, detection.mmdet_retinanet_layout)
+MASK_RCNN = DenseFamily('mask_rcnn', 'coco', detection.mask_rcnn_lit, detection.mask_rcnn_from_mmdet,
+                        detection.identify_mask_rcnn, detection.mmdet_mask_rcnn_layout)
+
 _MODELS = [
+    DenseModel('retinanet_lit_ti', RETINANET, 'ti', 'retina_lit_ti', {'box_ap': 41.6}, 29_621_708),
+    DenseModel('retinanet_lit_s', RETINANET, 's', 'retina_lit_s', {'box_ap': 41.6}, 38_904_292),
+    DenseModel('mask_rcnn_lit_ti', MASK_RCNN, 'ti', 'mask_rcnn_lit_ti', {'box_ap': 42.0, 'mask_ap': 39.1}, 39_543_501),
+    DenseModel('mask_rcnn_lit_s', MASK_RCNN, 's', 'mask_rcnn_lit_s', {'box_ap': 42.9, 'mask_ap': 39.6}, 48_244_453),
     DenseModel('semantic_fpn_lit_ti', SEMANTIC_FPN, 'ti', 'sem_fpn_lit_ti', {'miou': 41.3}, 23_638_382),
     DenseModel('semantic_fpn_lit_s', SEMANTIC_FPN, 's', 'sem_fpn_lit_s', {'miou': 41.7}, 31_850_502),
 ]
-
-# --- Detection: RetinaNet and Mask R-CNN (litcli.models.detection, written by the detection work) ---------------
-# Their four entries go here, built the same way: a DenseFamily per task from detection's retinanet_lit /
-# mask_rcnn_lit, retinanet_from_mmdet / mask_rcnn_from_mmdet, its identify and official-layout functions, then
-#   DenseModel('retinanet_lit_ti', RETINANET, 'ti', 'retina_lit_ti', {'box_ap': 41.6}, 29_621_708),
-#   DenseModel('retinanet_lit_s', RETINANET, 's', 'retina_lit_s', {'box_ap': 41.6}, 38_904_292),
-#   DenseModel('mask_rcnn_lit_ti', MASK_RCNN, 'ti', 'mask_rcnn_lit_ti', {'box_ap': 42.0, 'mask_ap': 39.1}, 39_543_501),
-#   DenseModel('mask_rcnn_lit_s', MASK_RCNN, 's', 'mask_rcnn_lit_s', {'box_ap': 42.9, 'mask_ap': 39.6}, 48_244_453),
 
 DENSE_MODELS: Dict[str, DenseModel] = {m.name: m for m in _MODELS}
 DENSE_MODEL_NAMES = tuple(DENSE_MODELS)

@@ -196,3 +196,17 @@ def capture_offsets(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor
         for h in handles:
             h.remove()
     return offsets
+
+
+def offset_lengths_px(model: nn.Module, offsets: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``capture_offsets``'s raw offsets as per-tap lengths in pixels, keyed alike: (B, 8, h, w) -> (B, 4, h, w).
+
+    A DTM's offsets are in cells of the grid it reads; the k-th DTM in forward order reads stage k, whose cells are
+    ``model.stage_strides[k]`` pixels apart (4, 8, 16 for a 4x4 stem, 2, 4, 8 for the demo's 2x2 one).
+    """
+    lengths = {}
+    for stride, (name, off) in zip(model.stage_strides, offsets.items()):
+        b, _, h, w = off.shape
+        taps = off.float().reshape(b, 4, 2, h, w)  # B, tap, (dy, dx), h, w
+        lengths[name] = taps.norm(dim=2) * stride
+    return lengths

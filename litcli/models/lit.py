@@ -668,7 +668,7 @@ def _cfg(url: str = '', **kwargs):
 # Defined before the registered functions: timm reads it at decoration time.
 default_cfgs = generate_default_cfgs({
     # The released weights (spec.RELEASE_URL): timm.create_model(name, pretrained=True) downloads them into torch
-    # hub's cache (TORCH_HOME), the file litcli.core.weights uses too.
+    # hub's cache (TORCH_HOME), the file litcli.core.modelio.weights uses too.
     'lit_ti.in1k': _cfg(url=release_url('lit_ti'), first_conv='patch_embed1.proj'),
     'lit_s.in1k': _cfg(url=release_url('lit_s')),
     'lit_m.in1k': _cfg(url=release_url('lit_m')),

@@ -39,5 +39,6 @@ def swin_t_dtm(pretrained: bool = False, dtm_backend: str = 'auto', **kwargs):
     for stage in model.layers:
         if isinstance(stage.downsample, PatchMerging):
             stage.downsample = NHWCTokenMerging(stage.downsample.dim, stage.downsample.out_dim, backend=dtm_backend)
+    model.stage_strides = tuple(info['reduction'] for info in model.feature_info)  # 4, 8, 16, 32, as LIT's
     model.pretrained_cfg = dict(default_cfgs['swin_t_dtm'].default.to_dict(), architecture='swin_t_dtm')
     return model

@@ -7,6 +7,8 @@ from .lit import (LIT_ARCHS, Attention, LITBase, LITPvtStyle, LITSwinStyle, MlpB
 from .swin_dtm import swin_t_dtm
 from .dense import (DENSE_TASKS, DENSE_VARIANTS, DenseLITS, DenseLITTi, create_dense_backbone,
                     dense_state_dict_from_classification)
+from .segmentation import SemanticFPN, semantic_fpn_lit
+from .dense_zoo import DENSE_MODEL_NAMES, DENSE_MODELS, DenseModel, convert_official, create_dense_model, dense_model
 
 from .spec import ABLATIONS, PAPER_VARIANTS, REDUCTION, nearest_valid, size_problem, unwrap_state_dict  # noqa: F401
 

@@ -9,6 +9,7 @@ from .dense import (DENSE_TASKS, DENSE_VARIANTS, DenseLITS, DenseLITTi, create_d
                     dense_state_dict_from_classification)
 from .segmentation import SemanticFPN, semantic_fpn_lit
 from .dense_zoo import DENSE_MODEL_NAMES, DENSE_MODELS, DenseModel, convert_official, create_dense_model, dense_model
+from .detection import identify_mmdet, mask_rcnn_from_mmdet, mask_rcnn_lit, retinanet_from_mmdet, retinanet_lit
 
 from .spec import ABLATIONS, PAPER_VARIANTS, REDUCTION, nearest_valid, size_problem, unwrap_state_dict  # noqa: F401
 

@@ -56,7 +56,6 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN, RetinaNet
-from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
@@ -327,11 +326,12 @@ class LITRetinaNet(RetinaNet):
             if len(gt_boxes):
                 matched = self.proposal_matcher(box_iou(gt_boxes, image_anchors))  # GT index, -1 neg, -2 ignored
             else:
-                matched = torch.full((len(image_anchors),), Matcher.BELOW_LOW_THRESHOLD, device=logits.device)
+                matched = torch.full((len(image_anchors),), self.proposal_matcher.BELOW_LOW_THRESHOLD,
+                                     device=logits.device)
             positive = torch.where(matched >= 0)[0]
             class_targets = torch.zeros_like(logits)
             class_targets[positive, target['labels'][matched[positive]]] = 1.0
-            counted = matched != Matcher.BETWEEN_THRESHOLDS
+            counted = matched != self.proposal_matcher.BETWEEN_THRESHOLDS
             cls_loss = cls_loss + sigmoid_focal_loss(logits[counted], class_targets[counted], reduction='sum')
             box_targets = self.box_coder.encode_single(gt_boxes[matched[positive]], image_anchors[positive])
             box_loss = box_loss + F.l1_loss(deltas[positive], box_targets, reduction='sum')
@@ -436,14 +436,16 @@ class MMDetRoIHeads(RoIHeads):
         per_image = [len(p) for p in proposals]
         all_boxes = self.box_coder.decode(box_regression, proposals)  # (R, K+1, 4)
         all_scores = F.softmax(class_logits, dim=-1)
-        out = [], [], []
+        kept_boxes, kept_scores, kept_labels = [], [], []
         for boxes, scores, image_shape in zip(all_boxes.split(per_image), all_scores.split(per_image),
                                               image_shapes):
             boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-            for kept, values in zip(out, multiclass_nms(boxes[:, 1:], scores[:, 1:], self.score_thresh,
-                                                        self.nms_thresh, self.detections_per_img)):
-                kept.append(values)
-        return out
+            boxes, scores, labels = multiclass_nms(boxes[:, 1:], scores[:, 1:], self.score_thresh, self.nms_thresh,
+                                                   self.detections_per_img)  # column 0 = background
+            kept_boxes.append(boxes)
+            kept_scores.append(scores)
+            kept_labels.append(labels)
+        return kept_boxes, kept_scores, kept_labels
 
 
 class LITMaskRCNN(MaskRCNN):

@@ -469,9 +469,6 @@ def predict(
     pretrained: Annotated[bool, pretrained_option()] = False,
 ):
     """Top-k classes of images (ImageNet names for 1000-class weights, the run's classes for lit train)."""
-    if checkpoint is None and not pretrained:
-        fail('lit predict needs trained weights: pass --checkpoint PATH or --pretrained (random weights make '
-             'meaningless predictions)', 2)
     from litcli.commands import predict as command
     with user_errors():
         result = command.run(images, checkpoint, variant_name(variant), topk, batch_size, img_size, device, use_ema,
@@ -583,17 +580,12 @@ def attn_maps(
     """Attention of a query token averaged over images per block and head (paper Fig. 3), distance, entropy."""
     from litcli.commands import attn_maps as command
     with user_errors():
-        if stage.strip().lower() == 'all':
-            stage_number = None
-        else:
-            stage_number = parse_ints(stage, '--stage', '3')
-            if len(stage_number) != 1:
-                raise UsageError(f"bad --stage {stage!r}: use 1, 2, 3, 4 or all")
-            stage_number = stage_number[0]
+        stage_numbers = None if stage.strip().lower() == 'all' else parse_ints(stage, '--stage', '3')
+        if stage_numbers is not None and len(stage_numbers) != 1:
+            raise UsageError(f"bad --stage {stage!r}: use 1, 2, 3, 4 or all")
         stages = parse_ints(msa_stages, '--msa-stages', '1,2,3,4') if msa_stages else None
-        if stages and not set(stages) <= {1, 2, 3, 4}:
-            raise UsageError(f'bad --msa-stages {msa_stages!r}: use stage numbers like 1,2,3,4')
-        command.run(stage_number, variant_name(variant), checkpoint, data, num_images, batch_size, img_size,
+        command.run(stage_numbers[0] if stage_numbers else None, variant_name(variant), checkpoint, data, num_images,
+                    batch_size, img_size,
                     parse_token(query, '--query') if query else None, per_head, save_npy, json_out, output, name,
                     exist_ok, device, stages, data_dir=str(data_dir) if data_dir else None, use_ema=use_ema,
                     pretrained=pretrained)

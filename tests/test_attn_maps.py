@@ -136,6 +136,22 @@ def test_cli_bad_inputs(tmp_path):
     assert not any(p.is_dir() for p in tmp_path.iterdir() if p.name.startswith('lit_'))  # nothing written
 
 
+def test_stage_checks_live_in_the_command(tmp_path, monkeypatch):
+    """A Python caller gets the same refusals as the CLI, before any model is built."""
+    from litcli.commands import attn_maps
+    from litcli.core.errors import UsageError
+    import litcli.core.modelio.factory as factory
+
+    monkeypatch.setattr(factory, 'load_model', lambda *a, **k: pytest.fail('validated after building the model'))
+    with pytest.raises(UsageError, match='--stage 5 is out of range'):
+        attn_maps.run(stage=5, output=tmp_path)
+    with pytest.raises(UsageError, match="bad --msa-stages '1,5'"):
+        attn_maps.run(stage=1, msa_stages=(1, 5), output=tmp_path)
+    r = _invoke('--msa-stages', '0,3', '--output', str(tmp_path))
+    assert r.exit_code == 2 and "bad --msa-stages '0,3'" in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
     """Under torchrun (gloo on CPU) each rank takes a share of the images and the sums are all-reduced."""

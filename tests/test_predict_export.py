@@ -75,7 +75,17 @@ def predict_json(*args):
 # ---- predict ----
 
 def test_predict_refuses_without_checkpoint():
-    one_line_error(lit('predict', PHOTOS[0]), '--checkpoint', 'random weights')
+    result = lit('predict', PHOTOS[0])
+    one_line_error(result, '--checkpoint', 'random weights')
+    assert result.exit_code == 2
+
+
+def test_predict_run_from_python_refuses_without_weights():
+    """The check lives in the command, so a Python caller cannot predict with random weights either."""
+    from litcli.commands import predict
+    from litcli.core.errors import UsageError
+    with pytest.raises(UsageError, match='--checkpoint PATH or --pretrained'):
+        predict.run([str(PHOTOS[0])], checkpoint=None)
 
 
 def test_predict_prints_the_runs_class_names(trained):

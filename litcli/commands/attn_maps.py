@@ -8,9 +8,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from litcli.core.analysis.attention import AttentionMeans, attention_stages
-from litcli.core.errors import LitError
+from litcli.core.errors import LitError, UsageError
 from litcli.core.analysis.figures import draw_single, draw_stage_grid
 from litcli.core.analysis.tokens import check_token
+
+
+LIT_STAGES = (1, 2, 3, 4)
+
+
+def check_stage_numbers(stage: Optional[int], msa_stages: Optional[Sequence[int]]):
+    """Refuse a ``stage`` or ``msa_stages`` outside LIT's stages 1-4 before anything is built (a UsageError)."""
+    if stage is not None and stage not in LIT_STAGES:
+        raise UsageError(f'--stage {stage} is out of range: LIT has stages 1-4 (or all)')
+    if msa_stages is not None and (not msa_stages or not set(msa_stages) <= set(LIT_STAGES)):
+        raise UsageError(f'bad --msa-stages {",".join(map(str, msa_stages))!r}: use stage numbers like 1,2,3,4')
 
 
 def resolve_stages(stage: Optional[int], model, arch: str) -> List[int]:
@@ -20,8 +31,6 @@ def resolve_stages(stage: Optional[int], model, arch: str) -> List[int]:
         if not available:
             raise LitError(f'{arch} has no attention blocks')
         return available
-    if not 1 <= stage <= 4:
-        raise LitError(f'--stage {stage} is out of range: LIT has stages 1-4')
     if stage not in available:
         raise LitError(f'stage {stage} of {arch} has MLP blocks only (LIT uses attention in stages '
                        f'{",".join(map(str, available))}); to map early-stage attention use a model with attention '
@@ -54,6 +63,7 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
     from litcli.core.data.transforms import eval_transform
 
     console = Console(stderr=as_json)
+    check_stage_numbers(stage, msa_stages)
     if num_images < 1:
         raise LitError('--num-images must be at least 1')
     torch.manual_seed(seed)  # a random-init model is then the same on every torchrun rank and every run

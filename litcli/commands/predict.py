@@ -9,7 +9,13 @@ def run(images: Sequence[str], checkpoint: Optional[Path], variant: Optional[str
         use_ema: Optional[bool] = None, pretrained: bool = False) -> Dict:
     """Top-k predictions for every image (files, folders, glob patterns), through the checkpoint's own eval
     transform; returns ``{'model': ..., 'predictions': [{'image', 'topk': [{'index', 'label', 'prob'}]}]}``.
-    ``pretrained``: the released ImageNet-1k weights of ``variant`` (default lit_s) instead of ``checkpoint``."""
+    ``pretrained``: the released ImageNet-1k weights of ``variant`` (default lit_s) instead of ``checkpoint``;
+    one of the two is required (a UsageError otherwise: random weights make meaningless predictions)."""
+    from litcli.core.errors import UsageError
+
+    if checkpoint is None and not pretrained:
+        raise UsageError('lit predict needs trained weights: pass --checkpoint PATH or --pretrained (random weights '
+                         'make meaningless predictions)')
     import torch
 
     from litcli.core.modelio.factory import load_model

@@ -138,9 +138,8 @@ def weights(
 
 @app.command(rich_help_panel='Inspect')
 def flops(
-    variant: Annotated[str, typer.Option('--variant', '-v', help='LIT variant (ti, s, m, b) or an ablation model '
-                                                                 '(lit_ti_star, lit_s_star, pvt_s_msa, pvt_s_dtm, '
-                                                                 'swin_t_dtm).')] = 's',
+    variant: Annotated[Variant, typer.Option('--variant', '-v', help='LIT variant (ti, s, m, b) or an ablation '
+                                                                     'model.')] = Variant.s,
     remove_msa: Annotated[Optional[str], typer.Option('--remove-msa', help='Stages to strip of attention, e.g. 1,2 '
                                                       '(Table 5: pvt_s_msa w/o MSA in those stages).')] = None,
     img_size: Annotated[str, typer.Option('--img-size', help='N or HxW, multiples of 32; a comma list is a sweep '
@@ -160,23 +159,28 @@ def flops(
     """Parameters and FLOPs (as MACs, the papers' convention), per stage: MLP / attention / DTM."""
     from litcli.commands import flops as command
     with user_errors():
-        command.run(model_name(variant), parse_sizes(img_size), batch, parse_names(compare), two_x, depth, counter,
+        command.run(variant_name(variant), parse_sizes(img_size), batch, parse_names(compare), two_x, depth, counter,
                     json_out, json_file, plot, parse_ints(remove_msa, '--remove-msa') if remove_msa else None)
 
 
 
 @app.command(rich_help_panel='Inspect')
 def bench(
-    variant: Annotated[str, typer.Option('--variant', '-v', help='LIT variant (ti, s, m, b) or an ablation model.')] = 's',
+    variant: Annotated[Variant, typer.Option('--variant', '-v', help='LIT variant (ti, s, m, b) or an ablation '
+                                                                     'model.')] = Variant.s,
     compare: Annotated[Optional[str], typer.Option(help='timm models to time alongside, comma-separated '
                                                         '(e.g. swin_tiny_patch4_window7_224,pvt_v2_b2).')] = None,
     mode: Annotated[str, typer.Option(help='infer (forward) or train (forward + backward + AdamW step).')] = 'infer',
     batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 16,
-    img_size: Annotated[str, typer.Option('--img-size', help='Size, or a comma list for a sweep (224,384,512).')] = '224',
-    amp: Annotated[Optional[str], typer.Option(help='bf16 or fp16 autocast (default: fp32).')] = None,
+    img_size: Annotated[str, typer.Option('--img-size', help='N or NxN (square), multiples of 32; a comma list is a '
+                                                             'sweep (224,384,512).')] = '224',
+    amp_dtype: Annotated[Optional[str], typer.Option('--amp-dtype', help='Autocast in bfloat16 or float16 (CUDA '
+                                                                         'only), as lit train (default: float32).')] = None,
+    amp: Annotated[Optional[str], typer.Option('--amp', hidden=True, help='Old spelling of --amp-dtype (bf16, '
+                                                                          'fp16).')] = None,
     compile: Annotated[bool, typer.Option('--compile', help='torch.compile each model.')] = False,
     channels_last: Annotated[bool, typer.Option('--channels-last')] = False,
-    device: Annotated[str, typer.Option(help='cpu or cuda.')] = 'cpu',
+    device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help='CPU threads (torch.set_num_threads).')] = None,
     warmup: Annotated[int, typer.Option(min=0)] = 2,
     repeats: Annotated[int, typer.Option(min=1, help='Interleaved timed repeats per model.')] = 7,
@@ -193,11 +197,12 @@ def bench(
     from litcli.commands import bench as command
     from litcli.core.analysis.benchmark import BenchConfig
     with user_errors():
-        sizes = parse_ints(img_size, '--img-size', '224,384,512')
-        cfg = BenchConfig(mode=mode, batch_size=batch_size, img_size=sizes[0] if sizes else 224, device=device,
-                          amp=amp, compile=compile, channels_last=channels_last, threads=threads, warmup=warmup,
+        if amp is not None and amp_dtype is not None:
+            raise UsageError(f'--amp {amp} and --amp-dtype {amp_dtype}: give one (--amp is the old spelling)')
+        sizes = parse_sizes(img_size)
+        cfg = BenchConfig(mode=mode, batch_size=batch_size, device=device, amp=amp_dtype or amp, compile=compile, channels_last=channels_last, threads=threads, warmup=warmup,
                           repeats=repeats, memory=memory, drop_path=drop_path, profile=profile)
-        command.run(model_name(variant), parse_names(compare), cfg, sizes, json_out, csv, plot)
+        command.run(variant_name(variant), parse_names(compare), cfg, sizes, json_out, csv, plot)
 
 def use_ema_option():
     return typer.Option('--use-ema/--no-use-ema', help='EMA or raw weights of a --model-ema run (default: the '
@@ -713,8 +718,8 @@ def data_pack(
 def data_bench(
     data: Annotated[str, typer.Option(help='Image folder, tar, wds:PATTERN or built-in set (its training split).')],
     workers: Annotated[str, typer.Option('--workers', '-j', help='Worker counts to time, comma-separated.')] = '0,1,2',
-    variant: Annotated[str, typer.Option('--variant', '-v', help='Whose recipe\'s training transforms to run '
-                                                                 '(ti, s, m, b).')] = 's',
+    variant: Annotated[Variant, typer.Option('--variant', '-v', help='Whose recipe\'s training transforms to run '
+                                                                     '(ti, s, m, b).')] = Variant.s,
     img_size: Annotated[Optional[int], typer.Option('--img-size', min=32, help='Input size (default: the '
                                                                                'recipe\'s, 224).')] = None,
     batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 64,
@@ -730,7 +735,7 @@ def data_bench(
         counts = parse_ints(workers, '--workers', '0,1,2,4')
         if not counts or min(counts) < 0:
             raise UsageError(f'--workers {workers!r}: give worker counts >= 0, e.g. 0,1,2,4')
-        result = command.run(data, counts, variant=model_name(variant), img_size=img_size, batch_size=batch_size,
+        result = command.run(data, counts, variant=variant_name(variant), img_size=img_size, batch_size=batch_size,
                              batches=batches, warmup=warmup, data_dir=str(data_dir) if data_dir else None,
                              quiet=json_out)
     command.print_result(result, as_json=json_out)

@@ -68,7 +68,10 @@ def test_cli_json_every_field_positive(tmp_path):
     assert (tmp_path / 'b.csv').read_text().count('\n') == 3
 
 
-@pytest.mark.parametrize('args, msg', [(['--mode', 'fast'], 'infer or train'), (['--amp', 'int8'], 'bf16 or fp16'),
+@pytest.mark.parametrize('args, msg', [(['--mode', 'fast'], 'infer or train'),
+                                        (['--amp-dtype', 'int8'], "unknown --amp-dtype 'int8'"),
+                                        (['--amp', 'int8'], "unknown --amp-dtype 'int8'"),
+                                        (['--img-size', '64x96'], 'square inputs'),
                                         (['--img-size', '100'], 'divisible by 32'),
                                         (['--compare', 'swin_tinny'], 'did you mean'),
                                         (['--device', 'cuda'], 'no CUDA device')])
@@ -137,3 +140,39 @@ def test_profile_failure_keeps_the_timings(monkeypatch):
     cfg = bench.BenchConfig(batch_size=1, img_size=64, repeats=1, warmup=0, memory=False, profile=True)
     entry = bench.bench_models(['lit_ti'], cfg, count_macs=False)['entries'][0]
     assert entry.times and entry.profile == {'error': 'profiler unavailable'}
+
+
+def test_amp_and_device_resolve_as_in_every_command():
+    """bench resolves through core.runtime: its default device, float16 refused on the CPU, one dtype name
+    whichever spelling (bfloat16 / bf16)."""
+    from litcli.core.errors import LitError
+    from litcli.core.runtime import resolve_device
+
+    assert bench.resolve_config(bench.BenchConfig()).device == str(resolve_device(None))
+    for spelling in ('bfloat16', 'bf16'):
+        cfg = bench.resolve_config(bench.BenchConfig(device='cpu', amp=spelling))
+        assert cfg.amp == 'bfloat16' and bench.amp_dtype(cfg) is torch.bfloat16
+    assert bench.resolve_config(bench.BenchConfig(device='cpu')).amp is None
+    with pytest.raises(LitError, match='float16 autocast needs a CUDA device'):
+        bench.resolve_config(bench.BenchConfig(device='cpu', amp='fp16'))
+    assert not hasattr(bench, 'AMP_DTYPES')  # one table of dtypes: core.runtime's
+
+
+@pytest.mark.parametrize('flags', [['--amp-dtype', 'bfloat16'], ['--amp', 'bf16'], ['--amp-dtype', 'bf16']])
+def test_amp_flag_and_its_old_spelling_reach_the_same_config(flags, monkeypatch):
+    """--amp-dtype (lit train's spelling) and the old --amp bf16 give one config; sizes parse as in lit flops."""
+    from litcli.commands import bench as command
+    seen = {}
+    monkeypatch.setattr(command, 'run_bench', lambda variant, compare, cfg, sizes, log: seen.update(
+        variant=variant, cfg=cfg, sizes=sizes) or {'results': []})
+    monkeypatch.setattr(command, 'print_bench', lambda report: None)
+    r = CliRunner().invoke(app, ['bench', '-v', 'ti', '--device', 'cpu', '--img-size', '64,96x96', *flags],
+                           prog_name='lit')
+    assert r.exit_code == 0, r.output
+    assert seen['variant'] == 'lit_ti' and seen['sizes'] == [64, 96]
+    assert (seen['cfg'].amp, seen['cfg'].device, seen['cfg'].img_size) == ('bfloat16', 'cpu', 64)
+
+
+def test_amp_flag_given_twice_is_refused():
+    r = CliRunner().invoke(app, ['bench', '--amp', 'bf16', '--amp-dtype', 'bfloat16'], prog_name='lit')
+    assert r.exit_code == 2 and 'give one' in r.output

@@ -2,9 +2,10 @@
 timed interleaved in one run (the method is ``core.benchmark``'s)."""
 import math
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from litcli.core.analysis.benchmark import OP_KINDS, BenchConfig, run_bench
+from litcli.core.errors import UsageError
 
 
 def print_bench(report: Dict, console=None):
@@ -92,21 +93,39 @@ def write_csv(report: Dict, path) -> str:
     return str(path)
 
 
-def run(variant: str, compare: Sequence[str] = (), cfg: Optional[BenchConfig] = None, sizes: Sequence[int] = (),
-        as_json: bool = False, csv_path: Optional[Path] = None, plot: Optional[Path] = None) -> Dict:
-    """``lit bench``: validate, measure, print / write."""
+def square_sizes(sizes: Sequence[Union[int, Tuple[int, int]]]) -> List[int]:
+    """Input sizes as ``lit flops`` takes them (N or (H, W), as ``cli.parse_sizes`` gives) -> the side of each
+    square input, each checked (a multiple of 32); a non-square size is a UsageError (bench times square inputs)."""
+    from litcli.core.config import checked_img_size
+
+    sides = []
+    for size in sizes:
+        h, w = (size, size) if isinstance(size, int) else size
+        if h != w:
+            raise UsageError(f'--img-size {h}x{w}: lit bench times square inputs; give N or NxN (lit flops counts '
+                             f'any HxW)')
+        sides.append(checked_img_size(h))
+    return sides
+
+
+def run(variant: str, compare: Sequence[str] = (), cfg: Optional[BenchConfig] = None,
+        sizes: Sequence[Union[int, Tuple[int, int]]] = (), as_json: bool = False, csv_path: Optional[Path] = None,
+        plot: Optional[Path] = None) -> Dict:
+    """``lit bench``: validate, measure, print / write. ``sizes``: N or (N, N) each (default: ``cfg.img_size``);
+    ``cfg``'s device and autocast dtype are resolved as every command resolves them (``core.runtime``)."""
     import json
     import sys
+    from dataclasses import replace
 
-    from litcli.core.config import checked_img_size
+    from litcli.core.analysis.benchmark import resolve_config
     from litcli.core.modelio.factory import check_model_names
 
-    cfg = cfg or BenchConfig()
+    cfg = resolve_config(cfg or BenchConfig())  # a bad mode, device or dtype fails before any model is built
     check_model_names(list(compare))  # unknown names fail now, with a suggestion
-    for s in sizes or [cfg.img_size]:
-        checked_img_size(s)
+    sides = square_sizes(sizes or [cfg.img_size])
+    cfg = replace(cfg, img_size=sides[0])
     log = (lambda s: print(s, file=sys.stderr)) if as_json else print
-    report = run_bench(variant, list(compare), cfg, list(sizes), log=log)
+    report = run_bench(variant, list(compare), cfg, sides, log=log)
     if as_json:
         print(json.dumps(report, indent=1))
     else:

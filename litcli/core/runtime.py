@@ -59,7 +59,8 @@ def resolve_amp(device: torch.device, enabled: Union[bool, str, None] = None,
     if name not in AMP_DTYPES:
         raise LitError(f'unknown --amp-dtype {name!r}; use bfloat16 or float16')
     if AMP_DTYPES[name] is torch.float16 and device.type != 'cuda':
-        raise LitError('float16 autocast needs a CUDA device; use --amp-dtype bfloat16 or --no-amp on CPU')
+        raise LitError('float16 autocast needs a CUDA device; on the CPU use --amp-dtype bfloat16 or full '
+                       'precision')
     return AMP_DTYPES[name]
 
 

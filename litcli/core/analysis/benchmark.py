@@ -9,6 +9,7 @@ model's memory or allocator cache is counted, with large blocks served by mmap s
 resident set. The device's matmul rate is measured by the same command (a large GEMM), so the share of it each model
 achieves is comparable within one run.
 """
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,16 +17,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from litcli.core.errors import LitError
 
-AMP_DTYPES = ('bf16', 'fp16')
-
 
 @dataclass
 class BenchConfig:
     mode: str = 'infer'  # infer | train
     batch_size: int = 16
     img_size: int = 224
-    device: str = 'cpu'
-    amp: Optional[str] = None  # None | bf16 | fp16
+    device: Optional[str] = None  # cpu | cuda | cuda:N; None: CUDA when available (core.runtime.resolve_device)
+    amp: Optional[str] = None  # autocast dtype: bfloat16 | float16 (or bf16 | fp16); None: full precision
     compile: bool = False
     channels_last: bool = False
     threads: Optional[int] = None
@@ -92,10 +91,31 @@ def is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and 'out of memory' in str(exc).lower())
 
 
+def resolve_config(cfg: BenchConfig) -> BenchConfig:
+    """``cfg`` with its device and autocast dtype resolved the way every command resolves them
+    (``core.runtime``: CUDA when available; float16 refused on the CPU), the dtype under its canonical name
+    (bfloat16 | float16 | None); an unknown mode, device or dtype is a one-line LitError. Idempotent."""
+    import torch
+
+    from litcli.core.runtime import dtype_name, resolve_amp, resolve_device
+    if cfg.mode not in ('infer', 'train'):
+        raise LitError(f"--mode must be infer or train, got {cfg.mode!r}")
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(device, enabled=cfg.amp is not None, dtype=cfg.amp)
+    return dataclasses.replace(cfg, device=str(device), amp=dtype_name(amp))
+
+
+def amp_dtype(cfg: BenchConfig):
+    """The torch autocast dtype of a resolved ``cfg`` (None: full precision)."""
+    from litcli.core.runtime import AMP_DTYPES
+    return AMP_DTYPES[cfg.amp] if cfg.amp else None
+
+
 def _autocast(cfg: BenchConfig):
     import torch
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
-    return torch.autocast(torch.device(cfg.device).type, dtype=dtype, enabled=dtype is not None)
+
+    from litcli.core.runtime import autocast_context
+    return autocast_context(torch.device(cfg.device), amp_dtype(cfg))()
 
 
 def build_model(name: str, cfg: BenchConfig, img_size: int):
@@ -133,7 +153,7 @@ def make_step(model, cfg: BenchConfig, batch_size: int, img_size: int) -> Callab
     target = torch.randint(0, model.num_classes, (batch_size,), device=dev)
     from litcli.core.training.optim import create_optimizer
     opt = create_optimizer(model, lr=1e-4, weight_decay=0.05, offset_lr=1e-6)  # as `lit train`: fused AdamW
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == 'fp16')
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype(cfg) is torch.float16)
 
     def step():
         with _autocast(cfg):
@@ -147,9 +167,9 @@ def make_step(model, cfg: BenchConfig, batch_size: int, img_size: int) -> Callab
 
 
 def gemm_gflops(cfg: BenchConfig, repeats: int = 5) -> float:
-    """The device's dense matmul rate: an n^3 GEMM in the bench precision (fp32, or bf16/fp16 with --amp)."""
+    """The device's dense matmul rate: an n^3 GEMM in the bench precision (fp32, or that of --amp-dtype)."""
     import torch
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp, torch.float32)
+    dtype = amp_dtype(cfg) or torch.float32
     n = cfg.gemm_size
     a = torch.randn(n, n, device=cfg.device, dtype=dtype)
     b = torch.randn(n, n, device=cfg.device, dtype=dtype)
@@ -279,6 +299,7 @@ def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int]
     import gc
 
     import torch
+    cfg = resolve_config(cfg)
     img_size = img_size or cfg.img_size
     entries = []
     for name in names:
@@ -329,18 +350,13 @@ def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig, sizes: Seq
               count_macs: bool = True, log: Callable[[str], None] = print) -> Dict:
     """Everything ``lit bench`` reports, as plain data."""
     import torch
-    if cfg.mode not in ('infer', 'train'):
-        raise LitError(f"--mode must be infer or train, got {cfg.mode!r}")
-    if cfg.amp is not None and cfg.amp not in AMP_DTYPES:
-        raise LitError(f"--amp must be bf16 or fp16, got {cfg.amp!r}")
-    if torch.device(cfg.device).type == 'cuda' and not torch.cuda.is_available():
-        raise LitError('--device cuda but no CUDA device is available; use --device cpu')
+    cfg = resolve_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     names = [variant, *compare]
     gemm = gemm_gflops(cfg)
     log(f'device matmul rate: {gemm:.1f} GFLOP/s ({cfg.gemm_size}^3 GEMM, '
-        f'{cfg.amp or "fp32"}, {torch.get_num_threads()} threads)')
+        f'{cfg.amp or "float32"}, {torch.get_num_threads()} threads)')
     results = []
     for size in (sizes or [cfg.img_size]):
         block = bench_models(names, cfg, size, count_macs, log)
@@ -350,7 +366,7 @@ def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig, sizes: Seq
             if first and row.get('img_per_s'):
                 row['ratio_to_first'] = row['img_per_s'] / first
         results.append({'img_size': size, 'rows': rows})
-    return {'mode': cfg.mode, 'device': cfg.device, 'amp': cfg.amp or 'fp32', 'threads': torch.get_num_threads(),
+    return {'mode': cfg.mode, 'device': cfg.device, 'amp': cfg.amp or 'float32', 'threads': torch.get_num_threads(),
             'batch_size': cfg.batch_size, 'gemm_gflops': gemm, 'warmup': cfg.warmup, 'repeats': cfg.repeats,
             'compile': cfg.compile, 'channels_last': cfg.channels_last,
             'drop_path': cfg.drop_path if cfg.mode == 'train' else None, 'profile': cfg.profile,

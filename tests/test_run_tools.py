@@ -79,19 +79,29 @@ def test_tensorboard_events_hold_steps_lrs_eval_and_dtm_offsets(run, tiny_data):
     assert 'config' in ' '.join(events.Tags()['tensors'])
 
 
-def test_dtm_offsets_px_is_offset_stats_arithmetic():
-    """A hand-set offset conv: every tap of the first DTM moved by (3, 4) grid cells = 5 cells = 20 px."""
+@pytest.mark.parametrize('patch_size, strides', [(4, [4, 8, 16]), (2, [2, 4, 8])])
+def test_dtm_offsets_in_pixels_by_hand(patch_size, strides):
+    """A hand-set offset conv: every tap of the first DTM moved by (3, 4) grid cells = 5 cells of the stage-1 grid,
+    one stem patch apart: 5 x 4 = 20 px (5 x 2 = 10 px for a 2x2 stem), in the tracker's curve and in viz-offsets'
+    statistics alike; the other DTMs stay at 0."""
     import timm
 
+    from litcli.core.analysis.offsets import offset_stats, trace_offsets
     from litcli.core.training.tracking import dtm_offsets_px
-    model = timm.create_model('lit_ti', num_classes=2, img_size=64, **TINY).eval()
+    model = timm.create_model('lit_ti', num_classes=2, img_size=64, patch_size=patch_size, **TINY).eval()
     conv = model.patch_embed2.dconv.conv_offset
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.copy_(torch.tensor([3.0, 4.0] * 4))
+    expected = 5 * patch_size
     px = dtm_offsets_px(model, torch.randn(2, 3, 64, 64))
-    assert px['patch_embed2'] == pytest.approx(5 * 4) and px['patch_embed3'] == 0 == px['patch_embed4']
+    assert px == pytest.approx({'patch_embed2': expected, 'patch_embed3': 0, 'patch_embed4': 0})
     assert model.training is False
+    rows = offset_stats(trace_offsets(model, 'assets/photos/chelsea.jpg', img_size=64))
+    assert [r['input_stride_px'] for r in rows] == strides
+    assert [r['mean_abs_offset'] for r in rows] == pytest.approx([5, 0, 0])
+    assert [r['mean_abs_offset_px'] for r in rows] == pytest.approx([expected, 0, 0])
+    assert [r['max_abs_offset_px'] for r in rows] == pytest.approx([expected, 0, 0])
 
 
 def test_keep_best_keeps_the_k_best_epochs_and_best_pt_stays_best(run):

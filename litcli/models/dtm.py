@@ -198,14 +198,21 @@ def capture_offsets(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor
     return offsets
 
 
+def offset_strides(model: nn.Module, offsets: Dict[str, torch.Tensor]) -> Dict[str, int]:
+    """The pixels between the cells each DTM's offsets are measured in, keyed like ``capture_offsets``'s result: the
+    k-th DTM in forward order reads stage k, whose cells are ``model.stage_strides[k]`` pixels apart."""
+    return dict(zip(offsets, model.stage_strides))
+
+
 def offset_lengths_px(model: nn.Module, offsets: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``capture_offsets``'s raw offsets as per-tap lengths in pixels, keyed alike: (B, 8, h, w) -> (B, 4, h, w).
 
-    A DTM's offsets are in cells of the grid it reads; the k-th DTM in forward order reads stage k, whose cells are
-    ``model.stage_strides[k]`` pixels apart (4, 8, 16 for a 4x4 stem, 2, 4, 8 for the demo's 2x2 one).
+    A DTM's offsets are in cells of the grid it reads, ``offset_strides`` pixels apart (4, 8, 16 for a 4x4 stem,
+    2, 4, 8 for the demo's 2x2 one): the one conversion of offsets to pixels (the tracker and viz-offsets use it).
     """
     lengths = {}
-    for stride, (name, off) in zip(model.stage_strides, offsets.items()):
+    for name, stride in offset_strides(model, offsets).items():
+        off = offsets[name]
         b, _, h, w = off.shape
         taps = off.float().reshape(b, 4, 2, h, w)  # B, tap, (dy, dx), h, w
         lengths[name] = taps.norm(dim=2) * stride

@@ -72,10 +72,9 @@ def draw_magnitude(trace: OffsetTrace, path: Path):
     n = len(trace.offsets)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.8), squeeze=False)  # >= 448 px a panel
     for ax, (name, off), st in zip(axes[0], trace.offsets.items(), stats):
-        d = off.reshape(4, 2, *off.shape[-2:]) * st['input_stride_px']  # pixels
-        mag = np.sqrt((d ** 2).sum(axis=1)).mean(axis=0)  # h, w
+        mag = trace.lengths_px[name].mean(axis=0)  # h, w, pixels
         im = ax.imshow(mag, cmap='magma')
-        mean_d = d.mean(axis=0)  # 2 (dy, dx), h, w
+        mean_d = off.reshape(4, 2, *off.shape[-2:]).mean(axis=0)  # 2 (dy, dx), h, w; quiver scales the arrows
         ys, xs = np.mgrid[0:mag.shape[0], 0:mag.shape[1]]
         if np.abs(mean_d).max() > 0:  # all-zero arrows (untrained model) cannot be scaled
             ax.quiver(xs, ys, mean_d[1], -mean_d[0], color='cyan', angles='xy')

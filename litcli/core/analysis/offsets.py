@@ -16,12 +16,7 @@ import numpy as np
 
 from litcli.core.errors import LitError
 
-PATCH = 4  # stage-1 token = 4x4 pixels in every official model (a model's own: ``model.patch_size``)
-
-
-def stem_patch(model) -> int:
-    """The pixels between stage-1 tokens: a LIT model's ``patch_size``, 4 for models without one (Swin-T + DTM)."""
-    return getattr(model, 'patch_size', PATCH)
+PATCH = 4  # stage-1 token = 4x4 pixels in every official model (a model's own: ``model.stage_strides[0]``)
 
 
 def top_grid(model, img_size: int) -> Tuple[int, int]:
@@ -73,6 +68,10 @@ class OffsetTrace:
     dropped_outside_image: int
     offsets: Dict[str, np.ndarray] = field(default_factory=dict)  # DTM name -> (8, h, w), forward order
     patch: int = PATCH  # the stem's patch side: stage-1 cells are this many pixels apart
+    # DTM name -> pixels between the cells of the grid it reads, and each tap's |offset| in pixels (4, h, w):
+    # ``litcli.models.dtm.offset_strides`` / ``offset_lengths_px``, the one conversion to pixels
+    strides_px: Dict[str, int] = field(default_factory=dict)
+    lengths_px: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def field_px(self) -> int:
@@ -123,9 +122,11 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     from litcli.core.config import checked_img_size
     from litcli.core.modelio.factory import inference_data_config
     from litcli.core.data.transforms import normalize_data_config
-    from litcli.models.dtm import capture_offsets
+    from litcli.models.dtm import capture_offsets, offset_lengths_px, offset_strides
 
-    patch = stem_patch(model)
+    if not hasattr(model, 'stage_strides'):
+        raise LitError('this model has no deformable token merging, so there are no offsets to show')
+    patch = model.stage_strides[0]  # stage-1 cells are a stem patch apart
     checked_img_size(img_size, patch_size=patch)
     cfg = normalize_data_config(data_config, img_size) if data_config else inference_data_config({}, model, img_size)
     pil = open_checked_image(image, min_side=1 if cfg['crop_mode'] == 'pad' else 32)
@@ -140,6 +141,7 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     if not raw:
         raise LitError('this model has no deformable token merging, so there are no offsets to show')
     offsets = {name: o[0].double().cpu().numpy() for name, o in raw.items()}  # forward order
+    lengths_px = {name: px[0].double().cpu().numpy() for name, px in offset_lengths_px(model, raw).items()}
     top = list(offsets.values())[-1]
     grid = top.shape[-2:]
     tokens = np.array([(r, c) for r in range(grid[0]) for c in range(grid[1])], dtype=np.int64)
@@ -149,7 +151,8 @@ def trace_offsets(model, image, img_size: int = 224, normalize: bool = True,
     outside = valid & ((pixels[..., 0] < 0) | (pixels[..., 0] > img_size - 1) |
                        (pixels[..., 1] < 0) | (pixels[..., 1] > img_size - 1))
     pixels[outside] = np.nan
-    return OffsetTrace(rgb, tuple(grid), tokens, pixels, dropped, int(outside.sum()), offsets, patch)
+    return OffsetTrace(rgb, tuple(grid), tokens, pixels, dropped, int(outside.sum()), offsets, patch,
+                       offset_strides(model, raw), lengths_px)
 
 
 def offset_stats(trace: OffsetTrace) -> List[Dict]:
@@ -157,17 +160,17 @@ def offset_stats(trace: OffsetTrace) -> List[Dict]:
     points that leave their regular 2x2 cell; plus, for the traced tokens, the share of the final points that
     lie outside the token's regular field (32x32 px for the 4x4 stem)."""
     rows = []
-    for level, (name, off) in enumerate(trace.offsets.items()):
-        stride = trace.patch * 2 ** level  # pixels per cell of the grid this DTM reads
+    for name, off in trace.offsets.items():
         d = off.reshape(4, 2, *off.shape[-2:])
-        mag = np.sqrt((d ** 2).sum(axis=1))  # 4, h, w
+        mag = np.sqrt((d ** 2).sum(axis=1))  # 4, h, w, in cells of the grid this DTM reads
+        px = trace.lengths_px[name]
         # a tap at regular position 2o + t lies in its cell while |dy|, |dx| keep it inside [2o - .5, 2o + 1.5]
         t = TAPS.reshape(4, 2, 1, 1)
         pos = t + d
         out = ((pos < -0.5) | (pos > 1.5)).any(axis=1)
-        rows.append({'dtm': name, 'grid': list(off.shape[-2:]), 'input_stride_px': stride,
-                     'mean_abs_offset': float(mag.mean()), 'mean_abs_offset_px': float(mag.mean() * stride),
-                     'max_abs_offset_px': float(mag.max() * stride), 'frac_taps_outside_cell': float(out.mean())})
+        rows.append({'dtm': name, 'grid': list(off.shape[-2:]), 'input_stride_px': trace.strides_px[name],
+                     'mean_abs_offset': float(mag.mean()), 'mean_abs_offset_px': float(px.mean()),
+                     'max_abs_offset_px': float(px.max()), 'frac_taps_outside_cell': float(out.mean())})
     return rows
 
 

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 import litcli.models  # noqa: F401
-from helpers import TINY, lit, one_thread, train_args  # noqa: F401  (autouse fixture)
+from helpers import TINY, lit, train_args
 from litcli.core.modelio.checkpoint import CheckpointSaver, read_checkpoint, read_top_index
 
 EPOCHS = 3
@@ -324,6 +324,27 @@ def test_avg_checkpoints_files_top_k_and_refusals(run, tmp_path):
     (tmp_path / 'bare' / 'checkpoints').mkdir(parents=True)
     result = lit('avg-checkpoints', tmp_path / 'bare', '--out', tmp_path / 'd.pt')
     assert result.exit_code == 1 and '--keep-best' in result.output
+
+
+def test_avg_checkpoints_refuses_other_label_sets_and_data_configs(run, tmp_path):
+    """Same variant, keys and shapes, but A's class 0 is B's class 1 (or B was preprocessed otherwise): the average
+    would carry A's names over mixed-up weights, so it is refused in one line naming both files."""
+    run_dir, _ = run
+    top = sorted((run_dir / 'checkpoints').glob('top-*.pt'))[0]
+    raw = read_checkpoint(top)
+    swapped, resized = tmp_path / 'swapped.pt', tmp_path / 'resized.pt'
+    torch.save({**raw, 'class_names': ['dog', 'cat']}, swapped)
+    torch.save({**raw, 'data_config': {**raw['data_config'], 'crop_pct': 0.5}}, resized)
+    for other, words in ((swapped, ("different label sets (class 0 is 'cat' in", "but 'dog' in")),
+                         (resized, ('different data configs (crop_pct', ' vs 0.5'))):
+        result = lit('avg-checkpoints', top, other, '--out', tmp_path / 'avg.pt')
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert str(top) in lines[0] and str(other) in lines[0] and all(w in lines[0] for w in words), lines[0]
+        assert not (tmp_path / 'avg.pt').exists()
+    torch.save({**raw, 'class_names': ['cat', 'dog', 'fox']}, swapped)
+    result = lit('avg-checkpoints', top, swapped, '--out', tmp_path / 'avg.pt')
+    assert result.exit_code == 1 and '(2 classes vs 3)' in result.output
 
 
 # ---------------------------------------------------------------------------------------------------------------

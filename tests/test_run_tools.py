@@ -414,7 +414,8 @@ def test_cam_overlays_per_image_and_class(run, tiny_data, tmp_path, grad_cam):
     res = json.loads(result.stdout)
     assert res['token_grid'] == [4, 4] and res['notes'] == []
     files = sorted(p.name for p in out.iterdir())
-    assert files == ['0-cat-gradcam.png', '0-dog-gradcam.png', '1-cat-gradcam.png', '1-dog-gradcam.png']
+    assert files == ['0-cat-gradcam-stage2.png', '0-dog-gradcam-stage2.png', '1-cat-gradcam-stage2.png',
+                     '1-dog-gradcam-stage2.png']
     for item in res['images']:
         assert [m['label'] for m in item['maps']] == ['dog', 'cat']
         for m in item['maps']:
@@ -425,8 +426,31 @@ def test_cam_overlays_per_image_and_class(run, tiny_data, tmp_path, grad_cam):
     # top-1 by default, class-agnostic EigenCAM: one map per image; stage 4 of a 32 px input is one token
     result = lit('cam', images[0], '--checkpoint', ckpt, '--method', 'eigencam', '--out', tmp_path / 'e')
     assert result.exit_code == 0, result.output
-    assert [p.name for p in (tmp_path / 'e').iterdir()] == ['0-all-classes-eigencam.png']
+    assert [p.name for p in (tmp_path / 'e').iterdir()] == ['0-all-classes-eigencam-stage4.png']
     assert 'does not depend on the class' in result.output and 'single token' in result.output
+
+
+def test_cam_methods_and_stages_write_distinct_files(run, tiny_data, tmp_path, grad_cam):
+    """Grad-CAM++ next to Grad-CAM, and stage 2 next to stage 3, in one --out: four files, none refused or
+    replaced (the '++' and the stage are in the name)."""
+    from litcli.commands.cam import map_suffix
+    from litcli.core.analysis.cam import METHODS
+
+    assert len({map_suffix(m, s) for m in METHODS for s in (1, 2, 3, 4)}) == len(METHODS) * 4
+    run_dir, _ = run
+    image, out = tiny_data / 'val' / 'cat' / '0.png', tmp_path / 'cam'
+    pictures = {}
+    for method in ('gradcam', 'gradcam++'):
+        for stage in (2, 3):
+            result = lit('cam', image, '--checkpoint', run_dir / 'checkpoints' / 'best.pt', '--method', method,
+                         '--stage', stage, '--class', 'cat', '--out', out, '--json')
+            assert result.exit_code == 0, result.output
+            png = Path(json.loads(result.stdout)['images'][0]['maps'][0]['png'])
+            pictures[png.name] = png.read_bytes()
+    assert sorted(pictures) == ['0-cat-gradcam-stage2.png', '0-cat-gradcam-stage3.png',
+                                '0-cat-gradcampp-stage2.png', '0-cat-gradcampp-stage3.png']
+    assert sorted(p.name for p in out.iterdir()) == sorted(pictures)
+    assert all(pictures[p.name] == p.read_bytes() for p in out.iterdir())  # nothing overwritten afterwards
 
 
 def test_cam_bad_input_is_one_line(run, tiny_data, tmp_path, grad_cam):

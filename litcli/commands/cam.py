@@ -30,10 +30,17 @@ def _slug(text: str) -> str:
     return re.sub(r'[^A-Za-z0-9_.-]+', '-', str(text)).strip('-')[:60] or 'x'
 
 
+def map_suffix(method: str, stage: int) -> str:
+    """The file-name tail of one method's map of one stage, distinct for every method and stage: 'gradcam++' is
+    'gradcampp' (a slug would drop the '+', and Grad-CAM++ would overwrite Grad-CAM), e.g. 'gradcampp-stage3'."""
+    return f'{_slug(method.replace("+", "p"))}-stage{stage}'
+
+
 def run(images: Sequence[str], checkpoint: Path, method: str = 'gradcam', stage: int = 4,
         classes: Sequence[str] = (), out: Optional[Path] = None, force: bool = False,
         variant: Optional[str] = None, use_ema: Optional[bool] = None, device: Optional[str] = None) -> Dict:
-    """Write ``<out>/<image>-<class>-<method>.png`` for every image and class (default: the top-1 prediction;
+    """Write ``<out>/<image>-<class>-<method>-stage<N>.png`` (``map_suffix``) for every image and class (default:
+    the top-1 prediction;
     class-agnostic EigenCAM writes one map per image) and return what was drawn.
 
     Images (files, folders, globs) go through the checkpoint's eval transform; the overlay shows the image as the
@@ -88,7 +95,7 @@ def run(images: Sequence[str], checkpoint: Path, method: str = 'gradcam', stage:
         results[i]['top1'] = dict(index=top, label=names[top], prob=float(probs[i, top]))
         for c in ([None] if agnostic else (wanted or [top])):
             label = 'all-classes' if c is None else _slug(names[c])
-            planned.append((i, c, out_dir / f'{stems[i]}-{label}-{_slug(method)}.png'))
+            planned.append((i, c, out_dir / f'{stems[i]}-{label}-{map_suffix(method, stage)}.png'))
     if out is not None and not force:
         taken = [f for _, _, f in planned if f.exists()]
         if taken:
@@ -102,7 +109,7 @@ def run(images: Sequence[str], checkpoint: Path, method: str = 'gradcam', stage:
         for c, file in jobs:
             cam = compute_cams(model, x, method, stage, [c if c is not None else result['top1']['index']])[0]
             picture = overlay(np.ascontiguousarray(frame), cam, MIN_PANEL_PX)
-            atomic_write(file, lambda name: Image.fromarray(picture).save(name, format='PNG'))
+            atomic_write(file, lambda f: Image.fromarray(picture).save(f, format='PNG'), 'choose another --out')
             entry = dict(png=str(file), width=picture.shape[1], height=picture.shape[0])
             if c is not None:
                 entry.update(index=c, label=names[c], prob=float(probs[i, c]))

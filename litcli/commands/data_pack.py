@@ -6,24 +6,20 @@ from typing import Dict, Sequence
 
 def run(src: Path, out: Path, shard_size: int, splits: Sequence[str], seed: int = 0, strict: bool = False) -> Dict:
     """Pack ``src`` into ``out`` and return the summary (per split: images, shards, bytes, skipped, pattern)."""
-    import sys
-
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from litcli.core.data.pack import pack
+    from litcli.core.progress import progress_bar
 
     console = Console()
-    interactive = sys.stdout.isatty()
-    progress = Progress(TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=console, transient=True, disable=not interactive)
+    progress = progress_bar(console)
     tasks, last_line = {}, {}
 
     def on_file(split: str, done: int, total: int):
         if split not in tasks:
             tasks[split] = progress.add_task(f'packing {split}', total=total)
         progress.update(tasks[split], completed=done)
-        if not interactive:  # plain lines off a terminal: every 10% and at the end
+        if progress.disable:  # plain lines off a terminal: every 10% and at the end
             step = max(1, total // 10)
             if done == total or done // step != last_line.get(split, -1):
                 last_line[split] = done // step

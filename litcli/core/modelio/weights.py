@@ -255,23 +255,19 @@ class _Progress:
     """A transient rich bar on a terminal (stderr); nothing otherwise (the caller logs start and end lines)."""
 
     def __init__(self, total: Optional[int]):
-        self.bar = None
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
+        from rich.console import Console
 
-            self.bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task('download', total=total)
+        from litcli.core.progress import progress_bar
+
+        self.bar = progress_bar(Console(stderr=True), label='', transfer=True)
+        self.bar.start()
+        self.task = self.bar.add_task('download', total=total)
 
     def update(self, done: int):
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done)
+        self.bar.update(self.task, completed=done)
 
     def close(self):
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()
 
 
 def listing() -> List[Dict]:

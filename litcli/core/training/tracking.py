@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from litcli.core.errors import LitError, UsageError
+from litcli.core.progress import DataTime
 from litcli.core.training.optim import group_lrs
 
 # --log name -> (module to import, pip extra that installs it)
@@ -104,7 +105,7 @@ class TrainTracker:
         self.writers = writers
         self.optimizer = optimizer
         self.log_interval = max(1, log_interval)
-        self._times = [0.0, 0.0, 0]  # data s, compute s, updates since the last log
+        self.interval = DataTime()  # since the last log
 
     @property
     def locations(self) -> List[Path]:
@@ -117,17 +118,14 @@ class TrainTracker:
     def step(self, s: Dict):
         """The training loop's per-update report; logged every ``log_interval`` updates and at the epoch's end."""
         if 'data_s' in s:  # per update: summed over the interval
-            self._times[0] += s['data_s']
-            self._times[1] += s.get('compute_s', 0.0)
-            self._times[2] += 1
+            self.interval.add(s['data_s'], s.get('compute_s', 0.0))
         if s['batch'] % self.log_interval and s['batch'] != s['total']:
             return
         scalars = {'train/loss': s['loss'], 'train/img_per_s': s['img_per_s']}
-        data_s, compute_s, updates = self._times
-        if updates:
-            scalars.update({'time/data_s': data_s / updates, 'time/compute_s': compute_s / updates,
-                            'time/data_share': data_s / max(data_s + compute_s, 1e-12)})
-            self._times = [0.0, 0.0, 0]
+        t = self.interval.take()
+        if t.updates:
+            scalars.update({'time/data_s': t.data_s / t.updates, 'time/compute_s': t.compute_s / t.updates,
+                            'time/data_share': t.share})
         lrs = s.get('lrs') or group_lrs(self.optimizer)  # the rates of the update just made
         scalars.update({f'lr/{name}': lr for name, lr in lrs.items()})
         for key, value in s.items():  # any other number the loop reports per update

@@ -8,6 +8,18 @@ FIXTURES = Path(__file__).parent / 'fixtures'
 sys.path.insert(0, str(FIXTURES))  # parity_lib.py, copied from shared/parity
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Every test module runs with one intra-op thread (tests that need more pass ``--threads``, which sets the
+    process's threads; subprocesses get ``OMP_NUM_THREADS`` from their test): tiny models gain nothing from more, and
+    they add synchronisation cost, badly so on a loaded 2-core machine."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope='session')
 def fixtures_dir() -> Path:
     return FIXTURES

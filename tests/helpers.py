@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from litcli.cli import app
@@ -18,15 +16,6 @@ from litcli.core.data.synthetic import write_image_folder
 
 # A 4-stage LIT-Ti layout small enough to train in a second on a CPU.
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # Tiny models: intra-op threads only add synchronisation cost, badly so on a loaded 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def lit(*args):

@@ -111,10 +111,32 @@ def test_cli_writes_grid_per_head_npy_json(tmp_path):
 
 
 def test_cli_full_attention_model_stage_1(tmp_path):
-    r = _invoke('--variant', 's', '--msa-stages', '1,2,3,4', '--stage', '1', '--img-size', '64',
-                '--num-images', '2', '--output', str(tmp_path))
+    """Stage 1 of a full-attention LIT-S: the saved means equal the attention probabilities of the same model
+    (seed 0) on the same images averaged here, and the figure is drawn."""
+    from litcli.core.data.transforms import eval_transform
+    from litcli.core.modelio.factory import load_model
+    data = image_folder(tmp_path / 'data')
+    r = _invoke('--variant', 's', '--msa-stages', '1,2,3,4', '--stage', '1', '--img-size', '64', '--data', str(data),
+                '--num-images', '4', '--save-npy', '--output', str(tmp_path))
     assert r.exit_code == 0, r.output
-    assert (tmp_path / 'lit_s-stage-1' / 'stage1.png').exists()
+    out = tmp_path / 'lit_s-stage-1'
+    saved = np.load(out / 'stage1_mean_attention.npy')
+    assert saved.shape == (2, 3, 256, 256)  # blocks, heads, 16x16 queries, 16x16 keys
+    np.testing.assert_allclose(saved.sum(-1), 1, rtol=1e-5)
+    torch.manual_seed(0)  # the command's random init
+    loaded = load_model(None, 'lit_s', img_size=64, msa_stages=(1, 2, 3, 4))
+    model, transform = loaded.model.eval(), eval_transform(loaded.data_config)
+    probs = []
+    for _, attn in attention_stages(model)[1]:
+        attn.fused_attn = False
+        attn.attn_drop.register_forward_hook(lambda m, i, o: probs.append(i[0]))
+    x = torch.stack([transform(Image.open(p).convert('RGB')) for p in sorted(data.rglob('*.png'))])
+    with torch.no_grad():
+        model(x)
+    expected = torch.stack([p.mean(0) for p in probs]).numpy()  # the mean over all 4 images, in any order
+    np.testing.assert_allclose(saved, expected, rtol=1e-4, atol=1e-7)
+    grid = np.asarray(Image.open(out / 'stage1.png').convert('RGB'))
+    assert grid.std() > 20  # real content, not a blank canvas
 
 
 def test_cli_bad_inputs(tmp_path):

@@ -84,7 +84,28 @@ def test_save_is_atomic_and_leaves_no_temp(tmp_path):
 
 
 def test_resampled_load_at_other_size(tmp_path):
-    torch.save(timm.create_model('lit_s').state_dict(), tmp_path / 's224.pth')
-    model = timm.create_model('lit_s', img_size=384)
+    """A 224 file loaded into a 384 model: each table is the 224 one resized bicubically to the 384 grid, everything
+    else is copied, and the model computes what the 224 model computes at 384 (which resizes at run time)."""
+    from litcli.models.lit import resize_rel_pos_table
+    torch.manual_seed(0)
+    m224 = timm.create_model('lit_s').eval()
+    with torch.no_grad():
+        for p in m224.parameters():  # the rel-pos tables are zero-init: make them informative
+            p.add_(torch.randn_like(p) * 0.01)
+    sd = m224.state_dict()
+    torch.save(sd, tmp_path / 's224.pth')
+    model = timm.create_model('lit_s', img_size=384).eval()
     load_checkpoint(tmp_path / 's224.pth', model)
     assert model.layers[2].blocks[0].attn.relative_position_bias_table.shape == (47 * 47, 12)
+    tables = 0
+    for k, v in model.state_dict().items():
+        if k.endswith('relative_position_bias_table'):
+            old, new = {27 * 27: (14, 24), 13 * 13: (7, 12)}[len(sd[k])]  # stage 3 and 4 grids at 224 and 384
+            assert torch.equal(v, resize_rel_pos_table(sd[k], (old, old), (new, new))), k
+            tables += 1
+        elif not k.endswith('relative_position_index'):
+            assert torch.equal(v, sd[k]), k
+    assert tables == 8  # LIT-S: 6 + 2 attention blocks in stages 3 and 4
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), m224(x), rtol=1e-5, atol=1e-5)

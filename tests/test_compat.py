@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import lit, make_folder, one_thread  # noqa: F401  (autouse fixture)
+from helpers import lit, make_folder
 
 OLD_EVAL_LOSS = 0.7115135788917542  # lit 0.1.0's `lit eval` of tiny_run.pt (raw weights) on make_folder's val/
 OLD_PREDICT_DOG = 0.5792494416236877  # lit 0.1.0's `lit predict val/cat/0.png` with tiny_export.safetensors

@@ -11,7 +11,6 @@ from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou, roi_align
 
-from helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from litcli.models import lit_ti
 from litcli.models.dense_zoo import convert_official
 from litcli.models.detection import (identify_mmdet, mask_rcnn_from_mmdet, mask_rcnn_lit, mmdet_mask_rcnn_layout,

@@ -276,21 +276,48 @@ def test_other_input_sizes(variant, size):
 
 
 @pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
-def test_build_size_is_bit_exact_and_checkpoint_resamples(variant):
-    """A 224 checkpoint loaded into a model built for 384 equals running the 224 model at 384."""
+def test_build_size_is_bit_exact_and_checkpoint_resamples(variant, monkeypatch):
+    """A 224 checkpoint loaded into a model built for 384 equals running the 224 model at 384; at its own build
+    size a model resamples nothing, and running it at another size leaves its tables as they were."""
+    import litcli.models.lit as lit_module
     from litcli.models import checkpoint_filter_fn
+    resampled = []  # (function, changed the table?) for each call made inside a forward
+
+    def spy(name):
+        original = getattr(lit_module, name)
+
+        def wrapper(table, *args, **kwargs):
+            out = original(table, *args, **kwargs)
+            resampled.append((name, out.shape != table.shape or not torch.equal(out, table)))
+            return out
+        monkeypatch.setattr(lit_module, name, wrapper)
+
     torch.manual_seed(0)
     m224 = timm.create_model(variant).eval()
     for p in m224.parameters():  # pos tables are zero-init for the S rel-pos bias; make them informative
         p.data.add_(torch.randn_like(p) * 0.01)
+    original = {k: v.clone() for k, v in m224.state_dict().items()}
     m384 = timm.create_model(variant, img_size=384).eval()
     m384.load_state_dict(checkpoint_filter_fn(m224.state_dict(), m384), strict=True)
+    spy('resize_rel_pos_table')
+    spy('resample_abs_pos_embed')
     x = torch.randn(1, 3, 384, 384)
+    x224 = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(m384(x), m224(x), rtol=1e-5, atol=1e-5)
-        # at its own build size the model uses its tables untouched
-        x224 = torch.randn(1, 3, 224, 224)
-        assert torch.equal(m224(x224), m224(x224))
+        out384 = m384(x)
+        assert not any(changed for _, changed in resampled)  # at its build size: tables untouched
+        resampled.clear()
+        torch.testing.assert_close(out384, m224(x), rtol=1e-5, atol=1e-5)
+        assert any(changed for _, changed in resampled)  # off its build size the 224 model resampled
+        resampled.clear()
+        out224 = m224(x224)
+        assert not any(changed for _, changed in resampled)
+        # the runtime resampling left the 224 model's tables as they were: it equals a fresh model of the
+        # original state dict (and would not, had the 384 run written resampled tables back)
+        assert all(torch.equal(v, original[k]) for k, v in m224.state_dict().items())
+        fresh = timm.create_model(variant).eval()
+        fresh.load_state_dict(original, strict=True)
+        assert torch.equal(out224, fresh(x224))
 
 
 @pytest.mark.parametrize('shape, match', [((1, 3, 225, 224), 'divisible by 32'), ((1, 1, 224, 224), '3, H, W'),

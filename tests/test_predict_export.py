@@ -16,7 +16,7 @@ from litcli.core.modelio.checkpoint import read_checkpoint, sidecar_path
 from litcli.paths import REPO_ASSETS
 from litcli.core.modelio.factory import load_model
 from litcli.core.data.transforms import eval_transform
-from helpers import lit, one_thread  # noqa: F401  (CLI helper; autouse one-thread fixture)
+from helpers import lit
 
 TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[2, 2, 2, 2])
 CLASSES = ('bluish', 'greenish', 'reddish')  # sorted, as ImageFolder numbers them

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from litcli.models.segmentation import (FPNHead, SemanticFPN, identify_semantic_fpn, mmseg_head_layout,
                                         mmseg_semantic_fpn_layout, semantic_fpn_from_mmseg, semantic_fpn_lit)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import lit, make_folder, one_thread  # noqa: F401  (autouse fixture)
+from helpers import lit, make_folder
 from litcli.core.data import shards as shards_mod
 from litcli.core.data.datasets import build_datasets, build_eval_dataset, resolve_data
 from litcli.core.errors import LitError

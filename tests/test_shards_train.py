@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import TINY, lit, lit_cmd, make_folder, one_thread, run_until_step  # noqa: F401  (autouse fixture)
+from helpers import TINY, lit, lit_cmd, make_folder, run_until_step
 from litcli.core.modelio.checkpoint import read_checkpoint
 from litcli.core.data.pack import pack
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import litcli.models  # noqa: F401
 from litcli.core.errors import LitError
-from helpers import lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
+from helpers import lit, make_folder, train_args
 
 
 @pytest.fixture(scope='module')
@@ -239,7 +239,16 @@ def test_smaller_defects(tmp_path, mini_run):
     assert [p.name for p in expand_images([f'{fm}/*'])] == ['0.png', '1.png', '2.png']
     with pytest.raises(LitError, match='none is an image'):
         expand_images([f'{fm}/*.txt'])
-    assert lit('predict', f'{fm}/*', '--checkpoint', mini_run / 'checkpoints' / 'last.pt').exit_code == 0
+    ckpt = mini_run / 'checkpoints' / 'last.pt'
+    by_glob = lit('predict', f'{fm}/*', '--checkpoint', ckpt, '--json')
+    by_name = lit('predict', *[fm / f'{i}.png' for i in range(3)], '--checkpoint', ckpt, '--json')
+    assert by_glob.exit_code == 0 and by_name.exit_code == 0, by_glob.output + by_name.output
+    by_glob, by_name = json.loads(by_glob.stdout), json.loads(by_name.stdout)
+    assert [os.path.basename(p['image']) for p in by_glob['predictions']] == ['0.png', '1.png', '2.png']
+    assert by_glob['predictions'] == by_name['predictions']  # the PNGs only, predicted as when named one by one
+    for p in by_glob['predictions']:  # top 5 of the 10 Fashion-MNIST classes, most probable first
+        probs = [t['prob'] for t in p['topk']]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6, p
     # a TorchScript export passed as a checkpoint
     ts = tmp_path / 'm.pt'
     assert lit('export', '--checkpoint', mini_run / 'checkpoints' / 'last.pt', '-f', 'torchscript',

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 import litcli.models  # noqa: F401
-from helpers import TINY, lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
+from helpers import TINY, lit, make_folder, train_args
 from litcli.core.config import RECIPE_DIR, RECIPES, resolve_config
 
 CKPT_KEYS = {'model', 'optimizer', 'scheduler', 'scaler', 'ema', 'epoch', 'step', 'best_metric', 'config',

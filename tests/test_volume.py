@@ -18,7 +18,7 @@ from PIL import Image
 from litcli.core.data.images import load_image
 from litcli.core.config import RECIPES
 from litcli.core.data.transforms import TransformError, _posterize_any_bits, train_transform
-from helpers import TINY, lit, make_folder, one_thread, train_args  # noqa: F401  (autouse fixture)
+from helpers import TINY, lit, make_folder, train_args
 
 REPO = Path(__file__).resolve().parent.parent
 

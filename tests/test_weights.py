@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import lit, one_thread  # noqa: F401  (autouse fixture: one thread)
+from helpers import lit
 from litcli.core.modelio import weights
 from litcli.core.errors import LitError
 from litcli.core.modelio.factory import create_model, load_model

@@ -3,7 +3,6 @@ count, official release files are recognised from their keys and shapes, anythin
 import pytest
 import torch
 
-from helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from litcli.models import lit_ti
 from litcli.models.dense_classes import ADE20K_CLASSES, ADE20K_PALETTE, COCO_CATEGORY_IDS, COCO_CLASSES
 from litcli.models.dense_zoo import (DENSE_MODEL_NAMES, DENSE_MODELS, DENSE_RELEASE_URL, convert_official,

@@ -380,8 +380,6 @@ def train(
         channels_last=channels_last, torchcompile=torchcompile, threads=threads,
         grad_checkpointing=grad_checkpointing, seed=seed, workers=workers, device=device, log_interval=log_interval)
     overrides['clip_grad'] = clip_grad  # 0 turns clipping off
-    if aa is not None and aa.lower() in ('none', 'off', ''):
-        overrides['aa'] = ''
     with user_errors():
         try:
             command.run(variant_name(variant), config, overrides, resume=resume, initial_checkpoint=initial_checkpoint,

@@ -148,13 +148,13 @@ def test_amp_and_device_resolve_as_in_every_command():
     from litcli.core.errors import LitError
     from litcli.core.runtime import resolve_device
 
-    assert bench.resolve_config(bench.BenchConfig()).device == str(resolve_device(None))
+    assert bench.resolve_bench_config(bench.BenchConfig()).device == str(resolve_device(None))
     for spelling in ('bfloat16', 'bf16'):
-        cfg = bench.resolve_config(bench.BenchConfig(device='cpu', amp=spelling))
+        cfg = bench.resolve_bench_config(bench.BenchConfig(device='cpu', amp=spelling))
         assert cfg.amp == 'bfloat16' and bench.amp_dtype(cfg) is torch.bfloat16
-    assert bench.resolve_config(bench.BenchConfig(device='cpu')).amp is None
+    assert bench.resolve_bench_config(bench.BenchConfig(device='cpu')).amp is None
     with pytest.raises(LitError, match='float16 autocast needs a CUDA device'):
-        bench.resolve_config(bench.BenchConfig(device='cpu', amp='fp16'))
+        bench.resolve_bench_config(bench.BenchConfig(device='cpu', amp='fp16'))
     assert not hasattr(bench, 'AMP_DTYPES')  # one table of dtypes: core.runtime's
 
 

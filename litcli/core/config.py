@@ -226,6 +226,30 @@ def load_config_file(path) -> Dict[str, Any]:
     return cfg
 
 
+AA_OFF = ('none', 'off', 'false', 'no', 'null', '')
+
+
+def auto_augment_policy(value: Any) -> Optional[str]:
+    """The one reading of the ``aa`` setting, the same from a flag, a YAML file or a saved run: None, False and
+    'none' / 'off' / '' (any case) switch auto-augment off (None); anything else must be a policy timm's
+    ``create_transform`` builds, checked here by building it, so an unknown one is a one-line LitError naming the
+    valid forms instead of timm's AssertionError at the first training batch."""
+    if value is None or value is False or str(value).strip().lower() in AA_OFF:
+        return None
+    policy = str(value).strip()
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    build = (rand_augment_transform if policy.startswith('rand') else
+             augment_and_mix_transform if policy.startswith('augmix') else auto_augment_transform)  # timm's dispatch
+    try:
+        build(policy, dict(translate_const=100, img_mean=(124, 116, 104)))
+    except (AssertionError, ValueError, KeyError, IndexError):
+        raise LitError(f'unknown auto-augment policy aa={value!r}; use a timm policy: rand-m9-mstd0.5-inc1 '
+                       f'(RandAugment, rand-mM[-nN][-mstdS][-incI]), augmix-m3-w3 (AugMix), original, originalr, v0, '
+                       f'v0r or 3a (AutoAugment), or none (off)') from None
+    return policy
+
+
 def resolve_config(variant: Optional[str] = None, config_file=None, overrides: Optional[Dict[str, Any]] = None,
                    base: Optional[Dict[str, Any]] = None, file_cfg: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """recipe(variant) < config file < overrides (None values in ``overrides`` mean "not given").
@@ -250,6 +274,7 @@ def resolve_config(variant: Optional[str] = None, config_file=None, overrides: O
     cfg.update(copy.deepcopy(file_cfg))
     cfg.update(copy.deepcopy(overrides))
     cfg['variant'] = name
+    cfg['aa'] = auto_augment_policy(cfg.get('aa'))
     return cfg
 
 

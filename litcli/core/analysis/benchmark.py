@@ -91,7 +91,7 @@ def is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and 'out of memory' in str(exc).lower())
 
 
-def resolve_config(cfg: BenchConfig) -> BenchConfig:
+def resolve_bench_config(cfg: BenchConfig) -> BenchConfig:
     """``cfg`` with its device and autocast dtype resolved the way every command resolves them
     (``core.runtime``: CUDA when available; float16 refused on the CPU), the dtype under its canonical name
     (bfloat16 | float16 | None); an unknown mode, device or dtype is a one-line LitError. Idempotent."""
@@ -299,7 +299,7 @@ def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int]
     import gc
 
     import torch
-    cfg = resolve_config(cfg)
+    cfg = resolve_bench_config(cfg)
     img_size = img_size or cfg.img_size
     entries = []
     for name in names:
@@ -350,7 +350,7 @@ def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig, sizes: Seq
               count_macs: bool = True, log: Callable[[str], None] = print) -> Dict:
     """Everything ``lit bench`` reports, as plain data."""
     import torch
-    cfg = resolve_config(cfg)
+    cfg = resolve_bench_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     names = [variant, *compare]

@@ -1,0 +1,42 @@
+"""Edge defects a user trial found (issue 28): the auto-augment setting read one way from flags and YAML files, ..."""
+import pytest
+import yaml
+
+from helpers import lit, make_folder
+from litcli.core.config import auto_augment_policy, new_run_config
+from litcli.core.errors import LitError
+
+
+@pytest.mark.parametrize('off', [None, False, '', 'none', 'None', 'off', ' OFF ', 'null'])
+def test_every_spelling_of_no_auto_augment_is_off(off):
+    assert auto_augment_policy(off) is None
+
+
+@pytest.mark.parametrize('policy', ['rand-m9-mstd0.5-inc1', 'augmix-m3-w3', 'original', 'v0r', '3a'])
+def test_timm_policies_pass_unchanged(policy):
+    assert auto_augment_policy(policy) == policy
+
+
+def test_a_yaml_value_reads_exactly_like_the_flag(tmp_path):
+    """`aa: none` in a YAML file used to reach timm as the policy 'none' (a 130-line AssertionError at the first
+    batch) while `--aa none` worked: both are now one setting, off."""
+    folder = make_folder(tmp_path / 'data', n_train=1, n_val=1)
+    for value in ('none', 'off', ''):
+        (tmp_path / 'c.yaml').write_text(yaml.safe_dump({'data': str(folder), 'aa': value}))
+        from_file = new_run_config(tmp_path / 'c.yaml', {})
+        from_flag = new_run_config(None, {'data': str(folder), 'aa': value})
+        assert from_file['aa'] is None and from_flag['aa'] is None and from_file == from_flag
+
+
+@pytest.mark.parametrize('source', ['yaml', 'flag'])
+def test_an_unknown_policy_is_one_line_naming_the_valid_forms(tmp_path, source):
+    folder = make_folder(tmp_path / 'data', n_train=1, n_val=1)
+    (tmp_path / 'c.yaml').write_text(yaml.safe_dump({'aa': 'bogus', 'epochs': 1}))
+    extra = ('--config', tmp_path / 'c.yaml') if source == 'yaml' else ('--aa', 'bogus')
+    result = lit('train', '--data', folder, '--img-size', 32, '--output', tmp_path / 'runs', *extra)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "aa='bogus'" in lines[0] and 'rand-m9-mstd0.5-inc1' in lines[0] and 'or none (off)' in lines[0]
+    assert not (tmp_path / 'runs').exists()
+    with pytest.raises(LitError, match='unknown auto-augment policy'):
+        auto_augment_policy('randx')

@@ -247,8 +247,10 @@ def create_dense_backbone(variant: str, task: str, **kwargs) -> nn.Module:
 
 @functools.lru_cache(maxsize=None)
 def _dense_shapes(variant: str, task: str) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
-    """Key -> (shape, dtype) of a dense backbone's state dict (built once per backbone)."""
-    return {k: (tuple(v.shape), v.dtype) for k, v in create_dense_backbone(variant, task).state_dict().items()}
+    """Key -> (shape, dtype) of a dense backbone's state dict (built on the meta device: no memory, no init)."""
+    with torch.device('meta'):
+        model = create_dense_backbone(variant, task)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
 def dense_state_dict_from_classification(state_dict: Dict, variant: str, task: str) -> Dict[str, torch.Tensor]:

@@ -311,7 +311,7 @@ class LITBase(nn.Module):
         self.stage_grids = [(self.img_size[0] // s, self.img_size[1] // s) for s in self.stage_strides]
         self.norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         # Stochastic depth grows linearly over all blocks, MLP-only blocks included.
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # also under a meta device
         self.block_drop_path = [dpr[sum(depths[:i]):sum(depths[:i + 1])] for i in range(4)]
         self.block_kwargs = [
             dict(dim=embed_dims[i], mlp_ratio=mlp_ratios[i], norm_layer=self.norm_layer, num_heads=num_heads[i],

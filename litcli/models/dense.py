@@ -48,8 +48,8 @@ from .dtm import DeformableTokenMerging
 from .lit import LIT_ARCHS, LITPvtStyle, LITSwinStyle, resize_rel_pos_table
 from .spec import unwrap_state_dict
 
-__all__ = ['DENSE_TASKS', 'DENSE_VARIANTS', 'DENSE_ARCHS', 'DenseLITTi', 'DenseLITS', 'FlooringTokenMerging',
-           'create_dense_backbone', 'dense_state_dict_from_classification']
+__all__ = ['DENSE_TASKS', 'DENSE_VARIANTS', 'DENSE_ARCHS', 'DENSE_KWARGS', 'DenseLITTi', 'DenseLITS',
+           'FlooringTokenMerging', 'create_dense_backbone', 'dense_state_dict_from_classification']
 
 DENSE_TASKS = ('detection', 'segmentation')
 DENSE_VARIANTS = ('ti', 's')

@@ -352,3 +352,38 @@ def test_download_command(monkeypatch, tmp_path, release):
         assert 'downloaded: lit_ti' in result.output and server.requests == ['/v1.0/lit_ti.pth']
         assert weights.cached('lit_ti') == tmp_path / 'torch' / 'hub' / 'checkpoints' / 'lit_ti.pth'
         assert release_url('lit_ti', server.base) == f'{server.base}/lit_ti.pth'
+
+
+def test_an_html_page_at_the_url_is_called_an_html_page(monkeypatch, tmp_path):
+    """A captive portal answers 200 with its sign-in page: the error says HTML page (it used to say a pickle with
+    non-tensor objects), names the URL and caches nothing."""
+    page = b'\n<!DOCTYPE html>\n<html><head><title>Sign in to Hotel Wi-Fi</title></head><body>...</body></html>\n'
+    with serve({'lit_ti.pth': page}) as server:
+        use_cache(monkeypatch, tmp_path, server.base)
+        with pytest.raises(LitError) as e:
+            load_model(variant='lit_ti', pretrained=True, log=lambda m: None)
+    message = str(e.value)
+    assert f'{server.base}/lit_ti.pth is an HTML page (a sign-in page of a captive portal' in message, message
+    assert 'other than tensors' not in message and 'nothing was cached' in message
+    assert_one_line_way_out(message, f'{server.base}/lit_ti.pth', weights.cache_path('lit_ti'))
+    assert cache_files(tmp_path) == []
+
+
+def test_text_and_html_files_given_as_checkpoints_say_what_they_are(tmp_path, release):
+    from litcli.core.errors import CheckpointError
+    from litcli.core.modelio.checkpoint import read_checkpoint
+
+    (tmp_path / 'page.pth').write_bytes(b'<html><body>403 Forbidden</body></html>')
+    (tmp_path / 'note.pth').write_text('Access denied: this link has expired.\nContact the admin.\n')
+    (tmp_path / 'binary.pth').write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match=r'page\.pth is an HTML page'):
+        read_checkpoint(tmp_path / 'page.pth')
+    with pytest.raises(CheckpointError, match=r"note\.pth is a text file \(it starts 'Access denied: this link"):
+        read_checkpoint(tmp_path / 'note.pth')
+    with pytest.raises(CheckpointError) as e:  # binary junk is not called text
+        read_checkpoint(tmp_path / 'binary.pth')
+    assert 'HTML' not in str(e.value) and 'text file' not in str(e.value)
+    (tmp_path / 'ti.pth').write_bytes(release[1])
+    mapped = read_checkpoint(tmp_path / 'ti.pth', mmap=True)['model']  # keys and shapes, tensors mapped
+    assert {k: v.shape for k, v in mapped.items()} == {k: v.shape for k, v in release[0].items()}
+    assert all(torch.equal(mapped[k], v) for k, v in release[0].items())

@@ -23,13 +23,36 @@ STEP_FILE = re.compile(r'^step-(\d+)\.pt$')
 TOP_INDEX = 'top.json'  # the --keep-best ranking: [{"file", "epoch", "metric"}], best first
 
 
-def read_checkpoint(path: PathLike) -> Dict:
-    """Load a checkpoint file onto the CPU with ``weights_only=True``; any failure is a CheckpointError.
+def text_kind(path: PathLike) -> Optional[str]:
+    """'an HTML page (...)' or 'a text file (...)' when the start of ``path`` says it is one, else None: what a
+    captive portal, a sign-in wall or a server's error page leaves under a weights file's name."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    start = head.lstrip(b'\xef\xbb\xbf \t\r\n').lower()
+    if start.startswith((b'<!doctype html', b'<html', b'<head', b'<body', b'<?xml')) or b'<html' in start:
+        return 'an HTML page (a sign-in page of a captive portal, or an error page, served instead of the file?)'
+    try:
+        text = head[:len(head) - 3 if len(head) == 512 else None].decode('utf-8')  # a cut multi-byte end is fine
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or any(c < ' ' and c not in '\t\r\n' for c in text):
+        return None
+    return f'a text file (it starts {text.strip().splitlines()[0][:60]!r})'
+
+
+def read_checkpoint(path: PathLike, mmap: bool = False) -> Dict:
+    """Load a checkpoint file onto the CPU with ``weights_only=True``; any failure is a CheckpointError (an HTML
+    page or a text file saved under a weights name is called what it is). ``mmap``: map the tensors instead of
+    reading them (keys and shapes for the cost of the pickle alone; a file in torch's legacy format is read whole).
 
     A ``.safetensors`` file (``lit export``) is read with its JSON config into the same shape as a ``lit train``
     checkpoint (``{'model': state_dict, 'variant': ..., ...}``), so every ``--checkpoint`` accepts it.
     """
     import pickle
+    import zipfile
 
     import torch
 
@@ -46,16 +69,19 @@ def read_checkpoint(path: PathLike) -> Dict:
                               f'run it with torch.jit.load({str(path)!r}), or pass the checkpoint it was exported '
                               f'from (or a .safetensors export)')
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'{path} holds objects other than tensors and plain types, refused for safety '
-                              f'({first}); re-save it as a plain state dict')
+        obj = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except MemoryError:
         raise
-    except Exception as e:  # truncated zip, not a torch file, ...
+    except Exception as e:  # not pickled tensors, a truncated zip, not a torch file at all, ...
+        kind = text_kind(path)
+        if kind is not None:  # torch would call it a pickle with a bad load key
+            raise CheckpointError(f'{path} is {kind}, not a checkpoint') from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError):
+            raise CheckpointError(f'{path} holds objects other than tensors and plain types, refused for safety '
+                                  f'({first}); re-save it as a plain state dict') from None
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint (truncated or corrupt?): '
-                              f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}')
+                              f'{type(e).__name__}: {first if str(e).strip() else ""}') from None
     if not isinstance(obj, dict):
         raise CheckpointError(f'{path} holds a {type(obj).__name__}, not a state dict')
     return obj

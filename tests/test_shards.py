@@ -141,6 +141,7 @@ def test_a_set_packed_with_its_val_split_alone_is_evaluated_not_a_traceback(fold
     pack(folder, tmp_path / 'val-only', splits=('val',), log=lambda m: None)
     src = resolve_shards(str(tmp_path / 'val-only'))
     assert src.split == 'val' and src.total == len(list((folder / 'val').rglob('*.png')))
+    assert src.pattern.endswith('val-*.tar (its one shard)'), src.pattern  # not "(all 1 shards)"
     ds, spec = build_eval_dataset(str(tmp_path / 'val-only'))
     assert len(ds) == src.total
     with pytest.raises(LitError, match='are the val shards; train on the train split'):
@@ -161,6 +162,9 @@ def test_resolve_shards_and_bad_patterns(packed, tmp_path):
     assert resolve_shards(str(packed)).total == 24
     with pytest.raises(LitError, match='no shard matches'):
         resolve_shards(f'wds:{packed}/nope-{{000000..000003}}.tar')
+    for empty in ('wds:', 'wds:  '):  # not "no shard matches <the current folder>"
+        with pytest.raises(LitError, match='the shard pattern after wds: is empty'):
+            resolve_shards(empty)
     with pytest.raises(LitError, match='missing shard .*train-000012.tar and 87 more'):
         resolve_shards(f'wds:{packed}/train-{{000000..000099}}.tar')
     copy = tmp_path / 'copy'

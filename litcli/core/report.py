@@ -3,6 +3,11 @@ where box characters and colour only get in the way of grep and diff."""
 from typing import Optional, Sequence, Tuple
 
 
+def counted(n: int, noun: str, plural: Optional[str] = None) -> str:
+    """'1 epoch', '2 epochs', '0 shards': a count with its noun in the right number (``plural``: an irregular one)."""
+    return f'{n} {noun if n == 1 else plural or noun + "s"}'
+
+
 def _console(console=None):
     from rich.console import Console
 

@@ -145,7 +145,12 @@ class ShardSource:
             raise LitError(f'the shard set in {self.folder} has no {name} split (empty or not packed); pack it with '
                            f'lit data pack DIR OUT --split train,val')
         return _source(self.folder, self.index, name, [s['name'] for s in shards],
-                       os.path.join(str(self.folder), f'{name}-*.tar (all {len(shards)} shards)'))
+                       os.path.join(str(self.folder), f'{name}-*.tar ({_all_shards(len(shards))})'))
+
+
+def _all_shards(n: int) -> str:
+    """'all 3 shards', 'its one shard'."""
+    return 'its one shard' if n == 1 else f'all {n} shards'
 
 
 def _source(folder: Path, index: Dict, split: str, names: List[str], pattern: str) -> ShardSource:
@@ -165,6 +170,9 @@ def resolve_shards(data: str) -> ShardSource:
         split = next((name for name in ('train', 'val', 'validation')
                       if (index['splits'].get(name) or {}).get('count')), 'train')
         return _source(folder, index, split, [], '').other_split(split).check_files()
+    if not data[len(PREFIX):].strip():  # abspath('') would be the current folder
+        raise LitError(f'{data!r}: the shard pattern after wds: is empty; give the shards, e.g. '
+                       f'wds:/data/in1k/train-{{000000..000127}}.tar, or the folder lit data pack wrote')
     pattern = os.path.abspath(os.path.expanduser(data[len(PREFIX):]))
     webdataset()
     import braceexpand

@@ -360,7 +360,7 @@ def test_compare_runs_of_different_lengths_and_data(run, tmp_path):
     rows = metrics_rows(run_dir)
     (other / 'metrics.jsonl').write_text(json.dumps({**rows[0], 'eval_top1': 12.5}) + '\n')
     cfg = yaml.safe_load((run_dir / 'config.yaml').read_text())
-    (other / 'config.yaml').write_text(yaml.safe_dump({**cfg, 'data': '/elsewhere/other'}))
+    (other / 'config.yaml').write_text(yaml.safe_dump({**cfg, 'data': '/elsewhere/other', 'num_classes': 3}))
     out = tmp_path / 'cmp.png'
     result = lit('compare', run_dir, other, '--out', out, '--json')
     assert result.exit_code == 0, result.output
@@ -371,13 +371,35 @@ def test_compare_runs_of_different_lengths_and_data(run, tmp_path):
     assert first['wall_time_s'] == pytest.approx(sum(r['epoch_time_s'] for r in rows))
     model = create_model('lit_ti', num_classes=2, img_size=32, **TINY)
     assert first['params'] == param_counts(model)['params'] and first['gmacs'] is None
-    assert any('different lengths' in n for n in res['notes']) and any('different datasets' in n for n in res['notes'])
+    assert any('different lengths' in n and 'short: 1 epoch)' in n for n in res['notes'])
+    assert any('different datasets' in n and "tb: 2 classes: cat, dog; short: 3 classes" in n for n in res['notes'])
     assert Image.open(out).size[0] > 1000
     result = lit('compare', run_dir, other, '--out', out, '--metric', 'val_loss')
     assert result.exit_code == 1 and 'exists; pass --force' in result.output
     result = lit('compare', run_dir, other, '--out', out, '--metric', 'val_loss', '--force')
     assert result.exit_code == 0 and 'best eval_loss' in result.output and 'note: runs of different' in result.output
     assert f'{min(r["eval_loss"] for r in rows):.2f}' in result.output
+
+
+def test_compare_knows_a_folder_and_the_shards_packed_from_it_are_one_dataset(run, tmp_path):
+    """The data set is identified by its classes, not by how its path is written: a run on wds: shards packed from
+    the folder is the same data set; the same path with other classes is not."""
+    run_dir, _ = run
+    cfg = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    for name, data, classes in (('shards', 'wds:/data/packed/train-{000000..000001}.tar', ['cat', 'dog']),
+                                ('relabelled', cfg['data'], ['dog', 'cat'])):
+        twin = tmp_path / name
+        (twin / 'checkpoints').mkdir(parents=True)
+        shutil.copy(run_dir / 'metrics.jsonl', twin / 'metrics.jsonl')
+        (twin / 'config.yaml').write_text(yaml.safe_dump({**cfg, 'data': data}))
+        torch.save({**read_checkpoint(run_dir / 'checkpoints' / 'last.pt'), 'class_names': classes},
+                   twin / 'checkpoints' / 'last.pt')
+    result = lit('compare', run_dir, tmp_path / 'shards', '--out', tmp_path / 'a.png', '--json')
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)['notes'] == []
+    result = lit('compare', run_dir, tmp_path / 'relabelled', '--out', tmp_path / 'b.png', '--json')
+    assert result.exit_code == 0, result.output
+    assert any("relabelled: 2 classes: dog, cat" in n for n in json.loads(result.stdout)['notes'])
 
 
 def test_compare_refuses_a_folder_without_metrics(run, tmp_path):

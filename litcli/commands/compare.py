@@ -48,6 +48,45 @@ def _model_size(config: Optional[Dict], gmacs: bool, cache: Dict) -> Dict:
     return cache[key]
 
 
+def dataset_identity(run_dir: Path, config: Optional[Dict]) -> Dict:
+    """What identifies a run's data set, however its path was written (a folder, the ``wds:`` shards packed from
+    it, a relative path): ``classes``, the class names its checkpoints record (``checkpoints/last.pt`` or
+    ``best.pt``, read for the pickle alone), ``count``, its class count (config.yaml), and ``data`` as written."""
+    from litcli.core.errors import CheckpointError
+    from litcli.core.modelio.checkpoint import read_checkpoint
+
+    names = None
+    for path in (run_dir / 'checkpoints' / 'last.pt', run_dir / 'checkpoints' / 'best.pt'):
+        try:
+            names = read_checkpoint(path, mmap=True).get('class_names') if path.is_file() else None
+        except CheckpointError:
+            names = None
+        if names:
+            break
+    config = config or {}
+    count = len(names) if names else config.get('num_classes')
+    return dict(classes=tuple(names) if names else None, count=count, data=config.get('data'))
+
+
+def same_dataset(identities: Sequence[Dict]) -> bool:
+    """Compared on the most telling thing every run records: class names, else class counts, else the data path."""
+    for key in ('classes', 'count', 'data'):
+        if all(i[key] is not None for i in identities):
+            return len({i[key] for i in identities}) == 1
+    return True  # nothing recorded in common: no claim either way
+
+
+def describe_dataset(identity: Dict) -> str:
+    """'3 classes: cat, dog, eel', '10 classes' or the data path."""
+    from litcli.core.report import counted
+
+    if identity['classes']:
+        names = identity['classes']
+        return f'{counted(len(names), "class", "classes")}: {", ".join(map(str, names[:4]))}' + \
+            (', ...' if len(names) > 4 else '')
+    return counted(identity['count'], 'class', 'classes') if identity['count'] else str(identity['data'])
+
+
 def summarise(rows: List[Dict], column: str) -> Dict:
     """Best (max; min for a loss) and final value of ``column``, epochs, steps and wall time of one run."""
     values = [(r['epoch'], r[column]) for r in rows if r.get(column) is not None]
@@ -91,9 +130,12 @@ def run(run_dirs: Sequence[Path], out: Optional[Path] = None, metric: str = 'val
             raise LitError(f'{out} exists; pass --force to overwrite it, or choose another --out')
     loaded = [load_run(d) for d in run_dirs]  # every folder checked before anything is drawn
     labels = _labels(run_dirs)
+    from litcli.core.report import counted
+
     cache: Dict = {}
-    runs = []
+    runs, datasets = [], []
     for label, run_dir, (rows, config) in zip(labels, run_dirs, loaded):
+        datasets.append(dataset_identity(run_dir, config))
         config = config or {}
         runs.append(dict(name=label, path=str(run_dir), variant=config.get('variant'), data=config.get('data'),
                          img_size=config.get('img_size'), **summarise(rows, column),
@@ -101,11 +143,11 @@ def run(run_dirs: Sequence[Path], out: Optional[Path] = None, metric: str = 'val
     notes = []
     lengths = {r['last_epoch'] for r in runs}
     if len(lengths) > 1:
-        notes.append('runs of different lengths (' + ', '.join(f'{r["name"]}: {r["epochs"]} epochs' for r in runs) +
-                     '); the curves share the epoch axis')
-    datasets = {str(r['data']) for r in runs}
-    if len(datasets) > 1:
-        notes.append('runs on different datasets (' + ', '.join(f'{r["name"]}: {r["data"]}' for r in runs) +
+        notes.append('runs of different lengths (' + ', '.join(f'{r["name"]}: {counted(r["epochs"], "epoch")}'
+                                                                  for r in runs) + '); the curves share the epoch axis')
+    if not same_dataset(datasets):
+        notes.append('runs on different datasets (' + '; '.join(f'{r["name"]}: {describe_dataset(d)}'
+                                                                 for r, d in zip(runs, datasets)) +
                      '): their eval metrics are not measured on the same images')
     sizes = {r['img_size'] for r in runs}
     if len(sizes) > 1:

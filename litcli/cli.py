@@ -352,8 +352,8 @@ def train(
              'avg-checkpoints; 0 = off, the default).')] = None,
     log: Annotated[Optional[List[str]], typer.Option(
         '--log', help='Experiment tracker, repeatable: tensorboard (events in RUN/tensorboard) or wandb (offline '
-                      'unless WANDB_MODE is set; RUN/wandb). Optional extras: pip install \'litcli[track]\' / '
-                      '\'litcli[wandb]\'.')] = None,
+                      'unless WANDB_MODE is set; RUN/wandb). Optional extras: pip install \'litcli\\[track]\' / '
+                      '\'litcli\\[wandb]\'.')] = None,
     sync_bn: Annotated[Optional[bool], typer.Option(
         '--sync-bn/--no-sync-bn', rich_help_panel='Distributed and fault tolerance',
         help='SyncBatchNorm for the DTM BatchNorms across processes (CUDA only; default: off, or as the resumed '
@@ -426,7 +426,8 @@ def eval_(
     results_file: Annotated[Optional[Path], typer.Option(
         '--results-file', dir_okay=False,
         help='Per image: path, true label, top-k labels and probabilities (FILE.csv or FILE.json, timm '
-             'inference.py layout).')] = None,
+             'inference.py layout). Not for WebDataset shards, which keep no file paths: evaluate the image '
+             'folder they were packed from.')] = None,
     topk: Annotated[int, typer.Option('--topk', '-k', min=1, help='Classes per image in --results-file.')] = 5,
     force: Annotated[bool, typer.Option('--force', help='Overwrite files already in --out and the '
                                                         '--results-file.')] = False,

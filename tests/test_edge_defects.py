@@ -40,3 +40,13 @@ def test_an_unknown_policy_is_one_line_naming_the_valid_forms(tmp_path, source):
     assert not (tmp_path / 'runs').exists()
     with pytest.raises(LitError, match='unknown auto-augment policy'):
         auto_augment_policy('randx')
+
+
+def test_train_help_shows_the_extras_brackets():
+    """Rich markup ate '[track]' and '[wandb]': the help said pip install 'litcli' / 'litcli'."""
+    from typer.testing import CliRunner
+    from litcli.cli import app
+
+    result = CliRunner().invoke(app, ['train', '--help'], env={'COLUMNS': '300'})
+    text = ' '.join(result.output.replace('│', ' ').split())
+    assert result.exit_code == 0 and "pip install 'litcli[track]' / 'litcli[wandb]'" in text, text

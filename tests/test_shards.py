@@ -453,3 +453,24 @@ def test_data_subcommands_have_their_modules():
         module = Path(__file__).resolve().parent.parent / 'litcli' / 'commands' / f'data_{name}.py'
         assert 'def run(' in module.read_text()
     assert lit('data', 'pack', '--help').exit_code == 0 and lit('data', 'bench', '--help').exit_code == 0
+
+
+def test_results_file_with_shards_is_refused_with_the_reason_and_documented(packed, tmp_path):
+    """Shards keep no file paths, so --results-file (one row per image file) is refused in one line that says so;
+    lit eval --help says it too."""
+    from helpers import TINY
+    from litcli.core.modelio.factory import create_model
+
+    model = create_model('lit_ti', num_classes=3, img_size=32, **TINY)
+    torch.save(dict(model=model.state_dict(), variant='lit_ti', model_kwargs=TINY, num_classes=3,
+                    class_names=['cat', 'dog', 'eel']), tmp_path / 'tiny.pt')
+    result = lit('eval', '--checkpoint', tmp_path / 'tiny.pt', '--img-size', 32, '--data', pattern(packed, 'val'),
+                 '--results-file', tmp_path / 'r.csv', '--out', tmp_path / 'ev', '-j', 0)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert 'which WebDataset shards do not keep' in lines[0] and 'evaluate the image folder' in lines[0]
+    assert not (tmp_path / 'r.csv').exists()
+    from typer.testing import CliRunner
+    from litcli.cli import app
+    help_text = ' '.join(CliRunner().invoke(app, ['eval', '--help'], env={'COLUMNS': '300'}).output.split())
+    assert 'Not for WebDataset shards, which keep no file paths' in help_text

@@ -70,8 +70,9 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
     # pixels as data_cfg's PadOrResize on each image (tested), only faster.
     fast = not is_image_data(kind) and data_cfg['crop_mode'] == PAD_MODE
     if kind == 'shards' and results_file:
-        raise LitError('--results-file names images by file; shards have no files: evaluate the image folder, or '
-                       'drop --results-file')
+        raise LitError('--results-file lists every image by its file path, which WebDataset shards do not keep '
+                       '(see lit eval --help): evaluate the image folder they were packed from, or drop '
+                       '--results-file')
     # uint8 images from the workers, normalised on the device (litcli.core.data.loaders)
     ds, spec = build_eval_dataset(data, data_dir=data_dir, transform=eval_transform(data_cfg, uint8=not fast),
                                   strict_data=strict_data, fast_tensors=fast, img_size=loaded.img_size)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import parity_lib
 from litcli.models.segmentation import (FPNHead, SemanticFPN, identify_semantic_fpn, mmseg_head_layout,
                                         mmseg_semantic_fpn_layout, semantic_fpn_from_mmseg, semantic_fpn_lit)
 
@@ -95,6 +96,18 @@ def test_official_mmseg_state_dict_loads_strictly(model):
     assert torch.equal(model.decode_head.conv_seg.weight, official['decode_head.conv_seg.weight'])
     first_backbone_key = next(k for k in official if k.startswith('backbone.'))
     assert torch.equal(model.state_dict()[first_backbone_key], official[first_backbone_key])
+
+
+@pytest.mark.parametrize('variant, manifest', [('ti', 'manifest_ti_dense.json'), ('s', 'manifest_s_seg.json')])
+def test_the_official_backbone_rows_load_too(variant, manifest, fixtures_dir):
+    """The backbone part read from the official code's own state dict (its manifest), not from our backbone."""
+    g = torch.Generator().manual_seed(1)
+    rows = [(f'backbone.{key}', shape, getattr(torch, dtype.split('.')[1]))
+            for key, shape, dtype in parity_lib.load_manifest(fixtures_dir / 'dense' / manifest)]
+    official = {key: torch.randn(shape, generator=g) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+                for key, shape, dtype in rows + mmseg_head_layout(variant, 150)}
+    assert identify_semantic_fpn(official) == (variant, 150)
+    assert semantic_fpn_lit(variant).load_state_dict(semantic_fpn_from_mmseg(official), strict=True)
 
 
 def test_mmseg_neck_and_head_rows():

@@ -9,7 +9,7 @@ CONSTRAINTS := requirements/constraints.txt
 TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 DEMO_NAME   := demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test test-all gpu-check bench clean
+.PHONY: install demo test test-all gpu-check bench docs docs-cli clean
 
 install: $(STAMP)
 
@@ -19,26 +19,36 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) $(TORCH_PINS)
 	@# The distribution was called `lit` before (PyPI's `lit` is LLVM's tool): an old editable install goes first.
 	-@$(PIP) uninstall --quiet --disable-pip-version-check -y lit 2>/dev/null
-	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[flops,export,track,cam,shards,dev]'
+	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[flops,export,track,cam,shards,dev,docs]'
 	@touch $(STAMP)
 
-# `make demo`: install, train the built-in demo (`lit train` with no arguments: a small LIT on Fashion-MNIST), then
-# draw what its DTMs learned on test images of different classes (and its attention maps when the model attends
-# over a grid of at least 4x4 tokens); prints the time of each phase and the files to open.
+# `make demo`: install, get the data, train the built-in demo (`lit train` with no arguments: a small LIT on
+# Fashion-MNIST), then draw what its DTMs learned on test images of different classes (and its attention maps when the
+# model attends over a grid of at least 4x4 tokens); prints the time of each phase and the files to open.
+# The data step, shown as it runs and skipped once the full Fashion-MNIST is on the machine (or with DEMO_FETCH=no, or
+# a --data in DEMO_ARGS): assets/datasets/fetch_fashion_mnist.py finds it or downloads it into ~/.cache/litcli/; when
+# that fails and make runs as root where apt-get exists, it installs the Debian package dataset-fashion-mnist. With
+# neither, the demo trains on the subset shipped in assets/ and its log says so.
 DEMO_RUN := runs/demo/$(DEMO_NAME)
 # The stage whose attention maps the demo draws (empty: none): the demo model (32 px input, 2x2 patches) attends
 # over 4x4 tokens in stage 3 and 2x2 in stage 4.
 DEMO_ATTN_STAGE ?= 3
 # Extra `lit train` flags, e.g. DEMO_ARGS="--data fashion-mnist-mini --epochs 1" for a quick look.
 DEMO_ARGS ?=
+DEMO_FETCH ?= yes
 demo:
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory install || exit 1; \
 	installed=$$(date +%s); \
-	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
-	  echo "installing the full Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist) >/dev/null 2>&1 || \
-	  echo "(not installed: the demo uses the Fashion-MNIST subset shipped in assets/)"; \
+	if [ "$(DEMO_FETCH)" != no ] && [ -z "$(filter --data%,$(DEMO_ARGS))" ] && \
+	   ! $(PY) assets/datasets/fetch_fashion_mnist.py; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "data: installing the Debian package dataset-fashion-mnist instead (apt-get, as root):"; \
+	    { apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist; } || \
+	      echo "data: not installed; the demo trains on the subset shipped in assets/"; \
+	  else \
+	    echo "data: the demo trains on the subset shipped in assets/"; \
+	  fi; \
 	fi; \
 	$(VENV)/bin/lit env || exit 1; \
 	data_ready=$$(date +%s); \
@@ -61,8 +71,9 @@ demo:
 	echo "  $$attention"; \
 	echo "  $(DEMO_RUN)/metrics.csv  $(DEMO_RUN)/checkpoints/best.pt"
 
-# The CI suite: the import contracts (pyproject.toml [tool.importlinter]), then everything but GPU-only tests.
-test: install
+# The CI suite: the strict docs build, the import contracts (pyproject.toml [tool.importlinter]), then everything but
+# GPU-only tests.
+test: install docs
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not gpu"
 
@@ -84,5 +95,15 @@ bench: install
 	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 1 --img-size 1024 --repeats 2 --mode infer
 	$(PY) benchmarks/bench_data.py --images 1000 --workers 0,1,2 --rounds 2
 
+# The documentation site (docs/, mkdocs.yml) into site/ with --strict: a broken link or anchor, or a page missing from
+# the nav, fails the build. Nothing is fetched. `make docs-cli` regenerates the CLI reference (docs/reference/cli/ and
+# its nav) from the Typer app; tests/test_docs.py fails until the committed pages match.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir site
+	@echo "docs: site/index.html"
+
+docs-cli: install
+	$(PY) docs/gen_cli_reference.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

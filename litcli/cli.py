@@ -225,8 +225,9 @@ def train(
         help='LIT variant; its official recipe is the default config (none: the small built-in demo config on '
              'built-in data, else ti).')] = None,
     data: Annotated[Optional[str], typer.Option(
-        help='ImageFolder root (train/ and val/ class subfolders) or a built-in set '
-             '(fashion-mnist, fashion-mnist-mini). Default: built-in.')] = None,
+        help='ImageFolder root (train/ and val/ class subfolders), a tar of one, wds:PATTERN shards, or a built-in '
+             'set (fashion-mnist, fashion-mnist-mini). Default: the full Fashion-MNIST where it is found, else the '
+             'mini set.')] = None,
     data_dir: Annotated[Optional[Path], typer.Option(
         '--data-dir',
         help='Folder holding a built-in set\'s files.')] = None,
@@ -334,7 +335,7 @@ def train(
         help='DataLoader worker processes (4).')] = None,
     threads: Annotated[Optional[int], typer.Option(
         '--threads', min=1,
-        help='CPU runs: torch threads per process (default: one per core; the built-in demo uses 1).')] = None,
+        help='CPU runs: torch threads per process (default: torch\'s, one per core).')] = None,
     device: Annotated[Optional[str], typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')] = None,
     log_interval: Annotated[Optional[int], typer.Option(
         '--log-interval', min=1,

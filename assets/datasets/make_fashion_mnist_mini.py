@@ -1,8 +1,9 @@
 """Regenerate assets/datasets/fashion-mnist-mini/fashion-mnist-mini.npz from the full Fashion-MNIST.
 
 Deterministic: for each class, the first 600 training and 100 test images of a fixed permutation (numpy
-default_rng(0)), kept in their original order. Reads the Debian package's files (apt-get install
-dataset-fashion-mnist) or a folder given as the first argument.
+default_rng(0)), kept in their original order. Reads the full set where `lit train` finds it
+(``litcli.core.data.datasets.find_fashion_mnist``: $LIT_FASHION_MNIST_DIR, the user cache, the Debian package's
+folder) or a folder given as the first argument.
 
     python assets/datasets/make_fashion_mnist_mini.py [FASHION_MNIST_DIR]
 """
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from litcli.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, MINI_DIR, MINI_FILE, load_fashion_mnist
+from litcli.core.data.datasets import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, MINI_DIR, MINI_FILE,
+                                      find_fashion_mnist, load_fashion_mnist)
 
 PER_CLASS = {'train': 600, 'test': 100}
 
@@ -37,4 +39,4 @@ def main(source=FASHION_MNIST_DIR):
 
 
 if __name__ == '__main__':
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else FASHION_MNIST_DIR)
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else find_fashion_mnist() or FASHION_MNIST_DIR)

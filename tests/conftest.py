@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 FIXTURES = Path(__file__).parent / 'fixtures'
-sys.path.insert(0, str(FIXTURES))  # parity_lib.py, copied from shared/parity
+sys.path.insert(0, str(FIXTURES))  # parity_lib.py: the official-code parity vectors' helpers (tests/fixtures/README.md)
 
 
 @pytest.fixture(scope='module', autouse=True)

@@ -14,12 +14,12 @@ from litcli.models.dtm import DeformConv2x2, torchvision_ops_available
 runner = CliRunner()
 ENV = {'COLUMNS': '160'}
 
-# lit-architecture.md sections 1 and 9.
+# Exact parameter counts with and without the classifier (docs/models.md).
 PARAMS = {
     'lit_ti': (19_886_272, 19_373_272), 'lit_s': (27_973_720, 27_204_720),
     'lit_m': (49_372_264, 48_603_264), 'lit_b': (87_292_384, 86_267_384),
 }
-# The official analytic per-module flops() of LIT-S/M/B (lit-architecture.md section 11).
+# The official code's analytic per-module flops() of LIT-S/M/B (docs/flops-and-benchmarks.md).
 OFFICIAL_ANALYTIC = {'lit_s': 4.082, 'lit_m': 8.599, 'lit_b': 15.037}
 SMALL = (64, 64)  # smallest size with every stage present (grids 16/8/4/2): fast equality checks
 
@@ -46,7 +46,7 @@ def test_paper_params_and_gmacs(at_224, name):
     assert (r['params'], r['params_without_head']) == PARAMS[name]
     # The paper's "19M / 27M / 48M / 86M" are the head-excluded counts, truncated.
     assert int(r['params_without_head'] / 1e6) == F.PAPER[name]['params_m']
-    # Measured: 3.625 / 4.089 / 8.614 / 15.056 (the spec's fvcore-with-deform-handle values). The paper prints
+    # Measured: 3.625 / 4.089 / 8.613 / 15.056 (fvcore with the deform and SDPA handles). The paper prints
     # one decimal of the official analytic formula (15.037 for LIT-B), which counts LayerNorm at 1 per element
     # where fvcore counts 5, and the offset conv with 12 channels instead of 8 (see the next test). So ours
     # may differ from the printed figure by the rounding (<= 0.05) plus that convention gap (0.019 G for

@@ -10,7 +10,7 @@ import parity_lib
 from litcli.models import Attention, DeformConv2x2, LITBase, capture_offsets
 
 VARIANTS = ('lit_ti', 'lit_s', 'lit_m', 'lit_b')
-# lit-architecture.md section 1
+# The official variants' parameter counts and state-dict sizes (docs/models.md)
 PARAMS = {'lit_ti': 19_886_272, 'lit_s': 27_973_720, 'lit_m': 49_372_264, 'lit_b': 87_292_384}
 PARAMS_NO_HEAD = {'lit_ti': 19_373_272, 'lit_s': 27_204_720, 'lit_m': 48_603_264, 'lit_b': 86_267_384}
 ENTRIES = {'lit_ti': 190, 'lit_s': 171, 'lit_m': 339, 'lit_b': 339}
@@ -91,7 +91,8 @@ def test_official_logits_float32(official, fixtures_dir):
 
 
 def _spec_manifest(variant):
-    """Key -> shape for S/M/B, written out from the spec's table (lit-architecture.md section 7.2)."""
+    """Key -> shape for S/M/B, written out from the official code's state-dict layout (LIT-S's is
+    tests/fixtures/manifest_s.json)."""
     C = 128 if variant == 'lit_b' else 96
     depths = (2, 2, 18, 2) if variant in ('lit_m', 'lit_b') else (2, 2, 6, 2)
     heads = (16, 32) if variant == 'lit_b' else (12, 24)

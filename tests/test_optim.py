@@ -1,4 +1,4 @@
-"""Parameter groups and learning-rate schedule of the official recipes (lit-architecture.md 13, recipe 1.1)."""
+"""Parameter groups and learning-rate schedule of the official recipes (docs/training.md, "Configuration")."""
 import copy
 
 import pytest

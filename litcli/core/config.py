@@ -4,7 +4,7 @@ and the ONE merge of a new run's config (recipe < ``--config FILE.yaml`` < expli
 A config is a flat dict of plain types (written to ``config.yaml`` and into every checkpoint). The recipes also ship
 as YAML (``litcli/recipes/*.yaml``); a test keeps them equal to the dicts below.
 
-Learning rates (training-recipe.md sections 1 and 2): ``lr`` is absolute; when it is None it is
+Learning rates (docs/training.md, "Configuration"): ``lr`` is absolute; when it is None it is
 ``lr_base x global_batch / 512`` with global batch = per-device batch x world size x grad-accum steps.
 ``warmup_lr`` and ``min_lr`` are absolute for LIT-Ti (1e-6, 1e-5) and, for the Swin-style S/M/B recipe, base
 values scaled the same way (``scale_lr_bounds``: 5e-7 and 5e-6, i.e. 1e-6 and 1e-5 at batch 1024).
@@ -21,7 +21,7 @@ from litcli.core.errors import LitError, UsageError
 RECIPE_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 BUILTIN_DATASETS = ('fashion-mnist', 'fashion-mnist-mini')
 
-# Settings shared by both official trainers (training-recipe.md section 1).
+# Settings shared by both official trainers (the official ziplab/LIT training code; docs/training.md).
 _COMMON = dict(
     variant=None,             # registered timm name, e.g. 'lit_s'
     model_kwargs={},          # extra timm.create_model kwargs (embed_dims, depths, ...), for non-paper sizes

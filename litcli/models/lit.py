@@ -680,7 +680,7 @@ default_cfgs = generate_default_cfgs({
     'pvt_s_dtm.untrained': _cfg(first_conv='patch_embed1.proj'),
 })
 
-# The variants, as data (lit-architecture.md section 1). Stage-1/2 head counts are unused by MLP blocks but
+# The variants, as data (the official code's; docs/models.md). Stage-1/2 head counts are unused by MLP blocks but
 # kept as in the official configs. Drop-path rates of the training recipes live in the recipes.
 LIT_ARCHS = {
     'lit_ti': dict(layout=LITPvtStyle, embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3),

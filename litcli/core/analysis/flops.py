@@ -1,6 +1,6 @@
 """Parameter and FLOP counts in the vision papers' convention, and where the cost goes (``lit flops``, ``lit bench``).
 
-Convention (lit-architecture.md section 11, ecosystem.md section 4): "FLOPs" in the LIT/Swin/PVT/DeiT papers
+Convention (docs/flops-and-benchmarks.md): "FLOPs" in the LIT/Swin/PVT/DeiT papers
 are multiply-accumulates (MACs), which is what fvcore counts. ``torch.utils.flop_counter`` counts 2 x MAC.
 
 One counting rule for both DTM backends, matching the paper:
@@ -16,7 +16,7 @@ One counting rule for both DTM backends, matching the paper:
 fvcore has no handle for ``aten::scaled_dot_product_attention``; ``sdpa_flop_jit`` counts its two matmuls,
 so the fused and the explicit attention paths give the same count.
 
-Measured at 224: 3.625 / 4.089 / 8.614 / 15.056 GMACs (Ti/S/M/B) against the paper's 3.6 / 4.1 / 8.6 / 15.0.
+Measured at 224: 3.625 / 4.089 / 8.613 / 15.056 GMACs (Ti/S/M/B) against the paper's 3.6 / 4.1 / 8.6 / 15.0.
 The paper rounds the official analytic formula (4.082 / 8.599 / 15.037 for S/M/B), which counts LayerNorm at
 1 MAC per element (fvcore: 5) and the offset conv with 12 output channels (real: 8); re-weighting those two
 terms turns our count into the official one (tests/test_flops.py). fvcore is optional: without it the same

@@ -1,4 +1,4 @@
-"""Optimizer parameter groups and LR schedule of the official LIT recipes (lit-architecture.md section 13).
+"""Optimizer parameter groups and LR schedule of the official LIT recipes (docs/training.md, "Configuration").
 
 Three groups, decided per trainable parameter in this order:
 1. no decay: 1-D tensors (norms, biases), names ending in ``.bias``, names in ``model.no_weight_decay()``
@@ -9,7 +9,7 @@ Three groups, decided per trainable parameter in this order:
 
 The offset group carries an absolute ``'lr'`` rather than timm's ``lr_scale`` on purpose: timm's cosine
 scheduler gives each group its own maximum but one shared ``min_lr``, so with lr x 0.01 = min_lr the offset
-lr warms up to 1e-5 and then stays at 1e-5, which is what the official runs did (training-recipe.md 1.1).
+lr warms up to 1e-5 and then stays at 1e-5, which is what the official runs did (their logged learning rates).
 """
 from typing import Dict, List
 

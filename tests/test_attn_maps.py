@@ -94,6 +94,7 @@ def image_folder(root, n=4):
     return root
 
 
+@pytest.mark.slow
 def test_cli_writes_grid_per_head_npy_json(tmp_path):
     data = image_folder(tmp_path / 'data')
     r = _invoke('--variant', 's', '--img-size', '64', '--data', str(data), '--num-images', '3', '-b', '2',
@@ -139,6 +140,7 @@ def test_cli_full_attention_model_stage_1(tmp_path):
     assert grid.std() > 20  # real content, not a blank canvas
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs(tmp_path):
     r = _invoke('--variant', 's', '--stage', '1', '--img-size', '64', '--output', str(tmp_path))
     assert r.exit_code != 0 and 'MLP blocks only' in r.output and 'msa-stages' in r.output

@@ -46,6 +46,7 @@ def test_oom_halves_batch_then_records(monkeypatch):
     assert result['entries'][0].error == 'OOM'
 
 
+@pytest.mark.slow
 def test_cli_json_every_field_positive(tmp_path):
     args = ['bench', '-v', 'ti', '--compare', 'resnet18', '-b', '2', '--img-size', '64', '--repeats', '2',
             '--warmup', '1', '--json', '--csv', str(tmp_path / 'b.csv'), '--profile']

@@ -277,6 +277,7 @@ def assert_all_checkpoints_load(ckpt_dir: Path):
         assert 'model' in raw and 'optimizer' in raw
 
 
+@pytest.mark.slow
 def test_straight_run_keeps_last_k_step_checkpoints(straight):
     names = sorted(p.name for p in (straight / 'checkpoints').glob('*.pt'))
     assert names == ['best.pt', 'last.pt', f'step-{STEPS - 1:07d}.pt', f'step-{STEPS:07d}.pt']
@@ -321,6 +322,7 @@ def test_sigkill_at_random_steps_then_resume_auto_is_bit_identical(mini, ft_cfg,
 
 
 @pytest.mark.parametrize('sig,code', [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_signal_saves_at_step_boundary_and_prints_resume_command(mini, ft_cfg, straight, tmp_path, sig, code):
     args = train_args(mini, ft_cfg, tmp_path, 'sig', '-b', 4)  # no --save-interval: the signal alone saves
     rc, out, sent = run_until_step(args, 3, env(), TIMEOUT, random.Random(0), sig)
@@ -343,6 +345,7 @@ def test_signal_saves_at_step_boundary_and_prints_resume_command(mini, ft_cfg, s
     assert all(torch.equal(v, b[k]) for k, v in a.items())
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_previous(straight, tmp_path):
     run_dir = tmp_path / 'runs' / 'straight'
     shutil.copytree(straight, run_dir)  # copies: last.pt and the newest step file are separate files here

@@ -41,6 +41,7 @@ def _paper_count(cache, name):
 
 
 @pytest.mark.parametrize('name', ['lit_ti', 'lit_s', 'lit_m', 'lit_b'])
+@pytest.mark.slow
 def test_paper_params_and_gmacs(at_224, name):
     r = _paper_count(at_224, name)
     assert (r['params'], r['params_without_head']) == PARAMS[name]
@@ -88,6 +89,7 @@ def test_stage_breakdown_adds_up(at_224):
     assert stage['stage 2']['dtm'] == 28 * 28 * 4 * 96 * (192 + 8) + 2 * 192 * 28 * 28
 
 
+@pytest.mark.slow
 def test_sdpa_and_explicit_attention_count_the_same():
     fused = F.analyse_model('lit_s', SMALL, fused_attn=True)
     explicit = F.analyse_model('lit_s', SMALL, fused_attn=False)
@@ -98,6 +100,7 @@ def test_sdpa_and_explicit_attention_count_the_same():
 
 
 @pytest.mark.skipif(not torchvision_ops_available(), reason="torchvision's C++ ops did not load")
+@pytest.mark.slow
 def test_dtm_backends_count_the_same():
     model = timm.create_model('lit_s', img_size=SMALL).eval()
     x = torch.randn(1, 3, *SMALL)
@@ -113,6 +116,7 @@ def test_dtm_backends_count_the_same():
     assert pure.by_module['layers.0.downsample'] == tv.by_module['layers.0.downsample']
 
 
+@pytest.mark.slow
 def test_fvcore_matches_flop_counter_mode():
     """FlopCounterMode counts 2 x MAC of matmuls and convs and ignores norms: it must be twice fvcore's
     matmul/conv part. CPU SDPA needs our custom_mapping (the explicit path counts the same, tested above)."""
@@ -127,6 +131,7 @@ def test_fvcore_matches_flop_counter_mode():
     assert F.count_macs(model, x, counter='torch').total == pytest.approx(matmul_conv, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_falls_back_to_flop_counter_mode_without_fvcore(monkeypatch):
     monkeypatch.setattr(F, 'fvcore_available', lambda: False)
     r = F.analyse_model('lit_s', SMALL, fused_attn=True)
@@ -145,6 +150,7 @@ def test_parse_img_sizes():
         checked_img_size(1333)
 
 
+@pytest.mark.slow
 def test_cli_json_schema(tmp_path):
     out = tmp_path / 'flops.json'
     result = invoke('--variant', 's', '--img-size', '64,96x128', '--json', '--json-file', str(out))
@@ -161,6 +167,7 @@ def test_cli_json_schema(tmp_path):
         assert sum(row['total'] for row in r['stages']) == r['macs']
 
 
+@pytest.mark.slow
 def test_cli_compare_batch_two_x_and_plot(tmp_path):
     plot, out = tmp_path / 'sweep.png', tmp_path / 'flops.json'
     result = invoke('-v', 'ti', '--img-size', '64', '--batch', '2', '--compare', 'resnet18', '--two-x',

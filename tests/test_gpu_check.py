@@ -25,6 +25,7 @@ def gpu_check(*args, env=None, timeout=300):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='a CUDA device is present')
+@pytest.mark.slow
 def test_no_cuda_prints_one_line_and_exits_1(tmp_path):
     out = gpu_check('--out', tmp_path / 'report.json')
     assert out.returncode == 1
@@ -59,6 +60,7 @@ def dry_run(tmp_path_factory):
     return out, json.loads((tmp / 'report.json').read_text())
 
 
+@pytest.mark.slow
 def test_dry_run_records_every_part_in_order(dry_run):
     out, report = dry_run
     assert out.returncode == 1, out.stdout + out.stderr  # a part failed
@@ -74,6 +76,7 @@ def test_dry_run_records_every_part_in_order(dry_run):
     assert report['device'] == 'cpu' and report['env']['torch'] and report['targets'] == []
 
 
+@pytest.mark.slow
 def test_dry_run_dtm_part_ran_after_the_failures(dry_run):
     _, report = dry_run
     dtm = next(p for p in report['parts'] if p['name'] == 'dtm')
@@ -87,6 +90,7 @@ def test_dry_run_dtm_part_ran_after_the_failures(dry_run):
         assert max(parity.values()) < 1e-10
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_table(dry_run):
     out, _ = dry_run
     lines = out.stdout.splitlines()
@@ -98,6 +102,7 @@ def test_dry_run_prints_the_table(dry_run):
     assert '--- env fail: injected failure' in out.stdout  # the failure's log tail comes before the table
 
 
+@pytest.mark.slow
 def test_budget_used_up_skips_the_rest(tmp_path):
     out = gpu_check('--device', 'cpu', '--parts', 'dtm,amp', '--budget', '1', '--out', tmp_path / 'r.json')
     assert out.returncode == 0, out.stdout + out.stderr

@@ -48,6 +48,7 @@ def test_state_dict_matches_official_manifest(official):
 
 @pytest.mark.parametrize('fused', [False, True], ids=['explicit', 'sdpa'])
 @pytest.mark.parametrize('backend', ['pure', 'torchvision'])
+@pytest.mark.slow
 def test_official_logits_float64(official, fused, backend):
     model, fx, _ = official
     _set_attention(model, fused)
@@ -57,6 +58,7 @@ def test_official_logits_float64(official, fused, backend):
     torch.testing.assert_close(logits, fx['logits'], rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_official_offsets_and_intermediates(official):
     model, fx, _ = official
     _set_attention(model, True)
@@ -81,6 +83,7 @@ def test_official_offsets_and_intermediates(official):
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_official_logits_float32(official, fixtures_dir):
     model, fx, _ = official
     model32 = timm.create_model(model.pretrained_cfg['architecture'])
@@ -124,6 +127,7 @@ def _spec_manifest(variant):
 
 
 @pytest.mark.parametrize('variant', ['lit_s', 'lit_m', 'lit_b'])
+@pytest.mark.slow
 def test_swin_style_keys_follow_spec_table(variant):
     model = timm.create_model(variant)
     spec = _spec_manifest(variant)
@@ -135,6 +139,7 @@ def test_swin_style_keys_follow_spec_table(variant):
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.slow
 def test_counts_match_spec(variant):
     model = timm.create_model(variant)
     assert len(model.state_dict()) == ENTRIES[variant]
@@ -155,6 +160,7 @@ def test_eps_and_structure_details():
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.slow
 def test_offset_conv_zero_at_init(variant):
     model = timm.create_model(variant)
     convs = [m.conv_offset for m in model.modules() if isinstance(m, DeformConv2x2)]
@@ -170,6 +176,7 @@ def test_stochastic_depth_linear_over_all_blocks():
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.slow
 def test_contract_forward_backward_every_param_gets_grad(variant):
     torch.manual_seed(0)
     model = timm.create_model(variant, img_size=64, num_classes=7, drop_path_rate=0.1)
@@ -196,6 +203,7 @@ def test_contract_forward_backward_every_param_gets_grad(variant):
 
 
 @pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+@pytest.mark.slow
 def test_forward_intermediates_and_features_only(variant):
     model = timm.create_model(variant).eval()
     x = torch.randn(1, 3, 224, 256)
@@ -217,6 +225,7 @@ def test_forward_intermediates_and_features_only(variant):
 
 
 @pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+@pytest.mark.slow
 def test_fused_and_explicit_attention_agree_fp32(variant):
     torch.manual_seed(0)
     model = timm.create_model(variant, img_size=64).eval()
@@ -234,6 +243,7 @@ def test_fused_attn_constructor_flag():
     assert not any(m.fused_attn for m in model.modules() if isinstance(m, Attention))
 
 
+@pytest.mark.slow
 def test_cpu_training_takes_the_explicit_attention_path_with_the_same_gradients(monkeypatch):
     """On CPU a learnable bias sends SDPA to its slow math fallback, so training uses the explicit path; its
     values and gradients equal SDPA's, and inference still goes through SDPA."""
@@ -270,6 +280,7 @@ def test_cpu_training_takes_the_explicit_attention_path_with_the_same_gradients(
 
 @pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
 @pytest.mark.parametrize('size', [(256, 256), (256, 320), (96, 64)])
+@pytest.mark.slow
 def test_other_input_sizes(variant, size):
     model = timm.create_model(variant, num_classes=3).eval()
     with torch.no_grad():
@@ -277,6 +288,7 @@ def test_other_input_sizes(variant, size):
 
 
 @pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+@pytest.mark.slow
 def test_build_size_is_bit_exact_and_checkpoint_resamples(variant, monkeypatch):
     """A 224 checkpoint loaded into a model built for 384 equals running the 224 model at 384; at its own build
     size a model resamples nothing, and running it at another size leaves its tables as they were."""
@@ -341,6 +353,7 @@ def test_no_weight_decay_and_group_matcher():
             assert sorted(n for g in groups.values() for n in g) == sorted(n for n, _ in model.named_parameters())
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_same_result():
     torch.manual_seed(0)
     model = timm.create_model('lit_s', img_size=64).eval()
@@ -356,6 +369,7 @@ def test_grad_checkpointing_same_result():
     torch.testing.assert_close(x.grad, g_ref)
 
 
+@pytest.mark.slow
 def test_cfgs_registered():
     for v in VARIANTS:
         model = timm.create_model(v, img_size=64)
@@ -367,6 +381,7 @@ def test_cfgs_registered():
     assert timm.create_model('lit_s', num_classes=10, img_size=64).head.out_features == 10
 
 
+@pytest.mark.slow
 def test_bf16_autocast_cpu():
     model = timm.create_model('lit_ti', img_size=64).eval()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
@@ -374,6 +389,7 @@ def test_bf16_autocast_cpu():
     assert out.shape == (3, 1000) and torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_chunked_fused_attention_is_exact(monkeypatch):
     """Large maps run SDPA in query chunks (bias never built whole); the result is the same function."""
     import litcli.models.lit as lit_module
@@ -392,6 +408,7 @@ def test_chunked_fused_attention_is_exact(monkeypatch):
 
 
 @pytest.mark.parametrize('variant', ['lit_ti', 'lit_s'])
+@pytest.mark.slow
 def test_torch_compile_traces_one_graph(variant):
     """torch.compile sees the whole model (train and eval) as one graph: no graph breaks around DTM or attention.
     (Inductor itself runs in `make gpu-check`; compiling on a 2-core CI machine takes minutes.)"""

@@ -222,12 +222,14 @@ def check_onnx_export(checkpoint, out: Path, img_size: int):
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch_in_onnxruntime(trained, tmp_path):
     # lit_ti (PVT layout, absolute position tables resampled from the 32 px run to 64 px).
     check_onnx_export(trained, tmp_path / 'tiny.onnx', 64)
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_onnx_export_of_swin_layout(tmp_path):
     # lit_s layout: relative position bias in the attention stages (fused SDPA would not export; see export.py).
     torch.manual_seed(0)

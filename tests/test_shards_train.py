@@ -97,6 +97,7 @@ def test_sigkill_with_workers_then_resume_is_bit_identical(work, tmp_path, kind)
     assert rows[0]['img_per_s_device'] == pytest.approx(rows[0]['img_per_s'])
 
 
+@pytest.mark.slow
 def test_eval_on_shards_and_tar_counts_every_image(work, tmp_path):
     """lit train on a tar, lit eval of its checkpoint on the val shards: the 8 images once each."""
     import tarfile

@@ -43,6 +43,7 @@ def test_config_file_data_and_variant_count_like_flags(tmp_path):
     assert cfg['model_kwargs']['patch_size'] == 2 and cfg['model_kwargs']['stem_kernel'] == 6 and cfg['amp'] == 'auto'
 
 
+@pytest.mark.slow
 def test_config_file_variant_trains_that_variant(tmp_path):
     folder = make_folder(tmp_path / 'small', n_train=2, n_val=1)
     (tmp_path / 'ti.yaml').write_text(f'variant: ti\ndata: {folder}\nimg_size: 32\nepochs: 1\nbatch_size: 4\n'
@@ -55,11 +56,13 @@ def test_config_file_variant_trains_that_variant(tmp_path):
     assert params > 18_000_000 and 'demo' not in result.output  # the real LIT-Ti, not the 0.8M demo model
 
 
+@pytest.mark.slow
 def test_demo_configuration_says_so(mini_run):
     cfg = yaml.safe_load((mini_run / 'config.yaml').read_text())
     assert cfg['demo_config'] and cfg['data'] == 'fashion-mnist-mini'
 
 
+@pytest.mark.slow
 def test_demo_log_names_its_size(tmp_path):
     result = lit('train', '--data', 'fashion-mnist-mini', '--epochs', 1, '--output', tmp_path, '--name', 'd',
                  '--batch-size', 1000, '--lr', 0)
@@ -78,6 +81,7 @@ def test_demo_log_names_its_size(tmp_path):
     assert yaml.safe_load((tmp_path / 'e' / 'config.yaml').read_text())['threads'] == 2
 
 
+@pytest.mark.slow
 def test_predict_over_test_pngs_equals_eval(mini_run, tmp_path):
     """The built-in sets are zero-padded 28 -> 32 in training; predict (and export's config) must do the same."""
     from litcli.core.data.datasets import load_fashion_mnist_mini
@@ -104,6 +108,7 @@ def test_predict_over_test_pngs_equals_eval(mini_run, tmp_path):
     assert [p['topk'][0]['index'] for p in exported['predictions']] == predicted.tolist()
 
 
+@pytest.mark.slow
 def test_eval_loads_the_weights_the_metrics_came_from(mini_run, tmp_path):
     ckpt = torch.load(mini_run / 'checkpoints' / 'best.pt', weights_only=True)
     assert ckpt['eval_weights'] == 'ema'
@@ -133,6 +138,7 @@ def test_use_ema_on_a_run_without_ema_is_a_clear_error(tmp_path, tiny_config):
 
 @pytest.mark.parametrize('variant', ['lit_ti', 'lit_s', 'lit_m', 'lit_b'])
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.slow
 def test_model_cast_to_half_precision_runs(variant, dtype):
     torch.manual_seed(0)
     model = timm.create_model(variant, img_size=64).eval()
@@ -170,6 +176,7 @@ def test_lr_column_is_the_rate_the_epoch_used(tmp_path, tiny_config):
     assert 'lr 1.000e-06' in result.output
 
 
+@pytest.mark.slow
 def test_checkpoint_sizes_follow_its_own_patch(mini_run, tmp_path):
     """A 2x2-patch checkpoint (the demo's) takes any side divisible by 16 at load time (48 was refused by the
     official 32-pixel rule); a side that fits no 16 is a usage error naming the nearest."""
@@ -185,6 +192,7 @@ def test_checkpoint_sizes_follow_its_own_patch(mini_run, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_figure_commands_take_builtin_data_and_default_to_the_checkpoints(mini_run, tmp_path):
     ckpt = mini_run / 'checkpoints' / 'last.pt'
     result = lit('attn-maps', '--checkpoint', ckpt, '--data', 'fashion-mnist-mini', '--num-images', 20,
@@ -222,6 +230,7 @@ def test_paper_variant_without_data_refuses_with_the_alternatives(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_smaller_defects(tmp_path, mini_run):
     from litcli.core.data.images import expand_images
 

@@ -70,6 +70,7 @@ def test_resume_continues_epoch_and_step(first_run, tiny_data, tiny_config, tmp_
     assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(ckpt['config']['min_lr'])
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tiny_config, tmp_path, monkeypatch):
     """A run stopped after epoch 0 and resumed ends with bit-identical weights to one run straight through."""
     from litcli.commands.train import run as train
@@ -224,6 +225,7 @@ def test_shipped_recipe_yaml_matches(name):
     assert yaml.safe_load((RECIPE_DIR / f'{name}.yaml').read_text()) == RECIPES[name]
 
 
+@pytest.mark.slow
 def test_builtin_demo_config_on_mini_set_trains_and_evaluates(tmp_path):
     """No --variant on a built-in set: the demo config (fast tensor path); eval reproduces the metrics."""
     from litcli.core.config import demo_config as default_small_config

@@ -50,6 +50,7 @@ def lit_ti():
     return timm.create_model('lit_ti').eval()
 
 
+@pytest.mark.slow
 def test_model_offset_layout_end_to_end():
     """Through the real model: a bias of +1 on the dx channels of the first DTM shifts the points by 4 px,
     on the dy channels by 4 px down."""
@@ -89,6 +90,7 @@ def _write_modes(tmp_path):
     return paths
 
 
+@pytest.mark.slow
 def test_every_image_mode(tmp_path, lit_ti):
     for mode, path in _write_modes(tmp_path).items():
         trace = trace_offsets(lit_ti, path)
@@ -99,6 +101,7 @@ def test_every_image_mode(tmp_path, lit_ti):
     assert not np.array_equal(rotated, upright)  # EXIF orientation applied
 
 
+@pytest.mark.slow
 def test_pngs_are_real(tmp_path, lit_ti):
     result = viz_offsets(PHOTO, lit_ti, tmp_path, tokens='center')
     assert [p.rsplit('/', 1)[-1] for p in result['paths']] == ['overview.png', 'offset_magnitude.png', '3-3.png']
@@ -111,6 +114,7 @@ def test_pngs_are_real(tmp_path, lit_ti):
     assert red.sum() > 64 and lime.sum() > 100
 
 
+@pytest.mark.slow
 def test_cli_writes_figures_json_npy(tmp_path):
     runner = CliRunner()
     args = ['viz-offsets', PHOTO, '--tokens', '0,0;6,6', '--output', str(tmp_path), '--json', '--save-npy',
@@ -132,6 +136,7 @@ def _invoke(*args):
     return CliRunner().invoke(app, ['viz-offsets', *args], prog_name='lit', env={'COLUMNS': '160'})
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs(tmp_path):
     assert _invoke(str(tmp_path / 'missing.jpg')).exit_code == 2
     assert _invoke(str(tmp_path)).exit_code == 2

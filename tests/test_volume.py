@@ -55,6 +55,7 @@ def test_posterize_zero_bits_is_black_as_before_pillow_13():
     assert np.asarray(_posterize_any_bits(img, 1)).max() == 128  # keeps the top bit
 
 
+@pytest.mark.slow
 def test_every_recipe_transform_on_thousands_of_varied_images():
     """Each recipe's training transform (RandAugment rand-m9-mstd0.5-inc1, random erasing, ...) on 4,000 varied
     images; before the posterize guard about 1 call in 750 raised under Pillow 13 (P(no failure) < 1%)."""
@@ -120,6 +121,7 @@ def test_skip_counts_are_per_epoch_and_eval_scores_each_readable_image_once(tmp_
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
 
 
+@pytest.mark.slow
 def test_every_paper_recipe_trains_an_epoch_on_thousands_of_jpegs(tmp_path_factory):
     """One epoch of each paper recipe (its augmentation, schedule, mixup; a tiny model) over 1,500 small JPEGs
     of random sizes with 2 workers: nothing is skipped, nothing crashes."""
@@ -154,6 +156,7 @@ def _wait_for(path: Path, text: str, timeout: float = 120):
     return False
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path, tiny_config):
     """What SLURM preemption, `timeout` and systemd do: SIGTERM to every process of the job, workers included."""
     data = make_folder(tmp_path / 'd', n_train=200, n_val=4)
@@ -195,6 +198,7 @@ def test_exist_ok_moves_the_earlier_run_aside(tmp_path, tiny_config):
     assert (aside[0] / 'metrics.csv').read_text() == 'old metrics\n'
 
 
+@pytest.mark.slow
 def test_resume_auto_takes_only_the_named_run(tmp_path, tiny_config):
     data = make_folder(tmp_path / 'd', n_train=8, n_val=2)
     runs = tmp_path / 'runs'
@@ -209,6 +213,7 @@ def test_resume_auto_takes_only_the_named_run(tmp_path, tiny_config):
 
 
 @pytest.mark.parametrize('start', ['lit', 'fork'])
+@pytest.mark.slow
 def test_workers_still_stop_when_the_main_process_exits(tmp_path, start):
     """Workers survive a SIGTERM sent to the whole job, but not the main process's own terminate(): an exit with a
     live persistent-worker loader (multiprocessing terminates and joins its children at exit) must not hang, with
@@ -238,6 +243,7 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path('/proc/self/status').exists(), reason='reads /proc')
+@pytest.mark.slow
 def test_workers_and_their_server_exit_when_the_main_process_is_killed(tmp_path):
     """kill -9 (or the OOM killer) of the main process: its workers and their forkserver go too, within seconds.
     torch's workers watch their parent, which is the server, and the server waits for its workers: both stayed."""
@@ -272,6 +278,7 @@ def test_workers_and_their_server_exit_when_the_main_process_is_killed(tmp_path)
 
 
 @pytest.mark.parametrize('pidfd', [True, False])
+@pytest.mark.slow
 def test_the_main_process_watch_exits_when_it_is_gone(pidfd):
     """exit_with_main_process on a pidfd (Linux) and on its once-a-second fallback (macOS): the watcher exits (0) once
     the watched process has gone, and not before."""
@@ -298,6 +305,7 @@ def test_the_main_process_watch_exits_when_it_is_gone(pidfd):
                 proc.kill()
 
 
+@pytest.mark.slow
 def test_workers_are_not_forked_from_the_threaded_main_process(tmp_path):
     """The CI hang (gh-112275): a worker fork()ed from a process whose other threads hold a CPython lock deadlocks
     before running any Python. lit's workers come from a single-threaded forkserver instead, started with SIGTERM

@@ -217,13 +217,17 @@ def test_interface_the_detectors_use():
 
 
 def test_no_weight_decay_follows_the_official_configs():
-    # LIT-Ti's configs have no paramwise_cfg: everything decays.
+    # LIT-Ti's configs (detection and segmentation) and LIT-S's segmentation config (lit_s_fpn_r50_512x512_80k_ade20k.py:
+    # AdamW lr 1e-4, wd 1e-4, nothing more) have no paramwise_cfg: everything decays.
     assert _meta('ti', 'detection').no_weight_decay() == set()
-    # LIT-S's: custom_keys 'relative_position_bias_table' and 'norm' (substring of the name) get decay_mult 0.
-    names = _meta('s', 'segmentation').no_weight_decay()
+    assert _meta('ti', 'segmentation').no_weight_decay() == set()
+    assert _meta('s', 'segmentation').no_weight_decay() == set()
+    # LIT-S's detection configs: custom_keys 'relative_position_bias_table' and 'norm' (substring of the name) get
+    # decay_mult 0.
+    names = _meta('s', 'detection').no_weight_decay()
     assert {n for n in names if 'relative_position_bias_table' in n} == \
         {f'layers.{i}.blocks.{j}.attn.relative_position_bias_table' for i, d in ((2, 6), (3, 2)) for j in range(d)}
-    assert {'norm0.weight', 'norm3.bias', 'patch_embed.norm.weight', 'layers.0.blocks.0.norm2.weight',
+    assert {'norm1.weight', 'norm3.bias', 'patch_embed.norm.weight', 'layers.0.blocks.0.norm2.weight',
             'layers.1.downsample.norm_layer.weight'} <= names
     assert not {n for n in names if 'qkv' in n or 'mlp' in n or 'dconv' in n or 'proj' in n}
 

@@ -201,12 +201,24 @@ def test_rpn_settings_and_l1_loss():
     rpn = mask_rcnn_lit('ti').rpn
     assert rpn._pre_nms_top_n == dict(training=2000, testing=1000)
     assert rpn._post_nms_top_n == dict(training=1000, testing=1000)
-    assert rpn.nms_thresh == 0.7 and 0 < rpn.min_size < 1e-30
+    assert rpn.nms_thresh == 0.7 and rpn.min_size == 0
     labels = [torch.tensor([1., 0., -1.])]  # one positive, one negative, one ignored: all are sampled
     targets = [torch.zeros(3, 4)]
     deltas = torch.tensor([[0.05, -0.05, 0.05, 0.05], [9., 9., 9., 9.], [9., 9., 9., 9.]])
     _, box_loss = rpn.compute_loss(torch.zeros(3, 1), deltas, labels, targets)
     assert torch.isclose(box_loss, torch.tensor(4 * 0.05 / 2))  # L1 over the positive / 2 sampled anchors
+
+
+def test_rpn_keeps_zero_size_proposals_as_mmdet_2_11():
+    # mmdet 2.11 RPNHead._get_bboxes filters only when min_bbox_size > 0: with the official 0, a proposal clipped to
+    # zero width (here one past the right edge) still goes through NMS and counts against max_per_img (mmdet 2.13+
+    # and torchvision drop it)
+    rpn = mask_rcnn_lit('ti').rpn.eval()
+    proposals = torch.tensor([[[70., 10., 90., 30.], [10., 10., 30., 40.], [5., 50., 25., 50.]]])  # (1, 3, 4)
+    objectness = torch.tensor([[3.], [2.], [1.]])
+    boxes, scores = rpn.filter_proposals(proposals, objectness, [(60, 64)], [3])
+    assert boxes[0].tolist() == [[64., 10., 64., 30.], [10., 10., 30., 40.], [5., 50., 25., 50.]]
+    assert torch.allclose(scores[0], torch.sigmoid(torch.tensor([3., 2., 1.])))
 
 
 def test_retinanet_losses_are_normalised_over_the_batch_positives():

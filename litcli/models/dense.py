@@ -197,8 +197,12 @@ class DenseLITS(DenseBackboneMixin, LITSwinStyle):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        """What the official LIT-S configs do not decay: mmcv's ``custom_keys`` 'relative_position_bias_table' and
-        'norm' (substrings of the name, so every LayerNorm, the output norms and the DTMs' BatchNorm ``norm_layer``)."""
+        """What the official LIT-S configs do not decay. Detection (``{retinanet,mask_rcnn}_lit_s_fpn_1x_coco.py``):
+        mmcv's ``custom_keys`` 'relative_position_bias_table' and 'norm' (substrings of the name, so every LayerNorm,
+        the output norms and the DTMs' BatchNorm ``norm_layer``). Segmentation (``lit_s_fpn_r50_512x512_80k_ade20k.py``)
+        sets no ``paramwise_cfg``: nothing is exempt, as LIT-Ti's."""
+        if self.task == 'segmentation':
+            return set()
         return {n for n, _ in self.named_parameters() if 'relative_position_bias_table' in n or 'norm' in n}
 
 

@@ -24,9 +24,10 @@ overrides it (dense.md section 3):
 4. RetinaNet test: the top 1000 *anchors* per level by their best class score, then score > 0.05, class-wise NMS
    0.5 over all levels, 100 per image (torchvision ranks (anchor, class) pairs and keeps 300);
 5. RoIAlign ``aligned=True, sampling_ratio=0`` with mmdet's level rule ``floor(log2(sqrt(area) / 56 + 1e-6))``;
-6. RPN: 2000 / 1000 proposals before / after NMS in training (torchvision 2000 / 2000), proposals of zero width or
-   height dropped (mmdet's ``min_bbox_size=0``; torchvision drops those under 1e-3 px); R-CNN test as mmdet's
-   ``multiclass_nms`` (torchvision also drops boxes under 0.01 px);
+6. RPN: 2000 / 1000 proposals before / after NMS in training (torchvision 2000 / 2000), every proposal kept, zero
+   width or height included (mmdet 2.11's ``min_bbox_size=0`` filters nothing; 2.13 began dropping zero sizes;
+   torchvision drops those under 1e-3 px); R-CNN test as mmdet's ``multiclass_nms`` (torchvision also drops boxes
+   under 0.01 px);
 7. masks pasted as mmdet (``grid_sample``, align_corners False, binarised at 0.5; torchvision grows each box by a
    pixel and returns soft masks);
 8. resize: keep ratio to fit (1333, 800) with mmcv's size rule ``int(side * scale + 0.5)`` (torchvision floors),
@@ -514,9 +515,9 @@ def mask_rcnn_lit(variant: str = 'ti', num_classes: int = 80, **kwargs) -> LITMa
                    dict(training=s['rpn_pre_nms_top_n_train'], testing=s['rpn_pre_nms_top_n_test']),
                    dict(training=s['rpn_post_nms_top_n_train'], testing=s['rpn_post_nms_top_n_test']),
                    s['rpn_nms_thresh'])
-    # mmdet's min_bbox_size=0 keeps proposals of positive width and height; torchvision's filter keeps
-    # width, height >= min_size, so the smallest positive float32 reproduces it
-    rpn.min_size = torch.finfo(torch.float32).tiny
+    # mmdet 2.11's RPNHead filters proposals only when min_bbox_size > 0, so the official 0 keeps all of them, clipped
+    # zero-width / zero-height ones too; torchvision's filter keeps width, height >= min_size: 0 keeps all
+    rpn.min_size = 0.0
     roi_names = [str(i) for i in s['fpn_levels']]
     box_size, mask_size = s['box_roi_size'], s['mask_roi_size']
     mask_channels = s['mask_head_channels']

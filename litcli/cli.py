@@ -24,9 +24,6 @@ app = typer.Typer(
 # ti/s/m/b and the paper's ablation models (litcli.names); Typer validates them (exit 2 with the choices).
 Variant = Enum('Variant', {name: name for name in CLI_CHOICES}, type=str)
 VariantOrAll = Enum('VariantOrAll', {name: name for name in (*CLI_CHOICES, 'all')}, type=str)
-# The variants with released weights (lit weights --download).
-ReleasedOrAll = Enum('ReleasedOrAll', {n: n for n in (*(v.removeprefix('lit_') for v in PAPER_VARIANTS), 'all')},
-                     type=str)
 
 
 def fail(message: str, code: int = 1):
@@ -122,17 +119,17 @@ def info(
 
 @app.command(rich_help_panel='Inspect')
 def weights(
-    download: Annotated[Optional[ReleasedOrAll], typer.Option(
+    download: Annotated[Optional[str], typer.Option(
         '--download', '-d',
-        help='Download the released weights of this variant (or all) into the cache, verified, unless cached.')] = None,
+        help='Download these released weights into the cache, verified, unless cached: names as listed, '
+             'comma-separated (ti, s, pvt_s_msa, retinanet_lit_ti, ...), or all.')] = None,
     json_out: Annotated[bool, typer.Option('--json', help='Print JSON instead of a table.')] = False,
 ):
-    """The released ImageNet-1k weights: paper top-1, GMACs, URL, and whether and where each is cached."""
+    """The released weights (ImageNet-1k classifiers; COCO / ADE20K dense models): paper results, URL, and whether
+    and where each is cached."""
     from litcli.commands import weights as command
     with user_errors():
-        variants = None if download is None else \
-            list(PAPER_VARIANTS) if download.value == 'all' else [model_name(download.value)]
-        result = command.run(variants)
+        result = command.run(None if download is None else parse_names(download))
     command.print_result(result, as_json=json_out)
 
 
@@ -478,6 +475,82 @@ def predict(
     with user_errors():
         result = command.run(images, checkpoint, variant_name(variant), topk, batch_size, img_size, device, use_ema,
                              pretrained=pretrained)
+    command.print_result(result, as_json=json_out)
+
+
+def dense_weights_options(models: str):
+    checkpoint = typer.Option(
+        help='Trained weights: an official release file as it is (mmdet/mmseg), a lit dense checkpoint or its '
+             '.safetensors export.', dir_okay=False)
+    pretrained = typer.Option(
+        '--pretrained', help=f'The released weights of a model ({models}), downloaded once into the torch hub '
+                             f'cache (see lit weights).', show_default=False)
+    return checkpoint, pretrained
+
+
+DETECT_CHECKPOINT, DETECT_PRETRAINED = dense_weights_options('retinanet_lit_ti, retinanet_lit_s, mask_rcnn_lit_ti, '
+                                                             'mask_rcnn_lit_s')
+SEGMENT_CHECKPOINT, SEGMENT_PRETRAINED = dense_weights_options('semantic_fpn_lit_ti, semantic_fpn_lit_s')
+DEVICE_OPTION = typer.Option(help='cpu, cuda or cuda:N (default: cuda if available).')
+
+
+def img_scale_option(official: str):
+    return typer.Option('--img-scale', help=f'Test resize: keep the aspect ratio, fit into LONGxSHORT (default: the '
+                                            f'official {official}; smaller is faster, less accurate).')
+
+
+def parse_img_scale(text: Optional[str]) -> Optional[Tuple[int, int]]:
+    if text is None:
+        return None
+    (long, short), *rest = parse_sizes(text, '--img-scale')
+    if rest or min(long, short) < 32:
+        raise UsageError(f'--img-scale {text!r}: give one LONGxSHORT of at least 32 px, e.g. 1333x800')
+    return long, short
+
+
+@app.command(rich_help_panel='Deploy')
+def detect(
+    images: Annotated[list[str], typer.Argument(help='Image files, folders (searched recursively) or glob patterns.',
+                                                show_default=False)],
+    checkpoint: Annotated[Optional[Path], DETECT_CHECKPOINT] = None,
+    pretrained: Annotated[Optional[str], DETECT_PRETRAINED] = None,
+    score_thr: Annotated[float, typer.Option('--score-thr', help='Keep detections scoring at least this (0-1).')] = 0.3,
+    out: Annotated[Optional[Path], typer.Option(
+        help='Output folder (default: a new runs/detect/MODEL[-N]); existing files there need --force.',
+        file_okay=False)] = None,
+    force: Annotated[bool, typer.Option('--force', help='Overwrite existing files in --out.')] = False,
+    json_out: Annotated[bool, typer.Option('--json', help='Print the detections as JSON.')] = False,
+    device: Annotated[Optional[str], DEVICE_OPTION] = None,
+    img_scale: Annotated[Optional[str], img_scale_option('1333x800')] = None,
+):
+    """Objects in photos (RetinaNet / Mask R-CNN LIT, COCO): a PNG per image with boxes, masks, names and scores,
+    and detections.json in COCO results format."""
+    from litcli.commands import detect as command
+    with user_errors():
+        result = command.run(images, checkpoint, pretrained, score_thr, out, force, device,
+                             parse_img_scale(img_scale))
+    command.print_result(result, as_json=json_out)
+
+
+@app.command(rich_help_panel='Deploy')
+def segment(
+    images: Annotated[list[str], typer.Argument(help='Image files, folders (searched recursively) or glob patterns.',
+                                                show_default=False)],
+    checkpoint: Annotated[Optional[Path], SEGMENT_CHECKPOINT] = None,
+    pretrained: Annotated[Optional[str], SEGMENT_PRETRAINED] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help='Output folder (default: a new runs/segment/MODEL[-N]); existing files there need --force.',
+        file_okay=False)] = None,
+    force: Annotated[bool, typer.Option('--force', help='Overwrite existing files in --out.')] = False,
+    json_out: Annotated[bool, typer.Option('--json', help='Print the classes found as JSON.')] = False,
+    device: Annotated[Optional[str], DEVICE_OPTION] = None,
+    img_scale: Annotated[Optional[str], img_scale_option('2048x512, short side 512')] = None,
+):
+    """Semantic segmentation of photos (Semantic FPN LIT, ADE20K): a colour overlay with a legend of the classes
+    present and the label map (palette PNG) per image."""
+    from litcli.commands import segment as command
+    with user_errors():
+        result = command.run(images, checkpoint, pretrained, out, force, device, parse_img_scale(img_scale))
     command.print_result(result, as_json=json_out)
 
 

@@ -145,7 +145,8 @@ def test_the_releases_as_data(monkeypatch, tmp_path):
     result = lit('weights', '--json')
     assert result.exit_code == 0, result.output
     listed = json.loads(result.output)
-    assert [w['variant'] for w in listed['weights']] == list(PAPER) and not any(w['cached'] for w in listed['weights'])
+    assert [w['variant'] for w in listed['weights']] == [*PAPER, 'pvt_s_msa']  # + the Figure 3 model
+    assert not any(w['cached'] for w in listed['weights'] + listed['dense'])
     assert listed['cache_dir'] == str(tmp_path / 'hub' / 'checkpoints')
 
 

@@ -69,6 +69,11 @@ class DenseModel:
     def url(self) -> str:
         return f'{DENSE_RELEASE_URL}/{self.release_stem}.pth'
 
+    @property
+    def backbone_task(self) -> str:
+        """'detection' (RetinaNet, Mask R-CNN) or 'segmentation' (Semantic FPN): the dense backbone it is built on."""
+        return 'segmentation' if self.task == 'semantic_fpn' else 'detection'
+
 
 SEMANTIC_FPN = DenseFamily('semantic_fpn', 'ade20k', segmentation.semantic_fpn_lit,
                            segmentation.semantic_fpn_from_mmseg, segmentation.identify_semantic_fpn,

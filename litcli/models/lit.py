@@ -34,7 +34,7 @@ from timm.models.pvt_v2 import Attention as SpatialReductionAttention
 from timm.models.swin_transformer import PatchMerging
 
 from .dtm import DeformableTokenMerging
-from .spec import nearest_valid, release_url, size_fits, unwrap_state_dict
+from .spec import PVT_S_MSA_URL, nearest_valid, release_url, size_fits, unwrap_state_dict
 
 __all__ = ['LITBase', 'LITPvtStyle', 'LITSwinStyle', 'Attention', 'MlpBlock', 'TransformerBlock',
            'checkpoint_filter_fn', 'pretrained_filter_fn', 'relative_position_index', 'resize_rel_pos_table',
@@ -673,10 +673,10 @@ default_cfgs = generate_default_cfgs({
     'lit_s.in1k': _cfg(url=release_url('lit_s')),
     'lit_m.in1k': _cfg(url=release_url('lit_m')),
     'lit_b.in1k': _cfg(url=release_url('lit_b')),
-    # The paper's ablations (section 4.2); no released weights.
+    # The paper's ablations (section 4.2); of them only PVT-S w/ MSA (Figure 3) has released weights.
     'lit_ti_star.untrained': _cfg(first_conv='patch_embed1.proj'),
     'lit_s_star.untrained': _cfg(),
-    'pvt_s_msa.untrained': _cfg(first_conv='patch_embed1.proj'),
+    'pvt_s_msa.in1k': _cfg(url=PVT_S_MSA_URL, first_conv='patch_embed1.proj'),
     'pvt_s_dtm.untrained': _cfg(first_conv='patch_embed1.proj'),
 })
 

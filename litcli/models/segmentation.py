@@ -23,6 +23,9 @@ FEATURE_STRIDES = (4, 8, 16, 32)  # of the backbone's four maps
 NECK_CHANNELS = 256
 HEAD_CHANNELS = 128
 HEAD_DROPOUT = 0.1
+# The official test pipeline (configs/_base_/datasets/ade20k.py): keep-ratio resize to fit (2048, 512) by mmcv's
+# rule, ImageNet mean/std on RGB, no padding; the logits are resized back to the image.
+TEST_SCALE = (2048, 512)
 
 # The dense backbones' output channels, to recognise a checkpoint's variant without building one.
 BACKBONE_CHANNELS = {'ti': (64, 128, 320, 512), 's': (96, 192, 384, 768)}

@@ -10,6 +10,9 @@ REDUCTION = 32  # total downsampling of the official models: a 4x4 patch stem an
 # The official ImageNet-1k weights (224 px, 1000 classes): assets of GitHub release v1.0 of ziplab/LIT, one
 # ``<variant>.pth`` per paper variant, in the official key layout, wrapped as {'model': state_dict}.
 RELEASE_URL = 'https://github.com/ziplab/LIT/releases/download/v1.0'
+# "PVT w/ MSA" of the paper's Figure 3 (official ``pvt_small_full_msa``, 80.9% top-1), released later (v2.1) by the
+# authors' group in the official layout, which is ``pvt_s_msa``'s.
+PVT_S_MSA_URL = 'https://github.com/zhuang-group/LIT/releases/download/v2.1/pvt_full_msa.pth'
 
 
 def release_url(variant: str, base: str = RELEASE_URL) -> str:

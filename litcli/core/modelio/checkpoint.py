@@ -113,7 +113,10 @@ def detect_variant(state_dict: Dict) -> Optional[str]:
 
     sd = unwrap_state_dict(state_dict)
     if 'pos_embed1' in sd and 'patch_embed1.proj.weight' in sd:
-        return 'lit_ti' if sd['patch_embed1.proj.weight'].shape[0] == 64 else None
+        if sd['patch_embed1.proj.weight'].shape[0] != 64:
+            return None
+        # the PVT layout: LIT-Ti has no attention in stage 1, PVT-S w/ MSA (paper Figure 3) full attention there
+        return 'pvt_s_msa' if 'block1.0.attn.qkv.weight' in sd else 'lit_ti'
     if 'patch_embed.proj.weight' in sd:
         width = sd['patch_embed.proj.weight'].shape[0]
         stage3_depth = len({m.group(1) for k in sd for m in [re.match(r'layers\.2\.blocks\.(\d+)\.', k)] if m})
@@ -121,7 +124,7 @@ def detect_variant(state_dict: Dict) -> Optional[str]:
     return None
 
 
-def _examples(keys, n=3):
+def key_examples(keys, n=3):
     keys = sorted(keys)
     return ', '.join(keys[:n]) + (f' (+{len(keys) - n} more)' if len(keys) > n else '')
 
@@ -153,9 +156,9 @@ def apply_checkpoint(raw: Dict, model, source: PathLike = 'checkpoint', strict: 
         model_name = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
         parts = []
         if missing:
-            parts.append(f'{len(missing)} missing keys ({_examples(missing)})')
+            parts.append(f'{len(missing)} missing keys ({key_examples(missing)})')
         if unexpected:
-            parts.append(f'{len(unexpected)} unexpected keys ({_examples(unexpected)})')
+            parts.append(f'{len(unexpected)} unexpected keys ({key_examples(unexpected)})')
         if mismatched:
             shown = sorted(mismatched)[:2]
             parts.append(f'{len(mismatched)} shape mismatches (' + ', '.join(

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from litcli.core.modelio.checkpoint import apply_checkpoint, detect_variant, is_train_checkpoint, read_checkpoint
+from litcli.core.modelio.checkpoint import (apply_checkpoint, detect_variant, is_train_checkpoint, key_examples,
+                                           read_checkpoint)
 from litcli.core.errors import CheckpointError, LitError, UsageError
 
 RANDOM = 'random initialisation'
@@ -237,7 +238,7 @@ def load_model(checkpoint: Optional[Path] = None, variant: Optional[str] = None,
         data_config = inference_data_config({}, model, img_size, crop_pct)
         return LoadedModel(model, name, model.num_classes, class_names_for({}, model.num_classes), data_config,
                            'random', RANDOM)
-    raw, weights = select_weights(read_checkpoint(checkpoint), use_ema, checkpoint)
+    raw, weights = select_weights(_refuse_dense(read_checkpoint(checkpoint), checkpoint), use_ema, checkpoint)
     name = _variant_of(raw, variant, checkpoint, require_variant)
     state_dict = unwrap_state_dict(raw)
     kwargs = {**(raw.get('model_kwargs') or {}), **model_kwargs}
@@ -284,10 +285,13 @@ def load_initial_weights(model, path: Path, log) -> None:
 
 def pretrained_file(variant: str, log: Optional[Callable[[str], None]] = None) -> Path:
     """The cached file of ``variant``'s released weights, downloaded and verified first when not cached (a UsageError
-    for a model without released weights; a one-line LitError naming the URL and the ways out when offline)."""
+    for a model without released weights; a one-line LitError naming the URL and the ways out when offline).
+    ``variant``: a classification variant ('lit_s') or a dense model ('retinanet_lit_ti')."""
     from litcli.core.modelio.weights import fetch
+    from litcli.models.dense_zoo import DENSE_MODELS
 
-    return fetch(variant, lambda path, url: _verify_release(path, url, variant), log)
+    verify = _verify_dense_release if variant in DENSE_MODELS else _verify_release
+    return fetch(variant, lambda path, url: verify(path, url, variant), log)
 
 
 def _verify_release(path: Path, source: str, variant: str) -> None:
@@ -328,3 +332,247 @@ def _stderr(message: str):
     import sys
 
     print(message, file=sys.stderr, flush=True)
+
+
+# ---- the dense models (paper Tables 6-8): RetinaNet, Mask R-CNN, Semantic FPN with a LIT backbone ----
+
+DENSE_COMMANDS = {'detection': 'lit detect', 'segmentation': 'lit segment'}
+DENSE_PREFIXES = ('retinanet_', 'mask_rcnn_', 'semantic_fpn_')  # of the dense models' names (dense_zoo)
+
+
+@dataclass
+class LoadedDenseModel:
+    """A dense model in eval mode with what its weights say about it. ``preprocessing``: the official test
+    pipeline, ``img_scale`` (keep-ratio resize to fit), ``size_divisible`` (pad; None: none), ``mean``/``std`` (on
+    0-1 RGB) and ``in_model`` (True: the detectors resize, normalise and pad inside, and take 0-1 RGB images)."""
+    model: Any  # torch.nn.Module, in eval mode
+    name: str  # 'retinanet_lit_ti', ...
+    task: str  # 'retinanet' | 'mask_rcnn' | 'semantic_fpn'
+    kind: str  # 'detection' | 'segmentation'
+    class_names: List[str]
+    category_ids: List[int]  # what a COCO results file calls each label (COCO's own ids for the 80 COCO classes)
+    preprocessing: Dict
+    weights: str  # 'model', 'ema' or 'random'
+    source: str  # the file, or 'random initialisation'
+    checkpoint: Dict = field(default_factory=dict)  # the file's metadata (lit checkpoints; official files: 'meta')
+    pretrained: Optional[str] = None  # the release URL when these are the released weights
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        if self.weights == 'random':
+            return f'{self.name}, {RANDOM}'
+        if self.pretrained:
+            return f'{self.name}, the released weights ({self.source})'
+        return f'{self.name} from {self.source}' + (' (EMA weights)' if self.weights == 'ema' else '')
+
+
+def dense_checkpoint(model, name: str, class_names: Optional[List[str]] = None, **metadata) -> Dict:
+    """The plain dict a lit dense checkpoint holds (``save_checkpoint`` writes it; ``load_dense_model`` reads it):
+    ``{'model': state_dict, 'variant': name, 'task', 'num_classes', 'class_names', **metadata}``, the keys a
+    ``lit train`` classification checkpoint records its model with. ``class_names`` default to the dataset's."""
+    from litcli.models.dense_zoo import dense_model
+
+    entry = dense_model(name)
+    names = list(class_names) if class_names is not None else list(entry.class_names)
+    return {'model': model.state_dict(), 'variant': name, 'task': entry.task, 'num_classes': len(names),
+            'class_names': names, **metadata}
+
+
+def create_dense_model(name: str, num_classes: Optional[int] = None, *, backbone_weights: Any = None,
+                       log: Optional[Callable[[str], None]] = None, **kwargs):
+    """A dense model by name (``litcli.models.dense_zoo``: 'retinanet_lit_ti' ... 'semantic_fpn_lit_s'), randomly
+    initialised, its backbone optionally from classification weights: ``backbone_weights`` = a variant name with
+    released weights ('lit_ti' / 'lit_s', downloaded into the cache once) or a classification checkpoint file
+    (``lit_s.pth``, a ``lit train`` checkpoint). The backbone loads strictly after
+    ``dense_state_dict_from_classification`` (LIT-S's tables resampled to the dense grid, output norms fresh); the
+    neck and heads stay random. An unknown name is a UsageError; weights of the other backbone a CheckpointError."""
+    from litcli.models import dense_zoo
+    from litcli.models.dense import dense_state_dict_from_classification
+
+    try:
+        entry = dense_zoo.dense_model(name)
+        model = dense_zoo.create_dense_model(name, num_classes, **kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if backbone_weights is None:
+        return model
+    if isinstance(backbone_weights, str) and not Path(backbone_weights).is_file():  # a name: its released file
+        path = pretrained_file(backbone_weights, log)
+    else:
+        path = Path(backbone_weights)
+    raw, _ = select_weights(read_checkpoint(path), source=path)
+    try:
+        state_dict = dense_state_dict_from_classification(raw, entry.variant, entry.backbone_task)
+    except ValueError as e:
+        raise CheckpointError(f'{path} cannot initialise the backbone of {name}: {e}') from None
+    body = getattr(model.backbone, 'body', model.backbone)  # detectors wrap the LIT body with the FPN
+    body.load_state_dict(state_dict)
+    return model
+
+
+def _dense_entry_of(raw: Dict):
+    """(registry entry, state dict in the model's key names, num_classes) of a dense checkpoint dict: a lit one
+    (``variant`` recorded) or an official mmdet/mmseg release file as it is; None for anything else."""
+    from litcli.models.spec import unwrap_state_dict
+
+    recorded = raw.get('variant')
+    state_dict = unwrap_state_dict(raw)
+    if not (isinstance(recorded, str) and recorded.startswith(DENSE_PREFIXES)) and \
+            not any(k.startswith('backbone.') for k in state_dict):
+        return None  # not a dense model's state dict: spare the import of the detectors
+    from litcli.models.dense_zoo import DENSE_MODELS, convert_official
+
+    if recorded in DENSE_MODELS:
+        head_classes = raw.get('num_classes') or len(raw.get('class_names') or ()) or None
+        return DENSE_MODELS[recorded], state_dict, head_classes
+    try:
+        name, converted, num_classes = convert_official(state_dict)
+    except ValueError:
+        return None
+    return DENSE_MODELS[name], converted, num_classes
+
+
+def _refuse_dense(raw: Dict, source) -> Dict:
+    """``raw`` unless it is a dense model's checkpoint, which the classification commands cannot use."""
+    found = _dense_entry_of(raw)
+    if found is not None:
+        entry = found[0]
+        raise CheckpointError(f'{source} is a {entry.name} ({entry.backbone_task}) checkpoint, not an image '
+                              f'classifier; use {DENSE_COMMANDS[entry.backbone_task]} --checkpoint {source}')
+    return raw
+
+
+def _dense_preprocessing(model, kind: str, img_scale: Optional[Tuple[int, int]] = None) -> Dict:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from litcli.models.segmentation import TEST_SCALE
+
+    if kind == 'detection':
+        t = model.transform
+        return dict(img_scale=tuple(t.img_scale), size_divisible=t.size_divisible, mean=tuple(t.image_mean),
+                    std=tuple(t.image_std), in_model=True)
+    return dict(img_scale=tuple(img_scale or TEST_SCALE), size_divisible=None, mean=IMAGENET_DEFAULT_MEAN,
+                std=IMAGENET_DEFAULT_STD, in_model=False)
+
+
+def _category_ids(raw: Dict, class_names: List[str]) -> List[int]:
+    from litcli.models.dense_classes import COCO_CATEGORY_IDS, COCO_CLASSES
+
+    recorded = raw.get('category_ids')
+    if recorded is not None and len(recorded) == len(class_names):
+        return [int(i) for i in recorded]
+    if tuple(class_names) == COCO_CLASSES:
+        return list(COCO_CATEGORY_IDS)
+    return list(range(1, len(class_names) + 1))  # COCO's convention: ids from 1
+
+
+def _load_dense_strict(model, state_dict: Dict, source, name: str):
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    mismatched = sorted(k for k in set(target) & set(state_dict) if target[k].shape != state_dict[k].shape)
+    if missing or unexpected or mismatched:
+        parts = [f'{len(keys)} {what} ({key_examples(keys)})' for what, keys in
+                 (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches', mismatched))
+                 if keys]
+        raise CheckpointError(f'{source} does not fit {name}: {"; ".join(parts)}; pass the checkpoint the model was '
+                              f'saved in (an official release file or a lit dense checkpoint)')
+    model.load_state_dict(state_dict)
+
+
+def load_dense_model(checkpoint: Optional[Path] = None, name: Optional[str] = None, *, pretrained: bool = False,
+                     kind: Optional[str] = None, use_ema: Optional[bool] = None,
+                     img_scale: Optional[Tuple[int, int]] = None, log: Optional[Callable[[str], None]] = None,
+                     **model_kwargs) -> LoadedDenseModel:
+    """A dense model in eval mode: the released weights of ``name`` (``pretrained``: downloaded into the weights
+    cache once, verified, loaded strictly after the mmdet/mmseg key map), or ``checkpoint`` (an official release
+    file as it is, recognised from its keys and shapes; a lit dense checkpoint, see ``dense_checkpoint``; a
+    safetensors export of one), or ``name`` with random weights. ``kind`` 'detection' | 'segmentation': what the
+    caller can use; weights of the other kind, or of an image classifier, are a one-line CheckpointError naming
+    the command that takes them. ``img_scale``: the test resize (keep ratio, fit into (long, short)) instead of
+    the one the checkpoint records (``img_scale``), else the official (1333, 800) / (2048, 512). ``model_kwargs``
+    go to the builder (e.g. ``score_thresh``)."""
+    from litcli.models.dense_zoo import DENSE_MODEL_NAMES, dense_model
+
+    if checkpoint is not None and pretrained:
+        raise UsageError('--checkpoint and --pretrained both name the weights; pass one')
+    if name is not None and name not in DENSE_MODEL_NAMES:
+        raise UsageError(f'unknown dense model {name!r}; choose one of: {", ".join(DENSE_MODEL_NAMES)}')
+    if name is not None and kind is not None and dense_model(name).backbone_task != kind:
+        task = dense_model(name).backbone_task
+        raise UsageError(f'{name} is a {task} model; use {DENSE_COMMANDS[task]} for it')
+    if pretrained:
+        if name is None:
+            raise UsageError(f'--pretrained needs a model name: one of {", ".join(DENSE_MODEL_NAMES)}')
+        from litcli.core.modelio.weights import weights_url
+
+        url = weights_url(name)
+        path = pretrained_file(name, log)
+        raw, weights = read_checkpoint(path), 'model'
+    elif checkpoint is not None:
+        raw, weights = select_weights(read_checkpoint(checkpoint), use_ema, checkpoint)
+        url, path = None, checkpoint
+    else:
+        if name is None:
+            raise UsageError(f'name a dense model ({", ".join(DENSE_MODEL_NAMES)}) or pass --checkpoint')
+        raw, weights, url, path = {}, 'random', None, RANDOM
+    requested_classes = model_kwargs.pop('num_classes', None)  # random weights only: a file fixes its classes
+    if raw:
+        found = _dense_entry_of(raw)
+        if found is None:
+            raise CheckpointError(_not_dense(raw, path, kind))
+        entry, state_dict, num_classes = found
+        if name is not None and entry.name != name:
+            raise CheckpointError(f'{path} holds {entry.name} weights, not {name}; drop the model name or pass '
+                                  f'{entry.name}')
+    else:
+        entry, state_dict, num_classes = dense_model(name), None, requested_classes
+    if kind is not None and entry.backbone_task != kind:
+        raise CheckpointError(f'{path if raw else entry.name} is a {entry.name} ({entry.backbone_task}) model; use '
+                              f'{DENSE_COMMANDS[entry.backbone_task]} for it')
+    img_scale = img_scale or raw.get('img_scale')
+    if img_scale is not None and entry.backbone_task == 'detection':  # the detectors resize inside
+        model_kwargs['img_scale'] = tuple(img_scale)
+    model = create_dense_model(entry.name, num_classes, **{**(raw.get('model_kwargs') or {}), **model_kwargs})
+    if state_dict is not None:
+        _load_dense_strict(model, state_dict, path, entry.name)
+    model.eval()
+    names = raw.get('class_names')
+    num = num_classes or entry.num_classes
+    if names is None or len(names) != num:
+        names = list(entry.class_names) if num == entry.num_classes else [f'class {i}' for i in range(num)]
+    metadata = {k: v for k, v in raw.items() if k not in ('model', 'state_dict', 'ema', 'optimizer')}
+    return LoadedDenseModel(model, entry.name, entry.task, entry.backbone_task, [str(n) for n in names],
+                            _category_ids(raw, names), _dense_preprocessing(model, entry.backbone_task, img_scale),
+                            weights,
+                            str(path), metadata, url)
+
+
+def _not_dense(raw: Dict, source, kind: Optional[str]) -> str:
+    """Why a checkpoint is not a dense model's: a classifier's (and which command takes it), or unrecognised."""
+    from litcli.models.spec import unwrap_state_dict
+
+    command = DENSE_COMMANDS.get(kind, 'lit detect / lit segment')
+    recorded = raw.get('variant')
+    classifier = recorded if isinstance(recorded, str) and not recorded.startswith(DENSE_PREFIXES) else \
+        detect_variant(unwrap_state_dict(raw))
+    if classifier:
+        return (f'{source} is a {classifier} image-classification checkpoint, not a detection or segmentation '
+                f'model; classify with lit predict --checkpoint {source} ({command} takes the weights of a dense '
+                f'model: --pretrained NAME, an official release file or a lit dense checkpoint)')
+    return (f'{source} is not a LIT detection or segmentation checkpoint (RetinaNet / Mask R-CNN / Semantic FPN, '
+            f'official mmdet/mmseg release or lit dense checkpoint); {command} --pretrained NAME downloads one')
+
+
+def _verify_dense_release(path: Path, source: str, name: str) -> None:
+    """A downloaded dense file is ``name``'s release when it is recognised as that model and loads strictly."""
+    raw = read_checkpoint(path)
+    found = _dense_entry_of(raw)
+    if found is None or found[0].name != name:
+        what = f'{found[0].name} weights' if found else 'no dense LIT model this package recognises'
+        raise CheckpointError(f'{source} holds {what}, not the {name} release')
+    entry, state_dict, num_classes = found
+    _load_dense_strict(create_dense_model(name, num_classes), state_dict, source, name)

@@ -1,5 +1,6 @@
-"""The released LIT weights as data (variant, URL, paper top-1, GMACs), where they are cached, and a download that
-never leaves a partial or wrong file in the cache.
+"""The released LIT weights as data (variant, URL, paper top-1, GMACs; the six dense models of
+``litcli.models.dense_zoo`` too), where they are cached, and a download that never leaves a partial or wrong file in
+the cache.
 
 The cache is torch hub's (``torch.hub.get_dir()/checkpoints``: ``$TORCH_HOME/hub/checkpoints``, by default
 ``~/.cache/torch/hub/checkpoints``), the folder and file name (``lit_s.pth``) that ``timm.create_model('lit_s',
@@ -25,9 +26,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from litcli.core.errors import LitError, UsageError
-from litcli.models.spec import RELEASE_URL, release_url
+from litcli.models.spec import PVT_S_MSA_URL, release_url
 
-URL_ENV = 'LIT_WEIGHTS_URL'  # a base URL (mirror) holding lit_ti.pth ... lit_b.pth instead of the GitHub release
+URL_ENV = 'LIT_WEIGHTS_URL'  # a base URL (mirror) holding lit_ti.pth ... retina_lit_ti.pth ... instead of GitHub
 TIMEOUT_ENV = 'LIT_WEIGHTS_TIMEOUT'  # seconds allowed for the connection and for each read
 DEFAULT_TIMEOUT = 30.0
 CHUNK = 1 << 20
@@ -40,10 +41,15 @@ class Release:
     top1: float  # %, paper Table 2
     gmacs: float  # the paper's "FLOPs" at 224 px
     params_m: int  # millions, without the classifier, as the paper prints them
+    url: str = ''  # where the file is published; '' = <spec.RELEASE_URL>/<variant>.pth
 
     @property
     def short(self) -> str:
         return self.variant.removeprefix('lit_')
+
+    @property
+    def published_url(self) -> str:
+        return self.url or release_url(self.variant)
 
 
 RELEASES: Dict[str, Release] = {r.variant: r for r in (
@@ -51,26 +57,36 @@ RELEASES: Dict[str, Release] = {r.variant: r for r in (
     Release('lit_s', 81.5, 4.1, 27),
     Release('lit_m', 83.0, 8.6, 48),
     Release('lit_b', 83.4, 15.0, 86),
+    # "PVT w/ MSA" of the paper's Figure 3 (80.9%); GMACs and parameters measured (lit flops -v pvt_s_msa).
+    Release('pvt_s_msa', 80.9, 8.4, 20, PVT_S_MSA_URL),
 )}
+
+
+def published_url(name: str) -> str:
+    """Where the released file of ``name`` is published: a classification variant ('lit_s', 'pvt_s_msa') or one of
+    the six dense models ('retinanet_lit_ti', ...); a UsageError for a model without released weights."""
+    from litcli.models.dense_zoo import DENSE_MODELS
+
+    if name in DENSE_MODELS:
+        return DENSE_MODELS[name].url
+    return release(name).published_url
 
 
 def release(variant: str) -> Release:
     """The release of ``variant`` ('lit_s'); a UsageError for a model without released weights."""
     if variant not in RELEASES:
-        raise UsageError(f'{variant} has no released weights (only the paper variants do: '
-                         f'{", ".join(r.short for r in RELEASES.values())}); pick one of them with --variant, '
-                         f'or give a weights file instead')
+        raise UsageError(f'{variant} has no released weights (only these do: '
+                         f'{", ".join(r.short for r in RELEASES.values())}, and the dense models of lit detect / '
+                         f'lit segment); pick one of them with --variant, or give a weights file instead')
     return RELEASES[variant]
 
 
-def base_url() -> str:
-    """The release folder: ``$LIT_WEIGHTS_URL`` when set (a mirror, or a local server in the tests), else GitHub."""
-    return os.environ.get(URL_ENV, '').strip() or RELEASE_URL
-
-
 def weights_url(variant: str) -> str:
-    release(variant)
-    return release_url(variant, base_url())
+    """The URL the weights of ``variant`` download from: the published one, or its file name under
+    ``$LIT_WEIGHTS_URL`` when set (a mirror, or a local server in the tests)."""
+    url = published_url(variant)
+    mirror = os.environ.get(URL_ENV, '').strip()
+    return f'{mirror.rstrip("/")}/{Path(url).name}' if mirror else url
 
 
 def cache_dir() -> Path:
@@ -83,7 +99,7 @@ def cache_dir() -> Path:
 
 def cache_path(variant: str) -> Path:
     """Where the weights of ``variant`` are (or will be) cached: the URL's file name, as torch hub/timm name it."""
-    return cache_dir() / Path(release_url(variant)).name
+    return cache_dir() / Path(published_url(variant)).name
 
 
 def cached(variant: str) -> Optional[Path]:
@@ -123,7 +139,7 @@ def fetch(variant: str, verify: Callable[[Path, str], None], log: Optional[Calla
     A file already in the cache is returned as it is (the load that follows is strict and names it if it does
     not fit).
     """
-    release(variant)
+    published_url(variant)  # refuses a model without released weights
     path = cached(variant)
     if path is not None:
         return path
@@ -270,12 +286,22 @@ class _Progress:
         self.bar.stop()
 
 
+def _download_state(name: str) -> Dict:
+    path = cache_path(name)
+    size = path.stat().st_size if path.is_file() else None
+    return dict(url=weights_url(name), cached=size is not None, path=str(path), bytes=size)
+
+
 def listing() -> List[Dict]:
-    """Every released checkpoint with its paper figures, URL and cache state (for ``lit weights``)."""
-    rows = []
-    for r in RELEASES.values():
-        path = cache_path(r.variant)
-        size = path.stat().st_size if path.is_file() else None
-        rows.append(dict(variant=r.variant, top1=r.top1, gmacs=r.gmacs, params_m=r.params_m,
-                         url=weights_url(r.variant), cached=size is not None, path=str(path), bytes=size))
-    return rows
+    """Every released ImageNet-1k checkpoint with its paper figures, URL and cache state (for ``lit weights``)."""
+    return [dict(variant=r.variant, top1=r.top1, gmacs=r.gmacs, params_m=r.params_m, **_download_state(r.variant))
+            for r in RELEASES.values()]
+
+
+def dense_listing() -> List[Dict]:
+    """The six released dense models (COCO / ADE20K) with the paper's results, measured parameters, URL and cache
+    state (for ``lit weights``)."""
+    from litcli.models.dense_zoo import DENSE_MODELS
+
+    return [dict(name=m.name, task=m.task, dataset=m.dataset, paper=dict(m.paper), params=m.params,
+                 **_download_state(m.name)) for m in DENSE_MODELS.values()]

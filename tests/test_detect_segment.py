@@ -124,6 +124,7 @@ def test_coco_results_fields_and_ids():
 
 # ---- lit detect / lit segment on the asset photos ----
 
+@pytest.mark.slow
 def test_detect_draws_and_writes_coco_results(files, tmp_path):
     out = tmp_path / 'detect'
     result = lit('detect', CAT, PHOTOS / 'coffee.jpg', '--checkpoint', files['retinanet_lit_ti'], '--score-thr', 0,
@@ -218,6 +219,7 @@ def test_bad_input_is_one_line(files, tmp_path):
 
 # ---- the released weights by name: one download / cache / verify path ----
 
+@pytest.mark.slow
 def test_released_dense_weights_download_verify_and_list(monkeypatch, tmp_path):
     """--pretrained NAME downloads the release file once (verified: recognised as that model, strict load),
     then loads from the cache; a file of another model is refused and nothing cached; lit weights lists both."""
@@ -250,6 +252,7 @@ def test_released_dense_weights_download_verify_and_list(monkeypatch, tmp_path):
     one_line_error(lit('weights', '--download', 'retinanet_lit_xl'), 2, 'retinanet_lit_xl has no released weights')
 
 
+@pytest.mark.slow
 def test_classification_weights_initialise_a_dense_backbone(monkeypatch, tmp_path):
     """backbone_weights='lit_s' takes the cached lit_s.pth (no download: LIT_WEIGHTS_URL points nowhere) into
     retinanet_lit_s's backbone: tables resampled to the dense grid, the rest as in the file; a path works too;

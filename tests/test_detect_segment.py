@@ -331,3 +331,21 @@ def test_a_file_that_does_not_fit_names_the_keys(tmp_path):
     with pytest.raises(CheckpointError, match=r'does not fit semantic_fpn_lit_ti: 1 missing keys '
                                               r'\(decode_head\.scale_heads\.3\.4\.conv\.weight\)'):
         load_dense_model(tmp_path / 'broken.pth')
+
+
+def test_a_safetensors_file_of_a_dense_model_loads(tmp_path):
+    """A safetensors state dict with the lit dense checkpoint's metadata in its header (what an export holds)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    model = create_dense_model('semantic_fpn_lit_ti', num_classes=3)
+    saved = dense_checkpoint(model, 'semantic_fpn_lit_ti', ['sky', 'road', 'tree'], img_scale=SMALL)
+    config = {k: v for k, v in saved.items() if k != 'model'}
+    save_file({k: v.contiguous() for k, v in saved['model'].items()}, tmp_path / 'sem.safetensors',
+              metadata={'lit_config': json.dumps(config)})
+    loaded = load_dense_model(tmp_path / 'sem.safetensors')
+    assert (loaded.name, loaded.class_names, loaded.category_ids) == ('semantic_fpn_lit_ti', ['sky', 'road', 'tree'],
+                                                                      [1, 2, 3])
+    assert loaded.preprocessing['img_scale'] == SMALL
+    got = loaded.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())

@@ -150,6 +150,7 @@ def test_the_releases_as_data(monkeypatch, tmp_path):
     assert listed['cache_dir'] == str(tmp_path / 'hub' / 'checkpoints')
 
 
+@pytest.mark.slow
 def test_processes_asking_at_once_download_once(monkeypatch, tmp_path, release):
     """Every rank of ``torchrun lit eval --pretrained`` asks for the file at once: one downloads (under a lock
     beside the cache file), the others wait and read the cache."""
@@ -287,6 +288,7 @@ def test_timm_route_shares_the_cache_and_stays_strict(monkeypatch, tmp_path, rel
         timm.create_model('lit_ti', pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(state_dict=broken))
 
 
+@pytest.mark.slow
 def test_commands_take_pretrained(offline_warm, tmp_path, release):
     """--pretrained instead of --checkpoint in predict, export, viz-offsets and attn-maps (from the cache, no
     network); both or neither is a one-line usage error."""
@@ -325,6 +327,7 @@ def test_commands_take_pretrained(offline_warm, tmp_path, release):
         assert '--pretrained' in lit(command, '--help').output
 
 
+@pytest.mark.slow
 def test_train_pretrained_fine_tunes(offline_warm, tiny_data, tmp_path):
     """lit train --pretrained: the released weights as initial weights, the ImageNet head replaced (and said so);
     refused with --initial-checkpoint, for the demo model and for a model without released weights."""

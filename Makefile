@@ -9,7 +9,7 @@ CONSTRAINTS := requirements/constraints.txt
 TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 DEMO_NAME   := demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test test-all gpu-check bench docs docs-cli clean
+.PHONY: install demo test test-fast test-all gpu-check bench docs docs-cli clean
 
 install: $(STAMP)
 
@@ -76,6 +76,14 @@ demo:
 test: install docs
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not gpu"
+
+# Test tiers (markers in pyproject.toml): `slow` marks every test that takes more than a few seconds on a 2-core CPU
+# (measured with `pytest --durations=0`: torchrun and SIGKILL subprocess runs, full demo epochs, the augmentation sweeps,
+# full-size models, ONNX exports, ...), `gpu` those that need CUDA. `make test` (CI) runs everything but `gpu`;
+# `make test-fast`, the edit-run loop, skips `slow` too and takes under 3 minutes on 2 cores; `make gpu-check` runs the
+# GPU claims. pytest's exit 5 (no test selected) fails either target.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 # Every GPU claim in one call (benchmarks/gpu_check.py: parts, time limits, JSON report, one table; README
 # "Development"). `make gpu-check` uses .venv (installed first if missing, as `make install`); `make gpu-check

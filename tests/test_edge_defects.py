@@ -1,4 +1,8 @@
-"""Edge defects a user trial found (issue 28): the auto-augment setting read one way from flags and YAML files, ..."""
+"""Edge defects a user trial found (issue 28): the auto-augment setting read one way from flags and YAML files,
+the extras' brackets in lit train --help, and DataLoader workers that stay quiet when a Ctrl-C ends the main
+process while they start."""
+import os
+
 import pytest
 import yaml
 
@@ -50,3 +54,48 @@ def test_train_help_shows_the_extras_brackets():
     result = CliRunner().invoke(app, ['train', '--help'], env={'COLUMNS': '300'})
     text = ' '.join(result.output.replace('│', ' ').split())
     assert result.exit_code == 0 and "pip install 'litcli[track]' / 'litcli[wandb]'" in text, text
+
+
+class _Names:
+    """A dataset whose items say which excepthook a DataLoader worker runs under (it inherits the forkserver's)."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        import sys
+        return sys.excepthook.__qualname__
+
+
+def test_data_loader_workers_start_from_a_forkserver_that_stays_quiet_when_the_main_process_is_gone():
+    """A group Ctrl-C of `lit eval -j 2` could end the main process while a worker was still unpickling the queues
+    it had just removed: multiprocessing printed a 15-line traceback from that worker. The forkserver now installs
+    a hook that drops such a failure once the main process (named to the server at its start) has exited."""
+    import torch
+
+    from litcli.core.data.loaders import _loader_kwargs
+
+    loader = torch.utils.data.DataLoader(_Names(), batch_size=None, **_loader_kwargs(1, torch.device('cpu'), None))
+    assert list(loader) == ['quiet_orphaned_worker_starts.<locals>.hook']
+
+
+def test_the_quiet_hook_drops_only_a_start_failure_after_the_main_process(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from litcli.core.data.loaders import quiet_orphaned_worker_starts
+
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    printed = []
+    monkeypatch.setattr(sys, 'excepthook', lambda kind, value, tb: printed.append(kind))
+    quiet_orphaned_worker_starts(main_pid=gone.pid)
+    sys.excepthook(FileNotFoundError, FileNotFoundError(2, 'No such file or directory'), None)
+    sys.excepthook(EOFError, EOFError(), None)
+    assert printed == []  # the main process has exited: nobody reads it
+    sys.excepthook(ValueError, ValueError('a bug in a dataset'), None)
+    assert printed == [ValueError]  # not what a vanished main process causes: printed
+    monkeypatch.setattr(sys, 'excepthook', lambda kind, value, tb: printed.append(kind))
+    quiet_orphaned_worker_starts(main_pid=os.getpid())
+    sys.excepthook(FileNotFoundError, FileNotFoundError(2, 'No such file or directory'), None)  # waits 2 s
+    assert printed == [ValueError, FileNotFoundError]  # the main process lives: printed

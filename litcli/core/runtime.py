@@ -412,30 +412,43 @@ def exit_with_main_process(main_pid: int):
     once it has exited, zombie or not), else checks it once a second. A worker whose parent is the main process (fork,
     or spawn on Windows, where ``os.kill(pid, 0)`` would send a Ctrl-C) is left to torch's own watch.
     """
-    import select
-    import time
-
     if os.getppid() == main_pid:
         return
 
     def watch():
-        try:
-            pidfd = os.pidfd_open(main_pid)
-        except (AttributeError, OSError):  # no pidfd (macOS, an old kernel), or already gone
-            pidfd = None
-        if pidfd is not None:
-            poller = select.poll()  # not select(): a descriptor number may exceed FD_SETSIZE
-            poller.register(pidfd, select.POLLIN)
-            poller.poll()
-            os._exit(0)
-        while True:
-            try:
-                os.kill(main_pid, 0)
-            except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user's process)
-                os._exit(0)
-            time.sleep(1.0)
+        process_exited(main_pid)
+        os._exit(0)
 
     threading.Thread(target=watch, name='lit-main-watch', daemon=True).start()
+
+
+def process_exited(pid: int, timeout: Optional[float] = None) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts), waiting up to ``timeout`` seconds for it (None: as long
+    as it takes). A pidfd where Linux has one (>= 5.3: readable once the process has exited), else a check every
+    second (every 50 ms with a timeout)."""
+    import select
+    import time
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (macOS, an old kernel), or already gone
+        pidfd = None
+    if pidfd is not None:
+        try:
+            poller = select.poll()  # not select(): a descriptor number may exceed FD_SETSIZE
+            poller.register(pidfd, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+        finally:
+            os.close(pidfd)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user's process)
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0 if deadline is None else 0.05)
 
 
 def init_worker(worker_id: int, main_pid: int):

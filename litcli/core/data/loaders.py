@@ -165,7 +165,30 @@ class DeviceLoader:
 # What a worker needs imported, loaded once by the forkserver instead of by every worker: the datasets, timm's
 # transforms (imported lazily elsewhere) and webdataset (a missing one is skipped). Not the main module: each worker
 # imports it as spawn's do, so an unguarded script fails there with multiprocessing's own message, not in the server.
-WORKER_PRELOAD = ['litcli.core.data.datasets', 'litcli.core.data.loaders', 'timm.data', 'webdataset']
+MAIN_PID_ENV = 'LIT_WORKERS_MAIN_PID'  # the main process of the workers, as the forkserver is started for it
+WORKER_PRELOAD = ['litcli.core.data.datasets', 'litcli.core.data.loaders', 'litcli.core.data.forkserver_init',
+                  'timm.data', 'webdataset']
+
+
+def quiet_orphaned_worker_starts(main_pid: int):
+    """In the workers' forkserver (``forkserver_init``): a worker whose start fails because the main process is
+    gone exits without a word. A Ctrl-C of the whole job ends the main process while a worker may still be
+    unpickling its loader's queues and semaphores, which the exiting main process has just removed; the worker's
+    FileNotFoundError (or EOFError, a reset pipe) then reached multiprocessing's start-up handler, which prints a
+    15-line traceback through ``sys.excepthook``, after the user's Ctrl-C. A start failure while the main process
+    lives (after up to 2 s: it may be exiting) prints as before."""
+    import sys
+
+    from litcli.core.runtime import process_exited
+
+    default = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, (OSError, EOFError)) and process_exited(main_pid, timeout=2.0):
+            return  # nobody is left to read it
+        default(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def worker_context():
@@ -193,10 +216,16 @@ def worker_context():
     context.set_forkserver_preload(WORKER_PRELOAD)
     resource_tracker.ensure_running()  # first: up to 3.13 it unblocks SIGINT and SIGTERM after starting its helper
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    saved = os.environ.get(MAIN_PID_ENV)
+    os.environ[MAIN_PID_ENV] = str(os.getpid())  # for forkserver_init in the server (its parent may be gone by then)
     try:
         forkserver.ensure_running()  # a no-op once it runs
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that came meanwhile is delivered now
+        if saved is None:
+            os.environ.pop(MAIN_PID_ENV, None)
+        else:
+            os.environ[MAIN_PID_ENV] = saved
     return context
 
 

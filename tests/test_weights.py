@@ -391,3 +391,40 @@ def test_text_and_html_files_given_as_checkpoints_say_what_they_are(tmp_path, re
     mapped = read_checkpoint(tmp_path / 'ti.pth', mmap=True)['model']  # keys and shapes, tensors mapped
     assert {k: v.shape for k, v in mapped.items()} == {k: v.shape for k, v in release[0].items()}
     assert all(torch.equal(mapped[k], v) for k, v in release[0].items())
+
+
+def lit_s_look_alike() -> dict:
+    """A state dict with LIT-S's identifying keys and shapes (its stem width and stage-3 depth), small enough to save
+    in a test: detect_variant calls it lit_s."""
+    state = {'patch_embed.proj.weight': torch.zeros(96, 3, 4, 4)}
+    state.update({f'layers.2.blocks.{i}.norm1.weight': torch.zeros(4) for i in range(6)})
+    return {'model': state}
+
+
+def test_a_cached_file_of_another_model_is_neither_listed_nor_used(monkeypatch, tmp_path):
+    """A LIT-S file cached as lit_ti.pth used to be listed as cached and, loaded for --pretrained --variant ti,
+    advised --variant s; an HTML page cached as lit_s.pth likewise. Both are now called what they are, in the
+    listing and on use, with the way to the release."""
+    use_cache(monkeypatch, tmp_path, f'http://127.0.0.1:{free_port()}/v1.0')
+    folder = weights.cache_dir()
+    folder.mkdir(parents=True)
+    torch.save(lit_s_look_alike(), folder / 'lit_ti.pth')
+    (folder / 'lit_s.pth').write_text('<!DOCTYPE html><html><body>Sign in</body></html>')
+    assert weights.cache_problem('lit_ti') == f'{folder / "lit_ti.pth"} holds lit_s weights, not the lit_ti release'
+    assert 'is an HTML page' in weights.cache_problem('lit_s') and weights.cache_problem('lit_m') is None
+    result = lit('weights', '--json')
+    assert result.exit_code == 0, result.output
+    rows = {w['variant']: w for w in json.loads(result.stdout)['weights']}
+    assert not rows['lit_ti']['cached'] and 'holds lit_s weights' in rows['lit_ti']['problem']
+    assert not rows['lit_s']['cached'] and 'HTML page' in rows['lit_s']['problem']
+    result = lit('weights')
+    assert 'no (another file there)' in result.output and 'not the release: ' in result.output
+    from litcli.paths import REPO_ASSETS
+    photo = str(sorted((REPO_ASSETS / 'photos').glob('*.jpg'))[0])
+    for command in (('weights', '--download', 'ti'), ('predict', photo, '--pretrained', '--variant', 'ti')):
+        result = lit(*command)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert 'holds lit_s weights, not the lit_ti release' in lines[0] and 'delete it' in lines[0], lines[0]
+        assert '--variant s' not in lines[0]
+    assert (folder / 'lit_ti.pth').exists()  # the user's file is left where it is

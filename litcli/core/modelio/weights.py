@@ -136,17 +136,17 @@ def fetch(variant: str, verify: Callable[[Path, str], None], log: Optional[Calla
 
     ``verify(path, url)`` must raise a ``LitError`` when the downloaded file is not the variant's weights (the
     factory loads it strictly into the variant); only a verified, complete file is renamed into the cache.
-    A file already in the cache is returned as it is (the load that follows is strict and names it if it does
-    not fit).
+    A file already in the cache must hold ``variant``'s weights (``cache_problem``: keys and shapes, no tensor
+    read), else a one-line LitError says what it holds and how to get the release.
     """
     published_url(variant)  # refuses a model without released weights
     path = cached(variant)
     if path is not None:
-        return path
+        return _refuse_another_file(variant, path)
     with _download_lock(cache_path(variant)):
         path = cached(variant)  # another process (a torchrun rank) finished the download while this one waited
         if path is not None:
-            return path
+            return _refuse_another_file(variant, path)
         return download(variant, verify, log or _stderr, timeout_s() if timeout is None else timeout)
 
 
@@ -286,10 +286,63 @@ class _Progress:
         self.bar.stop()
 
 
+def held_model(raw: Dict) -> Optional[str]:
+    """The released model whose weights a checkpoint dict holds: a LIT classification variant recognised from its
+    keys and shapes (``detect_variant``), a dense model's recorded name or official mmdet/mmseg layout; None when
+    none is recognised."""
+    from litcli.core.modelio.checkpoint import detect_variant
+    from litcli.models.dense_zoo import DENSE_MODELS, convert_official
+    from litcli.models.spec import unwrap_state_dict
+
+    if raw.get('variant') in DENSE_MODELS:
+        return raw['variant']
+    state_dict = unwrap_state_dict(raw)
+    found = detect_variant(state_dict)
+    if found is None and any(k.startswith('backbone.') for k in state_dict):
+        try:
+            found = convert_official(state_dict)[0]
+        except ValueError:
+            pass
+    return found
+
+
+def cache_problem(name: str) -> Optional[str]:
+    """What is wrong with the cached file of ``name``'s release (one line naming it), or None when it holds ``name``'s
+    weights or nothing is cached: another model's weights (a LIT-S file saved as lit_ti.pth), an HTML page, a
+    damaged file. Read for the pickle alone (``read_checkpoint(mmap=True)``), so listing the cache stays cheap."""
+    from litcli.core.errors import CheckpointError
+    from litcli.core.modelio.checkpoint import read_checkpoint
+
+    path = cache_path(name)
+    if not path.is_file():
+        return None
+    try:
+        found = held_model(read_checkpoint(path, mmap=True))
+    except CheckpointError as e:
+        return str(e)
+    if found == name:
+        return None
+    return f'{path} holds {f"{found} weights" if found else "no LIT weights this package recognises"}, not the ' \
+           f'{name} release'
+
+
+def _refuse_another_file(name: str, path: Path) -> Path:
+    """``path`` when the cached file holds ``name``'s release, else a one-line LitError saying what it holds."""
+    problem = cache_problem(name)
+    if problem is not None:
+        raise LitError(f'{problem}; it sits where the download of {name} goes: delete it to download the release '
+                       f'again, or move it out of the cache and pass it with --checkpoint')
+    return path
+
+
 def _download_state(name: str) -> Dict:
+    """Where the release of ``name`` comes from and whether the cache holds it: ``cached`` only when the file there
+    is ``name``'s weights; ``problem`` says what is wrong with a file that is not."""
     path = cache_path(name)
     size = path.stat().st_size if path.is_file() else None
-    return dict(url=weights_url(name), cached=size is not None, path=str(path), bytes=size)
+    problem = cache_problem(name)
+    return dict(url=weights_url(name), cached=size is not None and problem is None, path=str(path), bytes=size,
+                problem=problem)
 
 
 def listing() -> List[Dict]:

@@ -101,6 +101,8 @@ bench: install
 	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 16 --mode train --profile
 	$(VENV)/bin/lit bench -v ti --compare pvt_v2_b2 --threads 2 -b 16 --mode infer
 	$(VENV)/bin/lit bench -v s --compare swin_tiny_patch4_window7_224 --threads 2 -b 1 --img-size 1024 --repeats 2 --mode infer
+	$(VENV)/bin/lit bench --task retinanet -v ti --threads 2 --repeats 3 --mode infer
+	$(VENV)/bin/lit bench --task semantic-fpn -v ti --threads 2 --repeats 3 --mode train
 	$(PY) benchmarks/bench_data.py --images 1000 --workers 0,1,2 --rounds 2
 
 # The documentation site (docs/, mkdocs.yml) into site/ with --strict: a broken link or anchor, or a page missing from

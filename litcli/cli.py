@@ -139,8 +139,14 @@ def flops(
                                                                      'model.')] = Variant.s,
     remove_msa: Annotated[Optional[str], typer.Option('--remove-msa', help='Stages to strip of attention, e.g. 1,2 '
                                                       '(Table 5: pvt_s_msa w/o MSA in those stages).')] = None,
-    img_size: Annotated[str, typer.Option('--img-size', help='N or HxW, multiples of 32; a comma list is a sweep '
-                                                             '(e.g. 224,512,800x1344).')] = '224',
+    img_size: Annotated[Optional[str], typer.Option(
+        '--img-size', help='N or HxW, multiples of 32; a comma list is a sweep (e.g. 224,512,800x1344). Default 224; '
+                           'with --task the paper\'s size (800x1280 detection, 512x512 segmentation), any size.',
+        show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option(
+        '--task', help='A dense model of the paper instead (Tables 6-8): retinanet, mask-rcnn or semantic-fpn, with '
+                       '--variant ti or s: parameters and GMACs by part (backbone, neck, heads).',
+        show_default=False)] = None,
     batch: Annotated[int, typer.Option(help='Batch size (MACs scale linearly).')] = 1,
     compare: Annotated[Optional[str], typer.Option(help='timm model names to count alongside, comma-separated '
                                                         '(e.g. swin_tiny_patch4_window7_224,resnet50).')] = None,
@@ -153,11 +159,22 @@ def flops(
                                                       help='Also write the JSON to this file.')] = None,
     plot: Annotated[Optional[Path], typer.Option(dir_okay=False, help='Save GMACs against input size as a PNG.')] = None,
 ):
-    """Parameters and FLOPs (as MACs, the papers' convention), per stage: MLP / attention / DTM."""
+    """Parameters and FLOPs (as MACs, the papers' convention), per stage: MLP / attention / DTM; with --task, of a
+    detection or segmentation model by part."""
     from litcli.commands import flops as command
     with user_errors():
-        command.run(variant_name(variant), parse_sizes(img_size), batch, parse_names(compare), two_x, depth, counter,
-                    json_out, json_file, plot, parse_ints(remove_msa, '--remove-msa') if remove_msa else None)
+        if task is not None:
+            given = [flag for flag, used in (('--remove-msa', remove_msa), ('--compare', compare), ('--plot', plot),
+                                             ('--batch', batch != 1), ('--depth', depth)) if used]
+            if given:
+                raise UsageError(f'{", ".join(given)} count classification models; drop '
+                                 f'{"it" if len(given) == 1 else "them"} with --task {task}')
+            command.run_dense(task, variant.value, parse_sizes(img_size) if img_size else None, two_x, counter,
+                              json_out, json_file)
+            return
+        command.run(variant_name(variant), parse_sizes(img_size or '224'), batch, parse_names(compare), two_x, depth,
+                    counter, json_out, json_file, plot,
+                    parse_ints(remove_msa, '--remove-msa') if remove_msa else None)
 
 
 
@@ -167,10 +184,16 @@ def bench(
                                                                      'model.')] = Variant.s,
     compare: Annotated[Optional[str], typer.Option(help='timm models to time alongside, comma-separated '
                                                         '(e.g. swin_tiny_patch4_window7_224,pvt_v2_b2).')] = None,
+    task: Annotated[Optional[str], typer.Option(
+        '--task', help='A dense model of the paper beside its ResNet-50 counterpart instead: retinanet, mask-rcnn or '
+                       'semantic-fpn, with --variant ti or s.', show_default=False)] = None,
     mode: Annotated[str, typer.Option(help='infer (forward) or train (forward + backward + AdamW step).')] = 'infer',
-    batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 16,
-    img_size: Annotated[str, typer.Option('--img-size', help='N or NxN (square), multiples of 32; a comma list is a '
-                                                             'sweep (224,384,512).')] = '224',
+    batch_size: Annotated[Optional[int], typer.Option('--batch-size', '-b', min=1, show_default=False,
+                                                      help='Images per step (default 16; 1 with --task).')] = None,
+    img_size: Annotated[Optional[str], typer.Option(
+        '--img-size', help='N or NxN (square), multiples of 32; a comma list is a sweep (224,384,512). Default 224; '
+                           'with --task any HxW, default 320x512 detection / 512x512 segmentation on a CPU, the '
+                           'paper\'s 800x1280 / 512x512 on a GPU.', show_default=False)] = None,
     amp_dtype: Annotated[Optional[str], typer.Option('--amp-dtype', help='Autocast in bfloat16 or float16 (CUDA '
                                                                          'only), as lit train (default: float32).')] = None,
     amp: Annotated[Optional[str], typer.Option('--amp', hidden=True, help='Old spelling of --amp-dtype (bf16, '
@@ -196,10 +219,15 @@ def bench(
     with user_errors():
         if amp is not None and amp_dtype is not None:
             raise UsageError(f'--amp {amp} and --amp-dtype {amp_dtype}: give one (--amp is the old spelling)')
-        sizes = parse_sizes(img_size)
-        cfg = BenchConfig(mode=mode, batch_size=batch_size, device=device, amp=amp_dtype or amp, compile=compile, channels_last=channels_last, threads=threads, warmup=warmup,
+        if task is not None and (compare or plot):
+            raise UsageError(f'{"--compare" if compare else "--plot"} is for classification models; --task {task} '
+                             f'compares with the ResNet-50 counterpart on its own')
+        sizes = parse_sizes(img_size) if img_size else [] if task else [(224, 224)]
+        batch = batch_size or (1 if task else 16)
+        cfg = BenchConfig(mode=mode, batch_size=batch, device=device, amp=amp_dtype or amp, compile=compile, channels_last=channels_last, threads=threads, warmup=warmup,
                           repeats=repeats, memory=memory, drop_path=drop_path, profile=profile)
-        command.run(variant_name(variant), parse_names(compare), cfg, sizes, json_out, csv, plot)
+        command.run(variant.value if task else variant_name(variant), parse_names(compare), cfg, sizes, json_out,
+                    csv, plot, task)
 
 def use_ema_option():
     return typer.Option('--use-ema/--no-use-ema', help='EMA or raw weights of a --model-ema run (default: the '

@@ -1,10 +1,11 @@
 """``lit bench``: images/s, ms/step, peak memory and share of the device's GEMM rate of LIT and other timm models,
-timed interleaved in one run (the method is ``core.benchmark``'s)."""
+or (``--task``) of a dense LIT model and its ResNet-50 counterpart, timed interleaved in one run (the method is
+``core.analysis.benchmark``'s)."""
 import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from litcli.core.analysis.benchmark import OP_KINDS, BenchConfig, run_bench
+from litcli.core.analysis.benchmark import OP_KINDS, BenchConfig, run_bench, size_text
 from litcli.core.errors import UsageError
 
 
@@ -13,7 +14,7 @@ def print_bench(report: Dict, console=None):
     from rich.table import Table
     console = console or Console()
     for block in report['results']:
-        table = Table(title=f"{report['mode']} @ {block['img_size']}x{block['img_size']}, {report['device']}, "
+        table = Table(title=f"{report['mode']} @ {size_text(block['img_size'])}, {report['device']}, "
                             f"{report['amp']}, {report['threads']} threads, batch {report['batch_size']}, "
                             f"median of {report['repeats']} interleaved"
                             + (f", drop path {report['drop_path']}" if report.get('drop_path') is not None else ''))
@@ -35,6 +36,8 @@ def print_bench(report: Dict, console=None):
             print_profile(block, console)
     console.print(f"device GEMM rate: {report['gemm_gflops']:.1f} GFLOP/s; GFLOP/s = 2 x MACs x images (x3 in train "
                   f"mode) / step time.")
+    if report.get('task'):
+        console.print(DENSE_STEP_NOTE[report['mode']], markup=False)
 
 
 def print_profile(block: Dict, console):
@@ -44,7 +47,7 @@ def print_profile(block: Dict, console):
     if not rows:
         return
     kinds = [k for k, _ in OP_KINDS] + ['other']
-    table = Table(title=f"where the time goes @ {block['img_size']}x{block['img_size']} (one profiled step, % of "
+    table = Table(title=f"where the time goes @ {size_text(block['img_size'])} (one profiled step, % of "
                         f"self time)")
     table.add_column('model')
     for kind in kinds:
@@ -88,8 +91,9 @@ def write_csv(report: Dict, path) -> str:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore')
         writer.writeheader()
         for block in report['results']:
+            size = block['img_size']
             for row in block['rows']:
-                writer.writerow({'img_size': block['img_size'], **row})
+                writer.writerow({'img_size': size if isinstance(size, int) else size_text(size), **row})
     return str(path)
 
 
@@ -108,11 +112,35 @@ def square_sizes(sizes: Sequence[Union[int, Tuple[int, int]]]) -> List[int]:
     return sides
 
 
+# What one timed step of a dense model covers (printed under the tables).
+DENSE_STEP_NOTE = {
+    'infer': 'Dense models: a step is the whole forward on a list of images: transform (normalise, pad; no resize), '
+             'network, post-processing (decoding, NMS, mask pasting), as deployed. ratio: images/s against the LIT '
+             'model (first row).',
+    'train': 'Dense models: a step is the losses on three fixed boxes (and masks) per image, or random labels for '
+             'Semantic FPN, backward and an AdamW step. ratio: images/s against the LIT model (first row).',
+}
+# `lit bench --task` default sizes (H, W): a CPU's; on a GPU the paper's (dense_flops.PAPER_SIZES).
+CPU_DENSE_SIZES = {'retinanet': (320, 512), 'mask_rcnn': (320, 512), 'semantic_fpn': (512, 512)}
+
+
+def dense_sizes(task: str, sizes: Sequence[Union[int, Tuple[int, int]]], device: str) -> List[Tuple[int, int]]:
+    """(H, W) of each size given (N or (H, W), at least 32 a side), by default the paper's on a GPU and a CPU's
+    (``CPU_DENSE_SIZES``) otherwise."""
+    from litcli.core.analysis.dense_flops import PAPER_SIZES, TASKS, checked_dense_size
+
+    if not sizes:
+        return [(CPU_DENSE_SIZES if device == 'cpu' else PAPER_SIZES)[TASKS[task]]]
+    return [checked_dense_size(size) for size in sizes]
+
+
 def run(variant: str, compare: Sequence[str] = (), cfg: Optional[BenchConfig] = None,
         sizes: Sequence[Union[int, Tuple[int, int]]] = (), as_json: bool = False, csv_path: Optional[Path] = None,
-        plot: Optional[Path] = None) -> Dict:
+        plot: Optional[Path] = None, task: Optional[str] = None) -> Dict:
     """``lit bench``: validate, measure, print / write. ``sizes``: N or (N, N) each (default: ``cfg.img_size``);
-    ``cfg``'s device and autocast dtype are resolved as every command resolves them (``core.runtime``)."""
+    ``cfg``'s device and autocast dtype are resolved as every command resolves them (``core.runtime``).
+    ``task`` ('retinanet' | 'mask-rcnn' | 'semantic-fpn', ``variant`` 'ti' | 's'): that dense LIT model beside its
+    ResNet-50 counterpart instead, at any H x W (default: ``dense_sizes``)."""
     import json
     import sys
     from dataclasses import replace
@@ -121,11 +149,20 @@ def run(variant: str, compare: Sequence[str] = (), cfg: Optional[BenchConfig] = 
     from litcli.core.modelio.factory import check_model_names
 
     cfg = resolve_bench_config(cfg or BenchConfig())  # a bad mode, device or dtype fails before any model is built
-    check_model_names(list(compare))  # unknown names fail now, with a suggestion
-    sides = square_sizes(sizes or [cfg.img_size])
+    if task is not None:
+        from litcli.core.analysis.dense_flops import baseline_of, dense_model_name
+
+        variant = dense_model_name(task, variant)
+        compare = [baseline_of(variant)]
+        sides = dense_sizes(task, sizes, cfg.device.split(':')[0])
+    else:
+        check_model_names(list(compare))  # unknown names fail now, with a suggestion
+        sides = square_sizes(sizes or [cfg.img_size])
     cfg = replace(cfg, img_size=sides[0])
     log = (lambda s: print(s, file=sys.stderr)) if as_json else print
     report = run_bench(variant, list(compare), cfg, sides, log=log)
+    if task is not None:
+        report['task'] = task
     if as_json:
         print(json.dumps(report, indent=1))
     else:

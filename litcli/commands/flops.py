@@ -1,5 +1,6 @@
 """``lit flops``: parameters and GMACs (the papers' "FLOPs") per stage, compared with any timm model, as tables,
-JSON or a resolution sweep plot. The counting rules are ``core.flops``'s."""
+JSON or a resolution sweep plot; with ``--task``, a dense model's (Tables 6-8) by part. The counting rules are
+``core.analysis.flops``'s."""
 import json
 import warnings
 import sys
@@ -75,13 +76,54 @@ def print_report(report: Dict, two_x: bool = False, depth: int = 0, console=None
     notes = {n for r in report['results'] for n in r.get('notes', [])}
     for note in sorted(notes):
         console.print(f'[yellow]{note}[/yellow]')
+    print_uncounted(report['results'], console)
+
+
+def print_uncounted(results: Sequence[Dict], console):
+    """Unsupported ops are listed, never silently dropped (once per model)."""
     seen = set()
-    for r in report['results']:  # unsupported ops are listed, never silently dropped (once per model)
+    for r in results:
         if r.get('unsupported_ops') and r['model'] not in seen:
             seen.add(r['model'])
             ops = ', '.join(f'{op} x{n}' for op, n in sorted(r['unsupported_ops'].items()))
             console.print(f"Counted as 0 in {r['model']} (no MAC rule; elementwise ops are 0 in the papers): {ops}",
                           markup=False)
+
+
+PAPER_TABLES = {'retinanet': 'Table 6', 'mask_rcnn': 'Table 7', 'semantic_fpn': 'Table 8'}
+
+
+def print_dense_report(report: Dict, two_x: bool = False, console=None):
+    """``lit flops --task``: one table of parameters and MACs by part per input size, the paper's cell, what was
+    counted."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    scale, unit = (2, 'GFLOPs (2xMAC)') if two_x else (1, 'GMACs')
+    for r in report['results']:
+        size, counted = 'x'.join(map(str, r['img_size'])), 'x'.join(map(str, r['input_size']))
+        padded = f' (padded to {counted})' if counted != size else ''
+        table = Table(title=f"{r['model']} at {size}{padded}: parameters and {unit} by part")
+        for col in ('part', 'params', 'params (M)', unit):
+            table.add_column(col, justify='left' if col == 'part' else 'right')
+        for part in ('backbone', 'neck', 'heads', 'total'):
+            bold = '[b]{}[/b]' if part == 'total' else '{}'
+            table.add_row(bold.format(part), bold.format(f"{r['params'][part]:,}"),
+                          bold.format(f"{r['params'][part] / 1e6:.2f}"),
+                          bold.format(f"{scale * r['macs'][part] / 1e9:.2f}"))
+        console.print(table)
+        paper = r.get('paper_params_m')
+        if paper is not None:
+            console.print(f"Params {r['params']['total']:,} = {r['params_m']} M, {r['params_m_rounded']} M rounded; "
+                          f"the paper ({PAPER_TABLES[r['task']]}): {paper} M.")
+        console.print(f"Counted: {r['counted']}. Bilinear sampling in DTM is not in the total (the paper's rule).",
+                      markup=False)
+    console.print(f"Counter: {report['results'][0]['counter']}; the paper's FLOPs size: "
+                  f"{'x'.join(map(str, report['paper_sizes']))}.")
+    for note in sorted({n for r in report['results'] for n in r.get('notes', [])}):
+        console.print(f'[yellow]{note}[/yellow]')
+    print_uncounted(report['results'], console)
 
 
 def _print_module_table(result: Dict, depth: int, console):
@@ -144,6 +186,25 @@ def msa_stages_without(name: str, removed: Sequence[int]) -> Tuple[int, ...]:
         raise UsageError(f'--remove-msa {",".join(map(str, removed))}: {name} has attention in stages '
                          f'{",".join(map(str, sorted(have))) or "none"}')
     return tuple(sorted(have - set(removed)))
+
+
+def run_dense(task: str, variant: str, img_sizes: Optional[Sequence[Tuple[int, int]]] = None, two_x: bool = False,
+              counter: str = 'auto', json_out: bool = False, json_file: Optional[Path] = None) -> Dict:
+    """``lit flops --task``: a dense model's parameters and MACs by part (default size: the paper's)."""
+    from litcli.core.analysis.dense_flops import dense_flops_report
+
+    if json_file is not None and not Path(json_file).resolve().parent.is_dir():
+        raise UsageError(f'cannot write {json_file}: folder {Path(json_file).parent} does not exist')
+    report = dense_flops_report(task, variant, img_sizes, counter)
+    if json_file is not None:
+        write_json(report, json_file)
+    if json_out:
+        print(write_json(report))
+    else:
+        print_dense_report(report, two_x=two_x)
+        if json_file is not None:
+            print(f'JSON written to {json_file}')
+    return report
 
 
 def run(variant: str, img_sizes: Sequence[Tuple[int, int]] = ((224, 224),), batch: int = 1,

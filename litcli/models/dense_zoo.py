@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection import maskrcnn_resnet50_fpn, retinanet_resnet50_fpn
 
 from . import detection, segmentation
 from .dense_classes import ADE20K_CLASSES, COCO_CLASSES
@@ -112,6 +113,41 @@ def create_dense_model(name: str, num_classes: Optional[int] = None, **kwargs) -
     entry = dense_model(name)
     num_classes = entry.num_classes if num_classes is None else num_classes
     return entry.family.build(entry.variant, num_classes=num_classes, **kwargs)
+
+
+# The ResNet-50 counterpart of each architecture, the paper's baseline row in Tables 6-8 (``lit bench --task``),
+# as torchvision builds it: name -> builder(num_classes, img_scale) with img_scale (long, short) the test resize.
+def _torchvision_detector(builder: Callable[..., nn.Module], background: int):
+    def build(num_classes: int, img_scale: Tuple[int, int] = (1333, 800)) -> nn.Module:
+        # torchvision counts the background class in num_classes for Mask R-CNN (``background`` = 1): the heads
+        # get the LIT model's shapes
+        return builder(weights=None, weights_backbone=None, num_classes=num_classes + background,
+                       min_size=min(img_scale), max_size=max(img_scale))
+    return build
+
+
+def _semantic_fpn_resnet50(num_classes: int, img_scale: Optional[Tuple[int, int]] = None) -> nn.Module:
+    return segmentation.semantic_fpn_resnet50(num_classes)  # no resize inside: img_scale is the caller's
+
+
+RESNET50_BASELINES: Dict[str, Tuple[str, Callable[..., nn.Module]]] = {
+    'retinanet': ('retinanet_resnet50_fpn', _torchvision_detector(retinanet_resnet50_fpn, 0)),
+    'mask_rcnn': ('maskrcnn_resnet50_fpn', _torchvision_detector(maskrcnn_resnet50_fpn, 1)),
+    'semantic_fpn': ('semantic_fpn_resnet50', _semantic_fpn_resnet50),
+}
+RESNET50_BASELINE_NAMES = {name: task for task, (name, _) in RESNET50_BASELINES.items()}
+
+
+def create_resnet50_baseline(name: str, num_classes: Optional[int] = None, **kwargs) -> nn.Module:
+    """The ResNet-50 counterpart by name ('retinanet_resnet50_fpn', 'maskrcnn_resnet50_fpn',
+    'semantic_fpn_resnet50'), randomly initialised, with the LIT model's classes (80 COCO, 150 ADE20K) by default;
+    ``img_scale`` (long, short): the detectors' test resize, as the LIT detectors take it."""
+    if name not in RESNET50_BASELINE_NAMES:
+        raise ValueError(f'unknown ResNet-50 baseline {name!r}; choose one of: {", ".join(RESNET50_BASELINE_NAMES)}')
+    task = RESNET50_BASELINE_NAMES[name]
+    family = next(f for f in DENSE_FAMILIES if f.task == task)
+    return RESNET50_BASELINES[task][1](len(DATASET_CLASSES[family.dataset]) if num_classes is None else num_classes,
+                                       **kwargs)
 
 
 def convert_official(state_dict: Dict[str, Tensor]) -> Tuple[str, Dict[str, Tensor], int]:

@@ -74,8 +74,8 @@ from .dense import DENSE_KWARGS, create_dense_backbone
 from .segmentation import BACKBONE_CHANNELS, BACKBONE_SIGNATURE
 
 __all__ = ['RETINANET_SETTINGS', 'MASK_RCNN_SETTINGS', 'DETECTION_TASKS', 'retinanet_lit', 'mask_rcnn_lit',
-           'LITRetinaNet', 'LITMaskRCNN', 'LITFPNBackbone', 'parameter_counts', 'mmdet_base_anchors',
-           'mmdet_resize_size', 'paste_masks', 'mmdet_head_layout', 'mmdet_retinanet_layout',
+           'LITRetinaNet', 'LITMaskRCNN', 'LITFPNBackbone', 'backbone_and_neck', 'parameter_counts',
+           'mmdet_base_anchors', 'mmdet_resize_size', 'paste_masks', 'mmdet_head_layout', 'mmdet_retinanet_layout',
            'mmdet_mask_rcnn_layout', 'retinanet_from_mmdet', 'mask_rcnn_from_mmdet',
            'identify_mmdet', 'identify_retinanet', 'identify_mask_rcnn']
 
@@ -296,12 +296,21 @@ class LITFPNBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), maps[i]) for i in self.levels))
 
 
+def backbone_and_neck(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
+    """(backbone, neck) of a dense model: a torchvision detector's ``backbone.body`` and ``backbone.fpn`` (LIT's
+    ``LITFPNBackbone`` or torchvision's ``BackboneWithFPN``), or a ``SemanticFPN``'s ``backbone`` and ``neck``."""
+    if hasattr(model, 'neck'):
+        return model.backbone, model.neck
+    return model.backbone.body, model.backbone.fpn
+
+
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
-    """Parameters of a detector by part, as dense.md section 6 counts them: backbone (the LIT body), neck (the FPN
-    with its extra levels), heads (all the rest) and total."""
+    """Parameters of a dense model by part, as dense.md section 6 counts them: backbone (the LIT or ResNet body),
+    neck (the FPN with its extra levels), heads (all the rest) and total."""
     def count(module: nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
-    total, backbone, neck = count(model), count(model.backbone.body), count(model.backbone.fpn)
+    body, fpn = backbone_and_neck(model)
+    total, backbone, neck = count(model), count(body), count(fpn)
     return {'backbone': backbone, 'neck': neck, 'heads': total - backbone - neck, 'total': total}
 
 

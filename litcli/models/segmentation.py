@@ -14,6 +14,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models import resnet50
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 
 from .dense import create_dense_backbone
@@ -133,6 +135,28 @@ def semantic_fpn_lit(variant: str, num_classes: int = 150, **backbone_kwargs) ->
     if num_classes < 1:
         raise ValueError(f'num_classes must be at least 1, got {num_classes}')
     return SemanticFPN(create_dense_backbone(variant, 'segmentation', **backbone_kwargs), num_classes)
+
+
+class ResNetBody(nn.Module):
+    """torchvision's ResNet-50 without its pooling and classifier, returning the four stage maps (strides 4..32) as
+    a list with ``out_channels``, the interface ``SemanticFPN`` takes from a dense LIT backbone."""
+    out_channels = (256, 512, 1024, 2048)
+
+    def __init__(self):
+        super().__init__()
+        self.body = IntermediateLayerGetter(resnet50(weights=None),
+                                            {f'layer{i}': str(i - 1) for i in range(1, 5)})
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        return list(self.body(x).values())
+
+
+def semantic_fpn_resnet50(num_classes: int = 150) -> SemanticFPN:
+    """The ResNet-50 Semantic FPN the paper compares with (Table 8), randomly initialised: torchvision's
+    ``resnet50`` body with this module's neck and FPNHead (mmseg's uses ResNetV1c, a deep-stem ResNet-50)."""
+    if num_classes < 1:
+        raise ValueError(f'num_classes must be at least 1, got {num_classes}')
+    return SemanticFPN(ResNetBody(), num_classes)
 
 
 # --- official checkpoints (mmsegmentation layout) -------------------------------------------------------------

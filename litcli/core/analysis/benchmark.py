@@ -8,12 +8,17 @@ resident set during one step (sampled every millisecond), in a fresh process per
 model's memory or allocator cache is counted, with large blocks served by mmap so freed memory leaves the
 resident set. The device's matmul rate is measured by the same command (a large GEMM), so the share of it each model
 achieves is comparable within one run.
+
+The dense models (``lit bench --task``: a RetinaNet / Mask R-CNN / Semantic FPN LIT beside its ResNet-50
+counterpart) go through the same loop: a detector's step is its whole forward on a list of images (torchvision's
+transform, built not to resize them, and the post-processing included) or, in train mode, its loss on fixed
+synthetic boxes (and masks); a Semantic FPN's is its forward on the batch, or its loss on random labels.
 """
 import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from litcli.core.errors import LitError
 
@@ -22,7 +27,7 @@ from litcli.core.errors import LitError
 class BenchConfig:
     mode: str = 'infer'  # infer | train
     batch_size: int = 16
-    img_size: int = 224
+    img_size: Union[int, Tuple[int, int]] = 224  # N (square) or (H, W) for the dense models
     device: Optional[str] = None  # cpu | cuda | cuda:N; None: CUDA when available (core.runtime.resolve_device)
     amp: Optional[str] = None  # autocast dtype: bfloat16 | float16 (or bf16 | fp16); None: full precision
     compile: bool = False
@@ -118,26 +123,83 @@ def _autocast(cfg: BenchConfig):
     return autocast_context(torch.device(cfg.device), amp_dtype(cfg))()
 
 
-def build_model(name: str, cfg: BenchConfig, img_size: int):
-    """A timm model at ``img_size`` (when its constructor takes one) on the bench device; in train mode with
-    ``cfg.drop_path`` (when it has stochastic depth)."""
+def size_text(img_size: Union[int, Tuple[int, int]]) -> str:
+    """224 -> '224x224', (320, 512) -> '320x512'."""
+    h, w = image_hw(img_size)
+    return f'{h}x{w}'
+
+
+def image_hw(img_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+
+def build_model(name: str, cfg: BenchConfig, img_size: Union[int, Tuple[int, int]]):
+    """A timm model at ``img_size`` (when its constructor takes one) or a dense model (its detectors' transform set
+    not to resize an input of ``img_size``) on the bench device; in train mode with ``cfg.drop_path`` (when it has
+    stochastic depth)."""
     import torch
 
+    from litcli.core.analysis.dense_flops import create_dense, family_of, is_dense_name
     from litcli.core.modelio.factory import create_model
-    optional = dict(img_size=img_size, **(dict(drop_path_rate=cfg.drop_path) if cfg.mode == 'train' else {}))
-    model = create_model(name, optional=optional).to(cfg.device)
+    from litcli.models.dense_zoo import DENSE_MODELS
+    drop_path = dict(drop_path_rate=cfg.drop_path) if cfg.mode == 'train' else {}
+    if is_dense_name(name):
+        h, w = image_hw(img_size)
+        kwargs = dict(img_scale=(max(h, w), min(h, w))) if family_of(name) != 'semantic_fpn' else {}
+        if name in DENSE_MODELS:  # LIT; the ResNet-50 baselines have no stochastic depth
+            kwargs.update(drop_path)
+        model = create_dense(name, **kwargs).to(cfg.device)
+    else:
+        model = create_model(name, optional=dict(img_size=img_size, **drop_path)).to(cfg.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def make_step(model, cfg: BenchConfig, batch_size: int, img_size: int) -> Callable[[], None]:
-    """One timed unit: an inference forward, or forward + backward + AdamW step."""
+def dense_family(model) -> Optional[str]:
+    """'retinanet' | 'mask_rcnn' | 'semantic_fpn' for a dense model (LIT's or torchvision's), None for a
+    classifier."""
+    from torchvision.models.detection import MaskRCNN, RetinaNet
+
+    from litcli.models.segmentation import SemanticFPN
+    for cls, family in ((RetinaNet, 'retinanet'), (MaskRCNN, 'mask_rcnn'), (SemanticFPN, 'semantic_fpn')):
+        if isinstance(model, cls):
+            return family
+    return None
+
+
+def synthetic_targets(family: str, batch_size: int, img_size: Tuple[int, int], device,
+                      num_classes: Optional[int] = None) -> List:
+    """Training targets that every model of ``family`` takes: three fixed boxes per image (labels 1-3, valid with
+    or without a background class; masks filling the boxes for Mask R-CNN), or, for Semantic FPN, seeded random
+    labels (B, H, W) below ``num_classes``."""
+    import torch
+    h, w = img_size
+    if family == 'semantic_fpn':
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, num_classes, (batch_size, h, w), generator=g).to(device)
+    fractions = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.9], [0.2, 0.5, 0.45, 0.95]])
+    boxes = (fractions * torch.tensor([w, h, w, h])).round()
+    target = {'boxes': boxes.to(device), 'labels': torch.tensor([1, 2, 3], device=device)}
+    if family == 'mask_rcnn':
+        masks = torch.zeros(len(boxes), h, w, dtype=torch.uint8)
+        for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
+            mask[y1:y2, x1:x2] = 1
+        target['masks'] = masks.to(device)
+    return [dict(target) for _ in range(batch_size)]
+
+
+def make_step(model, cfg: BenchConfig, batch_size: int, img_size: Union[int, Tuple[int, int]]) -> Callable[[], None]:
+    """One timed unit: an inference forward, or forward + backward + AdamW step. A classifier's loss is the
+    cross-entropy on random labels; a dense model's the sum of its losses on ``synthetic_targets``."""
     import torch
     dev = torch.device(cfg.device)
-    x = torch.randn(batch_size, 3, img_size, img_size, device=dev)
+    family = dense_family(model)
+    h, w = image_hw(img_size)
+    x = torch.rand(batch_size, 3, h, w, device=dev) if family else torch.randn(batch_size, 3, h, w, device=dev)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    inputs = list(x) if family in ('retinanet', 'mask_rcnn') else x  # the detectors take a list of 0-1 images
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     if cfg.mode == 'infer':
         model.eval()
@@ -145,19 +207,25 @@ def make_step(model, cfg: BenchConfig, batch_size: int, img_size: int) -> Callab
 
         def step():
             with torch.inference_mode(), _autocast(cfg):
-                fn(x)
+                fn(inputs)
             sync()
         return step
     model.train()
     fn = torch.compile(model) if cfg.compile else model
-    target = torch.randint(0, model.num_classes, (batch_size,), device=dev)
+    if family:
+        targets = synthetic_targets(family, batch_size, (h, w), dev,
+                                    model.num_classes if family == 'semantic_fpn' else None)
+        compute_loss = lambda: sum(fn(inputs, targets).values())  # noqa: E731
+    else:
+        target = torch.randint(0, model.num_classes, (batch_size,), device=dev)
+        compute_loss = lambda: torch.nn.functional.cross_entropy(fn(x), target)  # noqa: E731
     from litcli.core.training.optim import create_optimizer
     opt = create_optimizer(model, lr=1e-4, weight_decay=0.05, offset_lr=1e-6)  # as `lit train`: fused AdamW
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype(cfg) is torch.float16)
 
     def step():
         with _autocast(cfg):
-            loss = torch.nn.functional.cross_entropy(fn(x), target)
+            loss = compute_loss()
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -292,7 +360,7 @@ def profile_step(step: Callable[[], None], device: str, top: int = 6) -> Dict:
             'top_ops': [{'op': name, 'ms': ms, 'share': ms / total} for name, ms in ranked]}
 
 
-def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int] = None,
+def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Union[int, Tuple[int, int], None] = None,
                  count_macs: bool = True, log: Callable[[str], None] = lambda s: None) -> Dict:
     """Build, warm up and time ``names`` interleaved at one input size; OOM halves a model's batch (down to 1)
     and is recorded instead of crashing."""
@@ -317,13 +385,14 @@ def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int]
                     torch.cuda.empty_cache()
                 if is_oom(e) and entry.batch_size > 1:
                     entry.batch_size //= 2
-                    log(f'{name}: out of memory at {img_size}, retrying with batch {entry.batch_size}')
+                    log(f'{name}: out of memory at {size_text(img_size)}, retrying with batch {entry.batch_size}')
                     continue
                 entry.error = 'OOM' if is_oom(e) else str(e).strip().splitlines()[0][:200]
                 break
         entries.append((entry, model, step))
     live = [(e, m, s) for e, m, s in entries if e.error is None]
-    log(f'timing {len(live)} models at {img_size}x{img_size}: {cfg.warmup} warm-up, {cfg.repeats} interleaved repeats')
+    log(f'timing {len(live)} models at {size_text(img_size)}: {cfg.warmup} warm-up, {cfg.repeats} interleaved '
+        f'repeats')
     for (entry, _, _), times in zip(live, interleaved_times([s for _, _, s in live], cfg.warmup, cfg.repeats)):
         entry.times = times
     if cfg.memory:
@@ -337,16 +406,21 @@ def bench_models(names: Sequence[str], cfg: BenchConfig, img_size: Optional[int]
                 entry.profile = {'error': str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}
                 log(f'{entry.name}: profiling failed: {entry.profile["error"]}')
     if count_macs:
+        from litcli.core.analysis.dense_flops import analyse_dense_model, is_dense_name
         from litcli.core.analysis.flops import analyse_model
         for entry, _, _ in live:
             try:
-                entry.gmacs = analyse_model(entry.name, (img_size, img_size), keep_analysis=False)['macs'] / 1e9
+                if is_dense_name(entry.name):  # the network on the (padded) tensor, batch 1
+                    entry.gmacs = analyse_dense_model(entry.name, image_hw(img_size))['macs']['total'] / 1e9
+                else:
+                    entry.gmacs = analyse_model(entry.name, image_hw(img_size), keep_analysis=False)['macs'] / 1e9
             except Exception:  # noqa: BLE001 (a model fvcore cannot trace gets no MAC figure)
                 entry.gmacs = None
     return {'img_size': img_size, 'entries': [e for e, _, _ in entries]}
 
 
-def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig, sizes: Sequence[int] = (),
+def run_bench(variant: str, compare: Sequence[str], cfg: BenchConfig,
+              sizes: Sequence[Union[int, Tuple[int, int]]] = (),
               count_macs: bool = True, log: Callable[[str], None] = print) -> Dict:
     """Everything ``lit bench`` reports, as plain data."""
     import torch

@@ -58,6 +58,18 @@ def check_model_names(names) -> List[str]:
     return list(names)
 
 
+def create_dense_baseline(name: str, **kwargs):
+    """The ResNet-50 counterpart of a dense LIT model by name (``litcli.models.dense_zoo.RESNET50_BASELINES``:
+    torchvision's ``retinanet_resnet50_fpn`` / ``maskrcnn_resnet50_fpn``, ``semantic_fpn_resnet50``), randomly
+    initialised: nothing is downloaded. An unknown name is a UsageError."""
+    from litcli.models.dense_zoo import create_resnet50_baseline
+
+    try:
+        return create_resnet50_baseline(name, **kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def param_counts(model) -> Dict[str, int]:
     """Exact parameter counts with and without the classifier (the paper's 19/27/48/86M are the latter)."""
     total = sum(p.numel() for p in model.parameters())

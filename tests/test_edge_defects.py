@@ -99,3 +99,15 @@ def test_the_quiet_hook_drops_only_a_start_failure_after_the_main_process(monkey
     quiet_orphaned_worker_starts(main_pid=os.getpid())
     sys.excepthook(FileNotFoundError, FileNotFoundError(2, 'No such file or directory'), None)  # waits 2 s
     assert printed == [ValueError, FileNotFoundError]  # the main process lives: printed
+
+
+def test_one_epoch_is_said_in_the_singular(tiny_data, tiny_config, tmp_path):
+    from helpers import train_args
+
+    result = lit(*train_args(tiny_data, tiny_config, tmp_path, '--name', 'one'))  # --epochs 1
+    assert result.exit_code == 0, result.output
+    assert '1 epoch x ' in result.output and '1 epochs' not in result.output
+    again = lit(*train_args(tiny_data, tiny_config, tmp_path, '--name', 'one', '--resume',
+                            tmp_path / 'one' / 'checkpoints' / 'last.pt'))
+    assert again.exit_code == 0, again.output
+    assert 'already finished 1 epoch (raise --epochs' in again.output

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from litcli.core.config import checked_img_size, new_run_config, resolve_config, scaled_lrs
 from litcli.core.errors import CheckpointError, LitError
 from litcli.core.progress import DataTime
+from litcli.core.report import counted
 
 
 def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overrides: Optional[Dict] = None,
@@ -289,7 +290,7 @@ def _log_set_up(run: Run, lrs: Dict, amp_dtype, resuming: bool):
     log(f'{cfg["variant"]} on {dataset_name(spec)} ({spec.train_size} train / {spec.val_size} val images, '
         f'{spec.num_classes} classes), {run.device}{threads}{precision}; global batch {lrs["global_batch"]}, '
         f'lr {lrs["lr"]:.3g} (offset {lrs["offset_lr"]:.3g}), warmup lr {lrs["warmup_lr"]:.3g}, min lr '
-        f'{lrs["min_lr"]:.3g}, {cfg["epochs"]} epochs x {run.data.updates_per_epoch} updates{resuming}')
+        f'{lrs["min_lr"]:.3g}, {counted(cfg["epochs"], "epoch")} x {run.data.updates_per_epoch} updates{resuming}')
     if run.options.save_interval:
         log(f'checkpoints every {run.options.save_interval} steps (the newest {run.options.keep_last} kept) and '
             f'every epoch')
@@ -322,8 +323,8 @@ def _train_epochs(run: Run):
     cfg, stop = run.cfg, run.checkpoints.stop
     start_epoch = run.position.epoch
     if start_epoch >= cfg['epochs']:
-        run.reporter.log(f'nothing to do: the checkpoint already finished {cfg["epochs"]} epochs (raise --epochs to '
-                         f'go on)')
+        run.reporter.log(f'nothing to do: the checkpoint already finished {counted(cfg["epochs"], "epoch")} '
+                         f'(raise --epochs to go on)')
     stop.install()
     try:
         for epoch in range(start_epoch, cfg['epochs']):

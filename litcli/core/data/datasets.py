@@ -46,6 +46,7 @@ from torchvision.datasets import ImageFolder
 from litcli.core.config import BUILTIN_DATASETS
 from litcli.core.errors import LitError
 from litcli.core.data.images import IMAGE_SUFFIXES, load_image
+from litcli.core.report import counted
 from litcli.core.data.shards import ShardDataset, is_shard_folder, is_shard_spec, resolve_shards
 from litcli.core.data.tars import TarTree, has_tars
 from litcli.core.data.transforms import (PAD_MODE, apply_transform, eval_transform, normalize_data_config, pad_or_resize,
@@ -638,8 +639,8 @@ def build_eval_dataset(data: Optional[str], data_dir: Optional[str] = None, tran
         n = dataset.total
         spec = DataSpec(kind, source.pattern, len(dataset.classes), list(dataset.classes),
                         n if split == 'train' else 0, n if split == 'val' else 0,
-                        f'WebDataset shards {source.pattern} ({source.split} split, {len(source.names)} shards, '
-                        f'{len(dataset.classes)} classes, {n} images)')
+                        f'WebDataset shards {source.pattern} ({source.split} split, '
+                        f'{counted(len(source.names), "shard")}, {len(dataset.classes)} classes, {n} images)')
         return dataset, spec
     if kind == 'tar':
         tree = TarTree(Path(root))

@@ -54,13 +54,10 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
     """
     import torch
     from rich.console import Console
-    from rich.table import Table
 
     from litcli.core.data.datasets import figure_data, image_refs
     from litcli.core.modelio.factory import load_model
     from litcli.core.training.rundir import new_run_dir
-    from litcli.core.runtime import init_distributed, process_device, resolve_device
-    from litcli.core.data.transforms import eval_transform
 
     console = Console(stderr=as_json)
     check_stage_numbers(stage, msa_stages)
@@ -85,13 +82,44 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
     files, _ = image_refs(data, data_dir)
     random.Random(seed).shuffle(files)  # a shuffled, reproducible choice across classes
     files = files[:num_images]
+    acc = mean_attention(model, stages, files, loaded.data_config, img_size, batch_size, device)
+    if acc is None:  # not rank 0
+        return {}
+    stage = 'all' if stage is None else stage
+    out_dir = new_run_dir(output, name or f'{arch}-stage-{stage}', exist_ok=exist_ok)
+    result = {'variant': arch, 'weights': weights, 'num_images': acc.stages[stages[0]].count, 'img_size': img_size,
+              'out_dir': str(out_dir), 'stages': {}, 'paths': []}
+    for s in stages:
+        result['paths'] += write_stage(acc, s, queries[s], out_dir, per_head, save_npy)
+        result['stages'][s] = {'grid': list(acc.stages[s].grid), 'query': list(queries[s]),
+                               'blocks': acc.stages[s].blocks, 'class_token_removed': bool(acc.stages[s].prefix),
+                               'stats': acc.statistics(s)}
+    stats_path = out_dir / 'stats.json'
+    stats_path.write_text(json.dumps(result, indent=1))
+    result['paths'].append(str(stats_path))
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return result
+    print_statistics(result, acc, stages, source, console)
+    return result
+
+
+def mean_attention(model, stages: Sequence[int], files, data_config: Dict, img_size: int, batch_size: int,
+                   device: Optional[str]) -> Optional[AttentionMeans]:
+    """The attention of ``stages`` summed over the images ``files`` through the eval transform of ``data_config``:
+    under torchrun each rank takes a share and the sums are all-reduced; on CUDA under bf16 autocast (sums in
+    float32). Rank 0 gets the accumulator, the other ranks None."""
+    import torch
+
+    from litcli.core.data.transforms import eval_transform
+    from litcli.core.runtime import init_distributed, process_device, resolve_device
+
     dev = resolve_device(device)
     world = init_distributed(dev)
-    rank, world_size = world.rank, world.world_size
     dev = process_device(dev, world)
     model = model.to(dev).eval()
-    transform = eval_transform(loaded.data_config)  # the run's own preprocessing, if recorded
-    my_files = files[rank::world_size]
+    transform = eval_transform(data_config)  # the run's own preprocessing, if recorded
+    my_files = files[world.rank::world.world_size]
     with AttentionMeans(model, stages, (img_size, img_size)) as acc, torch.no_grad():
         for start in range(0, len(my_files), batch_size):
             x = torch.stack([transform(ref.open()) for ref in my_files[start:start + batch_size]]).to(dev)
@@ -104,37 +132,37 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
                     st.sums[j] = torch.zeros(attn.num_heads, n, n, device=dev)
                     st.entropy_sums[j] = torch.zeros(attn.num_heads, dtype=torch.float64, device=dev)
         acc.all_reduce()
-    if rank != 0:
-        return {}
-    stage = 'all' if stage is None else stage
-    out_dir = new_run_dir(output, name or f'{arch}-stage-{stage}', exist_ok=exist_ok)
-    result = {'variant': arch, 'weights': weights, 'num_images': acc.stages[stages[0]].count, 'img_size': img_size,
-              'out_dir': str(out_dir), 'stages': {}, 'paths': []}
-    for s in stages:
-        st, mean = acc.stages[s], acc.means(s)
-        grid_png = out_dir / f'stage{s}.png'
-        draw_stage_grid(mean, st.grid, queries[s], st.blocks, s, grid_png)
-        result['paths'].append(str(grid_png))
-        if per_head:
-            q = queries[s][0] * st.grid[1] + queries[s][1]
-            for b, j in enumerate(st.blocks):
-                for h in range(mean.shape[1]):
-                    p = out_dir / f'stage{s}' / f'block{j}-head{h}.png'
-                    p.parent.mkdir(exist_ok=True)
-                    draw_single(mean[b, h, q].reshape(st.grid), queries[s], s, p)
-                    result['paths'].append(str(p))
-        if save_npy:
-            p = out_dir / f'stage{s}_mean_attention.npy'
-            np.save(p, mean.astype(np.float32))  # blocks, heads, N, N
-            result['paths'].append(str(p))
-        result['stages'][s] = {'grid': list(st.grid), 'query': list(queries[s]), 'blocks': st.blocks,
-                               'class_token_removed': bool(st.prefix), 'stats': acc.statistics(s)}
-    stats_path = out_dir / 'stats.json'
-    stats_path.write_text(json.dumps(result, indent=1))
-    result['paths'].append(str(stats_path))
-    if as_json:
-        print(json.dumps(result, indent=1))
-        return result
+    return acc if world.rank == 0 else None
+
+
+def write_stage(acc: AttentionMeans, s: int, query: Tuple[int, int], out_dir: Path, per_head: bool,
+                save_npy: bool) -> List[str]:
+    """Stage ``s``'s figure of every block and head (and, on request, one per head and the mean maps as .npy);
+    the paths written."""
+    st, mean = acc.stages[s], acc.means(s)
+    grid_png = out_dir / f'stage{s}.png'
+    draw_stage_grid(mean, st.grid, query, st.blocks, s, grid_png)
+    paths = [str(grid_png)]
+    if per_head:
+        q = query[0] * st.grid[1] + query[1]
+        for b, j in enumerate(st.blocks):
+            for h in range(mean.shape[1]):
+                p = out_dir / f'stage{s}' / f'block{j}-head{h}.png'
+                p.parent.mkdir(exist_ok=True)
+                draw_single(mean[b, h, q].reshape(st.grid), query, s, p)
+                paths.append(str(p))
+    if save_npy:
+        p = out_dir / f'stage{s}_mean_attention.npy'
+        np.save(p, mean.astype(np.float32))  # blocks, heads, N, N
+        paths.append(str(p))
+    return paths
+
+
+def print_statistics(result: Dict, acc: AttentionMeans, stages: Sequence[int], source: str, console):
+    """The mean attention distance and entropy per block (min-max over heads) as a table, and what was written."""
+    from rich.table import Table
+
+    arch, weights = result['variant'], result['weights']
     table = Table(title=f'{arch} ({weights}): attention over {result["num_images"]} images from {source}, '
                         f'averaged over heads (min-max over heads)')
     for col in ('stage', 'block', 'heads', 'mean distance px', 'entropy nats (max)'):
@@ -150,5 +178,4 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
     console.print(table)
     if any(result['stages'][s]['class_token_removed'] for s in stages):
         console.print("LIT-Ti's class token is excluded from the stage-4 maps (as in the paper).")
-    console.print(f'averaged {result["num_images"]} images; wrote {len(result["paths"])} files to {out_dir}')
-    return result
+    console.print(f'averaged {result["num_images"]} images; wrote {len(result["paths"])} files to {result["out_dir"]}')

@@ -31,15 +31,9 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
     timm's ``inference.py`` layout. All of it also goes into eval.json. Files already in an explicit ``out`` (and
     an existing ``results_file``) are only replaced with ``force``.
     """
-    from litcli.core.data.datasets import build_eval_dataset, dataset_name, is_image_data, normalize_batch, resolve_data
-    from litcli.core.training.engine import evaluate
-    from litcli.core.analysis.evaluation import WithIndex, check_results_file
-    from litcli.core.modelio.factory import load_model, param_counts
-    from litcli.core.training.rundir import new_run_dir
-    from litcli.core.data.loaders import build_eval_loader
-    from litcli.core.runtime import (all_reduce_sum, autocast_context, distributed_session, dtype_name, process_device,
-                                     resolve_amp, resolve_device)
-    from litcli.core.data.transforms import PAD_MODE, eval_transform
+    from litcli.core.analysis.evaluation import check_results_file
+    from litcli.core.modelio.factory import load_model
+    from litcli.core.runtime import distributed_session, resolve_device
 
     check_results_file(results_file, force)
     if out is not None and not force:
@@ -50,8 +44,26 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
         raise UsageError('lit eval needs weights: pass --checkpoint PATH, or --pretrained for the released ones')
     loaded = load_model(checkpoint, variant, use_ema=use_ema, img_size=img_size, crop_pct=crop_pct,
                         require_variant=True, pretrained=pretrained)
-    checkpoint = loaded.source  # the cached file for --pretrained
-    train_config = loaded.train_config
+    ds, spec, fast = eval_dataset(loaded, data, data_dir, strict_data, results_file, pretrained)
+    dev = resolve_device(device)
+    with distributed_session(dev) as world:
+        metrics, skipped, dev, amp_dtype = measure(loaded, ds, fast, world, dev, batch_size, workers,
+                                                   per_class or confusion_matrix, topk if results_file else 0)
+    if not world.is_main:
+        return None
+    return write_result(loaded, metrics, ds, spec, skipped, world, dev, amp_dtype, out, per_class, confusion_matrix,
+                        results_file)
+
+
+def eval_dataset(loaded, data: Optional[str], data_dir: Optional[str], strict_data: bool,
+                 results_file: Optional[Path], pretrained: bool):
+    """(dataset, DataSpec, fast) to evaluate ``loaded`` on: ``data``, else the data its run was trained on, through
+    its recorded eval transform; refused when its classes differ from the checkpoint's. ``fast``: the built-in
+    sets' in-memory tensors (padded and normalised on the batch: the same pixels as the transform, only faster)."""
+    from litcli.core.data.datasets import build_eval_dataset, is_image_data, resolve_data
+    from litcli.core.data.transforms import PAD_MODE, eval_transform
+
+    checkpoint, train_config = loaded.source, loaded.train_config  # source: the cached file for --pretrained
     if data is None and train_config is None:
         what = 'the released weights need' if pretrained else 'an official checkpoint needs'
         raise LitError(f'{what} --data (an ImageFolder with one subfolder per class)')
@@ -66,8 +78,6 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
         raise LitError(f'the data {checkpoint} was trained on ({data}, recorded in the checkpoint) is not '
                        f'available here ({e}); pass --data with its location') from None
     data_cfg = loaded.data_config
-    # Built-in data for a padded run: its in-memory tensors, padded and normalised on the batch, are the same
-    # pixels as data_cfg's PadOrResize on each image (tested), only faster.
     fast = not is_image_data(kind) and data_cfg['crop_mode'] == PAD_MODE
     if kind == 'shards' and results_file:
         raise LitError('--results-file lists every image by its file path, which WebDataset shards do not keep '
@@ -83,28 +93,49 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
             list(loaded.class_names) != list(spec.class_names):
         raise CheckpointError(f'the class folders of {spec.root} differ from the classes {checkpoint} was trained '
                               f'on; evaluate on matching data')
+    return ds, spec, fast
 
-    dev = resolve_device(device)
-    with distributed_session(dev) as world:
-        dev = process_device(dev, world)
-        amp_dtype = resolve_amp(dev)
-        model = loaded.model.to(dev)
-        workers = min(4, os.cpu_count() or 1) if workers is None else workers
-        loader = build_eval_loader(WithIndex(ds) if results_file else ds, batch_size, workers, world, dev, data_cfg,
-                                   amp_dtype, normalize=not fast)
-        metrics = evaluate(model, loader, dev, autocast_context(dev, amp_dtype),
-                           batch_transform=normalize_batch if fast else None, world=world,
-                           num_classes=loaded.num_classes if per_class or confusion_matrix else None,
-                           rows_topk=topk if results_file else 0)
-        skipped = int(all_reduce_sum([getattr(ds, 'skipped', 0)], world, dev)[0])
-    if not world.is_main:
-        return None
+
+def measure(loaded, ds, fast: bool, world, dev, batch_size: int, workers: Optional[int], confusion: bool,
+            rows_topk: int):
+    """(metrics, unreadable images, device, autocast dtype) of ``loaded`` on ``ds`` in this process (its share
+    under torchrun; the sums all-reduced). ``confusion``: count the confusion matrix; ``rows_topk`` > 0: per-image
+    rows of that many classes."""
+    from litcli.core.analysis.evaluation import WithIndex
+    from litcli.core.data.datasets import normalize_batch
+    from litcli.core.data.loaders import build_eval_loader
+    from litcli.core.runtime import all_reduce_sum, autocast_context, process_device, resolve_amp
+    from litcli.core.training.engine import evaluate
+
+    dev = process_device(dev, world)
+    amp_dtype = resolve_amp(dev)
+    model = loaded.model.to(dev)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    loader = build_eval_loader(WithIndex(ds) if rows_topk else ds, batch_size, workers, world, dev,
+                               loaded.data_config, amp_dtype, normalize=not fast)
+    metrics = evaluate(model, loader, dev, autocast_context(dev, amp_dtype),
+                       batch_transform=normalize_batch if fast else None, world=world,
+                       num_classes=loaded.num_classes if confusion else None, rows_topk=rows_topk)
+    skipped = int(all_reduce_sum([getattr(ds, 'skipped', 0)], world, dev)[0])
+    return metrics, skipped, dev, amp_dtype
+
+
+def write_result(loaded, metrics: Dict, ds, spec, skipped: int, world, dev, amp_dtype, out: Optional[Path],
+                 per_class: bool, confusion_matrix: bool, results_file: Optional[Path]) -> Dict:
+    """eval.json (and the extras asked for) in ``out`` (default: a new ``runs/eval/<variant>-<data>``); the
+    result, with its ``path``."""
+    from litcli.core.data.datasets import dataset_name
+    from litcli.core.modelio.factory import param_counts
+    from litcli.core.runtime import dtype_name
+    from litcli.core.training.rundir import new_run_dir
+
+    data_cfg = loaded.data_config
     result = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], img_per_s=metrics['img_per_s'],
                   num_images=metrics['num_images'], top1_correct=metrics['top1_correct'],
                   top5_correct=metrics['top5_correct'], skipped=skipped, world_size=world.world_size,
                   img_size=loaded.img_size, crop_pct=data_cfg['crop_pct'], crop_mode=data_cfg['crop_mode'],
-                  interpolation=data_cfg['interpolation'], param_count=param_counts(model)['params'],
-                  weights=loaded.weights, checkpoint=str(checkpoint), variant=loaded.variant,
+                  interpolation=data_cfg['interpolation'], param_count=param_counts(loaded.model)['params'],
+                  weights=loaded.weights, checkpoint=str(loaded.source), variant=loaded.variant,
                   data=dataset_name(spec), device=str(dev), amp_dtype=dtype_name(amp_dtype))
     if skipped:
         result['skipped_message'] = ds.skipped_message()

@@ -67,10 +67,10 @@ def _slug(text: str) -> str:
 
 
 def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Optional[Path] = None,
-                    output: Path = Path('runs/viz-offsets'), name: Optional[str] = None, exist_ok: bool = False,
-                    summary: bool = False, data: Optional[str] = None, data_dir: Optional[str] = None,
-                    num_images: int = 4, use_ema: Optional[bool] = None, img_size: Optional[int] = None,
-                    device: Optional[str] = None, pretrained: bool = False, **kwargs) -> Dict:
+        output: Path = Path('runs/viz-offsets'), name: Optional[str] = None, exist_ok: bool = False,
+        summary: bool = False, data: Optional[str] = None, data_dir: Optional[str] = None,
+        num_images: int = 4, use_ema: Optional[bool] = None, img_size: Optional[int] = None,
+        device: Optional[str] = None, pretrained: bool = False, **kwargs) -> Dict:
     """The ``lit viz-offsets`` command: build/load the model, make a fresh output folder, draw, report.
 
     Images: the ``images`` given (paths), else ``num_images`` images of different classes from ``data`` (a
@@ -80,9 +80,7 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
     subfolder each.
     """
     from rich.console import Console
-    from rich.table import Table
 
-    from litcli.core.data.datasets import figure_data, image_refs, one_per_class
     from litcli.core.modelio.factory import load_model
     from litcli.core.training.rundir import new_run_dir
     from litcli.core.runtime import resolve_device
@@ -97,19 +95,8 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
     model = loaded.model.to(resolve_device(device))
     source, arch, img_size = loaded.describe(), loaded.variant, loaded.img_size
     select_tokens(kwargs.get('tokens', 'all'), top_grid(model, img_size))  # validate before writing
-    pad = loaded.data_config['crop_mode'] == 'pad'
-    if images:
-        chosen = list(images)
-        for image in chosen:  # fail on a bad image before any model work or folder creation
-            open_checked_image(image, min_side=1 if pad else 32)
-        origin = None
-    else:
-        if checkpoint is None and not pretrained and data is None:
-            raise LitError('give an IMAGE, or --data (a built-in set or a folder) to take images from, or a '
-                           '--checkpoint whose training data to use')
-        data, data_dir, origin = figure_data(data, data_dir, loaded)
-        refs, class_names = image_refs(data, data_dir)
-        chosen = one_per_class(refs, num_images)
+    chosen, origin, class_names = choose_images(images, loaded, checkpoint is None and not pretrained, data,
+                                                data_dir, num_images)
     if checkpoint is None and not pretrained:
         console.print('[yellow]No --checkpoint: a randomly initialised LIT has zero offsets (DTM starts as a regular '
                       '2x2 merge), so the figures show the regular grid. Pass a trained checkpoint to see '
@@ -131,6 +118,34 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
     result.update(variant=arch, weights=source, out_dir=str(out_dir))
     if origin is not None:
         result['data'] = origin
+    report(result, per_image, arch, source, summary, console)
+    return result
+
+
+def choose_images(images: Sequence, loaded, untrained: bool, data: Optional[str], data_dir: Optional[str],
+                  num_images: int):
+    """(images, the data they came from or None, its class names): the ``images`` given, each checked readable and
+    large enough before any work, else ``num_images`` of different classes from ``data`` (default: the
+    checkpoint's validation data)."""
+    from litcli.core.data.datasets import figure_data, image_refs, one_per_class
+
+    if images:
+        pad = loaded.data_config['crop_mode'] == 'pad'
+        for image in images:  # fail on a bad image before any model work or folder creation
+            open_checked_image(image, min_side=1 if pad else 32)
+        return list(images), None, None
+    if untrained and data is None:
+        raise LitError('give an IMAGE, or --data (a built-in set or a folder) to take images from, or a '
+                       '--checkpoint whose training data to use')
+    data, data_dir, origin = figure_data(data, data_dir, loaded)
+    refs, class_names = image_refs(data, data_dir)
+    return one_per_class(refs, num_images), origin, class_names
+
+
+def report(result: Dict, per_image: Sequence[Dict], arch: str, source: str, summary: bool, console):
+    """Per image: the offset statistics per DTM (``summary``) and the points dropped; then the files written."""
+    from rich.table import Table
+
     if summary:
         for r in per_image:
             title = r['image'] + (f' ({r["label"]})' if 'label' in r else '')
@@ -150,14 +165,14 @@ def run(images: Sequence = (), variant: Optional[str] = None, checkpoint: Option
             console.print(f"{r['image']}: {dropped} sampling points fell outside the map or image and were dropped "
                           f"({r['dropped_leaving_grid']} left a DTM grid, {r['dropped_outside_image']} left the "
                           f"image)")
+    out_dir = result['out_dir']
     console.print(f'wrote {len(result["paths"])} files to {out_dir}:')
     if len(per_image) > 1:
         for r in per_image:
             label = f' ({r["label"]})' if 'label' in r else ''
             console.print(f'  {Path(r["paths"][0]).parent}: {r["image"]}{label}', soft_wrap=True)
-        return result
+        return
     for p in result['paths'][:3]:
         console.print(f'  {p}')
     if len(result['paths']) > 3:
         console.print(f'  ... and {len(result["paths"]) - 3} more under {out_dir}')
-    return result

@@ -78,6 +78,21 @@ def test_every_command_has_its_module():
         assert 'def run(' in module.read_text(), module
 
 
+COMMAND_FUNCTION_LINES = 85  # "about 80": a command's function reads in one screen; more is set-up to split off
+
+
+def test_no_command_function_is_long():
+    """Every function in commands/ fits on a screen (``lit train`` is set-up pieces plus an epoch loop)."""
+    long = []
+    for path in sorted((PACKAGE / 'commands').glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > COMMAND_FUNCTION_LINES:
+                    long.append(f'{path.name}:{node.lineno} {node.name} ({lines} lines)')
+    assert not long, long
+
+
 def test_no_private_name_is_imported_from_another_module():
     """A ``_private`` helper is its module's own: another module that needs it gets a public function instead."""
     imports = []

@@ -309,13 +309,12 @@ def pretrained_file(variant: str, log: Optional[Callable[[str], None]] = None) -
 def _verify_release(path: Path, source: str, variant: str) -> None:
     """A downloaded file is ``variant``'s release when it is recognised as that variant and loads strictly into it
     (1000 classes, 224 px), as the official files do; a CheckpointError otherwise."""
-    from litcli.models.spec import unwrap_state_dict
+    from litcli.core.modelio.weights import release_mismatch
 
     raw = read_checkpoint(path)
-    found = detect_variant(unwrap_state_dict(raw))
-    if found != variant:
-        what = f'{found} weights' if found else 'no LIT weights this package recognises'
-        raise CheckpointError(f'{source} holds {what}, not the {variant} release')
+    problem = release_mismatch(raw, variant, source)
+    if problem is not None:
+        raise CheckpointError(problem)
     apply_checkpoint(raw, create_model(variant), source=source)
 
 
@@ -581,10 +580,11 @@ def _not_dense(raw: Dict, source, kind: Optional[str]) -> str:
 
 def _verify_dense_release(path: Path, source: str, name: str) -> None:
     """A downloaded dense file is ``name``'s release when it is recognised as that model and loads strictly."""
+    from litcli.core.modelio.weights import release_mismatch
+
     raw = read_checkpoint(path)
-    found = _dense_entry_of(raw)
-    if found is None or found[0].name != name:
-        what = f'{found[0].name} weights' if found else 'no dense LIT model this package recognises'
-        raise CheckpointError(f'{source} holds {what}, not the {name} release')
-    entry, state_dict, num_classes = found
+    problem = release_mismatch(raw, name, source)
+    if problem is not None:
+        raise CheckpointError(problem)
+    entry, state_dict, num_classes = _dense_entry_of(raw)
     _load_dense_strict(create_dense_model(name, num_classes), state_dict, source, name)

@@ -317,12 +317,19 @@ def cache_problem(name: str) -> Optional[str]:
     if not path.is_file():
         return None
     try:
-        found = held_model(read_checkpoint(path, mmap=True))
+        return release_mismatch(read_checkpoint(path, mmap=True), name, path)
     except CheckpointError as e:
         return str(e)
+
+
+def release_mismatch(raw: Dict, name: str, source) -> Optional[str]:
+    """None when the checkpoint dict ``raw`` (read from ``source``) holds ``name``'s weights (``held_model``), else
+    the line saying what it holds instead: the one check of a download, a cached file and the factory's
+    verification."""
+    found = held_model(raw)
     if found == name:
         return None
-    return f'{path} holds {f"{found} weights" if found else "no LIT weights this package recognises"}, not the ' \
+    return f'{source} holds {f"{found} weights" if found else "no LIT weights this package recognises"}, not the ' \
            f'{name} release'
 
 

@@ -100,8 +100,6 @@ def resolve_bench_config(cfg: BenchConfig) -> BenchConfig:
     """``cfg`` with its device and autocast dtype resolved the way every command resolves them
     (``core.runtime``: CUDA when available; float16 refused on the CPU), the dtype under its canonical name
     (bfloat16 | float16 | None); an unknown mode, device or dtype is a one-line LitError. Idempotent."""
-    import torch
-
     from litcli.core.runtime import dtype_name, resolve_amp, resolve_device
     if cfg.mode not in ('infer', 'train'):
         raise LitError(f"--mode must be infer or train, got {cfg.mode!r}")

@@ -111,10 +111,9 @@ def info(
 ):
     """Structure, exact parameter counts and a timed forward pass of each variant on a real photo."""
     from litcli.commands import info as command
-    from litcli.core.config import checked_img_size
     variants = list(PAPER_VARIANTS) if variant.value == 'all' else [model_name(variant.value)]
     with user_errors():
-        command.run(variants, image, checked_img_size(img_size))
+        command.run(variants, image, img_size)
 
 
 @app.command(rich_help_panel='Inspect')
@@ -808,10 +807,7 @@ def data_pack(
     """Image folder -> WebDataset shards + index.json for lit train --data wds:... (never overwrites)."""
     from litcli.commands import data_pack as command
     with user_errors():
-        splits = parse_names(split)
-        if not splits:
-            raise UsageError('--split needs at least one split name, e.g. train,val')
-        result = command.run(src, out, parse_bytes(shard_size), splits, seed=seed, strict=strict_data)
+        result = command.run(src, out, parse_bytes(shard_size), parse_names(split), seed=seed, strict=strict_data)
     command.print_result(result, as_json=json_out)
 
 
@@ -833,10 +829,7 @@ def data_bench(
     """Images/s of the input pipeline alone (read, decode, the recipe's augmentation) for 0, 1, ... N workers."""
     from litcli.commands import data_bench as command
     with user_errors():
-        counts = parse_ints(workers, '--workers', '0,1,2,4')
-        if not counts or min(counts) < 0:
-            raise UsageError(f'--workers {workers!r}: give worker counts >= 0, e.g. 0,1,2,4')
-        result = command.run(data, counts, variant=variant_name(variant), img_size=img_size, batch_size=batch_size,
+        result = command.run(data, parse_ints(workers, '--workers', '0,1,2,4'), variant=variant_name(variant), img_size=img_size, batch_size=batch_size,
                              batches=batches, warmup=warmup, data_dir=str(data_dir) if data_dir else None,
                              quiet=json_out)
     command.print_result(result, as_json=json_out)

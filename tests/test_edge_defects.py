@@ -111,3 +111,24 @@ def test_one_epoch_is_said_in_the_singular(tiny_data, tiny_config, tmp_path):
                             tmp_path / 'one' / 'checkpoints' / 'last.pt'))
     assert again.exit_code == 0, again.output
     assert 'already finished 1 epoch (raise --epochs' in again.output
+
+
+def test_checks_that_lived_only_in_the_cli_hold_for_python_callers_too(tmp_path):
+    """Every validation is the command's: a Python caller gets the one-line UsageError the CLI prints."""
+    from litcli.commands import data_bench, data_pack, info
+    from litcli.core.errors import UsageError
+
+    with pytest.raises(UsageError, match='--img-size 100 is not a multiple of 32'):
+        info.run(['lit_ti'], img_size=100)
+    for counts in ([], [0, -1]):
+        with pytest.raises(UsageError, match='give worker counts >= 0'):
+            data_bench.run('fashion-mnist-mini', counts)
+    with pytest.raises(UsageError, match='--split needs at least one split name'):
+        data_pack.run(tmp_path, tmp_path / 'out', 10 ** 6, [])
+    assert not (tmp_path / 'out').exists()
+    for args, message in ((['data', 'bench', '--data', 'x', '--workers=0,-1'], "--workers '0,-1'"),
+                          (['data', 'pack', str(tmp_path), str(tmp_path / 'out'), '--split', ','], '--split needs'),
+                          (['info', '--img-size', '100'], 'not a multiple of 32')):
+        result = lit(*args)
+        assert result.exit_code == 2 and result.output.startswith('Error:') and message in result.output, \
+            result.output

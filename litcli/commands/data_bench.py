@@ -6,9 +6,14 @@ from typing import Dict, Optional, Sequence
 def run(data: str, workers: Sequence[int], variant: str = 'lit_s', img_size: Optional[int] = None,
         batch_size: int = 64, batches: int = 10, warmup: int = 2, data_dir: Optional[str] = None,
         quiet: bool = False) -> Dict:
+    """Images/s of ``data``'s input pipeline for each worker count in ``workers`` (at least one, each >= 0)."""
     from rich.console import Console
 
     from litcli.core.data.bench import bench_pipeline
+    from litcli.core.errors import UsageError
+
+    if not workers or min(workers) < 0:
+        raise UsageError(f'--workers {",".join(map(str, workers))!r}: give worker counts >= 0, e.g. 0,1,2,4')
 
     console = Console(stderr=True)
     log = None if quiet else (lambda m: console.print(m, highlight=False))

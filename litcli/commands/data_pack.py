@@ -3,6 +3,8 @@
 from pathlib import Path
 from typing import Dict, Sequence
 
+from litcli.core.errors import UsageError
+
 
 def run(src: Path, out: Path, shard_size: int, splits: Sequence[str], seed: int = 0, strict: bool = False) -> Dict:
     """Pack ``src`` into ``out`` and return the summary (per split: images, shards, bytes, skipped, pattern)."""
@@ -11,6 +13,8 @@ def run(src: Path, out: Path, shard_size: int, splits: Sequence[str], seed: int 
     from litcli.core.data.pack import pack
     from litcli.core.progress import progress_bar
 
+    if not splits:
+        raise UsageError('--split needs at least one split name, e.g. train,val')
     console = Console()
     progress = progress_bar(console)
     tasks, last_line = {}, {}

@@ -39,9 +39,13 @@ def describe_variant(variant: str, image: Optional[Path] = None, img_size: int =
 
 
 def run(variants: Sequence[str], image: Optional[Path] = None, img_size: int = 224) -> List[Dict]:
-    """Describe each variant and print one table."""
+    """Describe each variant (``img_size``: a multiple of 32, checked) and print one table."""
     from rich.console import Console
     from rich.table import Table
+
+    from litcli.core.config import checked_img_size
+
+    img_size = checked_img_size(img_size)
 
     rows = [describe_variant(v, image, img_size) for v in variants]
     grids = '/'.join(str(m[1]) if m[1] == m[2] else f'{m[1]}x{m[2]}' for m in rows[0]['stage_maps'])

@@ -180,6 +180,17 @@ def test_mask_rcnn_box_postprocessing_drops_background_and_labels_from_zero():
     assert labels[0].tolist() == [0, 1] and boxes[0].tolist() == [[10., 10., 50., 40.]] * 2
 
 
+def test_mask_rcnn_without_proposals_returns_no_detections():
+    """An image whose RPN keeps no proposal (e.g. every one below the score floor) gets empty results, not a crash
+    in the box decoding (torchvision's decode leaves zero RoIs as a (0, (K+1)*4) tensor)."""
+    model = mask_rcnn_lit('ti', num_classes=3, **SMALL['mask_rcnn']).eval()
+    model.rpn.forward = lambda images, features, targets=None: ([torch.zeros(0, 4) for _ in images.tensors], {})
+    with torch.no_grad():
+        results = model([IMAGES[0]])
+    assert results[0]['boxes'].shape == (0, 4) and results[0]['labels'].shape == (0,)
+    assert results[0]['masks'].shape[0] == 0 and results[0]['scores'].shape == (0,)
+
+
 def test_roi_align_is_aligned_with_adaptive_sampling_and_mmdets_levels():
     pool = mask_rcnn_lit('ti').roi_heads.box_roi_pool
     assert (pool.sampling_ratio, pool.aligned, pool.strides, pool.output_size) == (0, True, (4, 8, 16, 32), (7, 7))

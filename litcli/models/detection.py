@@ -444,7 +444,9 @@ class MMDetRoIHeads(RoIHeads):
         """mmdet's ``BBoxHead.get_bboxes``: softmax, class-specific boxes decoded and clipped, background
         dropped, ``multiclass_nms``. Returns per-image lists of boxes, scores and labels (0..K-1)."""
         per_image = [len(p) for p in proposals]
-        all_boxes = self.box_coder.decode(box_regression, proposals)  # (R, K+1, 4)
+        # (R, K+1, 4); the shape is given explicitly since torchvision's decode leaves R = 0 as (0, (K+1)*4)
+        all_boxes = self.box_coder.decode(box_regression, proposals).reshape(len(class_logits), -1, 4) \
+            if len(class_logits) else box_regression.new_zeros(0, class_logits.shape[-1], 4)
         all_scores = F.softmax(class_logits, dim=-1)
         kept_boxes, kept_scores, kept_labels = [], [], []
         for boxes, scores, image_shape in zip(all_boxes.split(per_image), all_scores.split(per_image),

@@ -11,9 +11,11 @@ from litcli.core.analysis.attention import AttentionMeans, attention_stages
 from litcli.core.errors import LitError, UsageError
 from litcli.core.analysis.figures import draw_single, draw_stage_grid
 from litcli.core.analysis.tokens import check_token
+from litcli.core.io import atomic_write, write_json
 
 
 LIT_STAGES = (1, 2, 3, 4)
+ELSEWHERE = 'choose another --output'
 
 
 def check_stage_numbers(stage: Optional[int], msa_stages: Optional[Sequence[int]]):
@@ -95,7 +97,7 @@ def run(stage: Optional[int] = None, variant: Optional[str] = None, checkpoint: 
                                'blocks': acc.stages[s].blocks, 'class_token_removed': bool(acc.stages[s].prefix),
                                'stats': acc.statistics(s)}
     stats_path = out_dir / 'stats.json'
-    stats_path.write_text(json.dumps(result, indent=1))
+    write_json(stats_path, result, ELSEWHERE, indent=1)
     result['paths'].append(str(stats_path))
     if as_json:
         print(json.dumps(result, indent=1))
@@ -141,7 +143,7 @@ def write_stage(acc: AttentionMeans, s: int, query: Tuple[int, int], out_dir: Pa
     the paths written."""
     st, mean = acc.stages[s], acc.means(s)
     grid_png = out_dir / f'stage{s}.png'
-    draw_stage_grid(mean, st.grid, query, st.blocks, s, grid_png)
+    draw_stage_grid(mean, st.grid, query, st.blocks, s, grid_png, elsewhere=ELSEWHERE)
     paths = [str(grid_png)]
     if per_head:
         q = query[0] * st.grid[1] + query[1]
@@ -149,11 +151,11 @@ def write_stage(acc: AttentionMeans, s: int, query: Tuple[int, int], out_dir: Pa
             for h in range(mean.shape[1]):
                 p = out_dir / f'stage{s}' / f'block{j}-head{h}.png'
                 p.parent.mkdir(exist_ok=True)
-                draw_single(mean[b, h, q].reshape(st.grid), query, s, p)
+                draw_single(mean[b, h, q].reshape(st.grid), query, s, p, ELSEWHERE)
                 paths.append(str(p))
     if save_npy:
         p = out_dir / f'stage{s}_mean_attention.npy'
-        np.save(p, mean.astype(np.float32))  # blocks, heads, N, N
+        atomic_write(p, lambda f: np.save(f, mean.astype(np.float32)), ELSEWHERE)  # blocks, heads, N, N
         paths.append(str(p))
     return paths
 

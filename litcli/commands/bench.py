@@ -65,6 +65,9 @@ def plot_sweep(report: Dict, path) -> str:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    from litcli.core.io import save_figure
+
     sizes = [b['img_size'] for b in report['results']]
     models = [r['model'] for r in report['results'][0]['rows']]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -78,22 +81,18 @@ def plot_sweep(report: Dict, path) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, 'choose another --plot', dpi=110)
     return str(path)
 
 
 def write_csv(report: Dict, path) -> str:
-    import csv
+    from litcli.core.io import write_csv
+
     cols = ['img_size', 'model', 'batch_size', 'img_per_s', 'img_per_s_min', 'img_per_s_max', 'ms_per_step',
             'peak_mem_mb', 'gmacs_per_img', 'achieved_gflops', 'share_of_gemm', 'ratio_to_first', 'error']
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore')
-        writer.writeheader()
-        for block in report['results']:
-            size = block['img_size']
-            for row in block['rows']:
-                writer.writerow({'img_size': size if isinstance(size, int) else size_text(size), **row})
+    rows = [{'img_size': block['img_size'] if isinstance(block['img_size'], int) else size_text(block['img_size']),
+             **row} for block in report['results'] for row in block['rows']]
+    write_csv(path, [cols] + [[r.get(c) for c in cols] for r in rows], 'choose another --csv')
     return str(path)
 
 

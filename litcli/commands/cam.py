@@ -109,7 +109,7 @@ def run(images: Sequence[str], checkpoint: Path, method: str = 'gradcam', stage:
         for c, file in jobs:
             cam = compute_cams(model, x, method, stage, [c if c is not None else result['top1']['index']])[0]
             picture = overlay(np.ascontiguousarray(frame), cam, MIN_PANEL_PX)
-            atomic_write(file, lambda name: Image.fromarray(picture).save(name, format='PNG'))
+            atomic_write(file, lambda f: Image.fromarray(picture).save(f, format='PNG'), 'choose another --out')
             entry = dict(png=str(file), width=picture.shape[1], height=picture.shape[0])
             if c is not None:
                 entry.update(index=c, label=names[c], prob=float(probs[i, c]))

@@ -154,7 +154,8 @@ def run(run_dirs: Sequence[Path], out: Optional[Path] = None, metric: str = 'val
         notes.append('different input sizes (' + ', '.join(f'{r["name"]}: {r["img_size"]} px' for r in runs) + ')')
     path = out or _default_out(labels)
     try:
-        draw_comparison([(label, rows) for label, (rows, _) in zip(labels, loaded)], column, path, notes)
+        draw_comparison([(label, rows) for label, (rows, _) in zip(labels, loaded)], column, path, notes,
+                        elsewhere='choose another --out')
     except OSError as e:
         raise LitError(f'cannot write {path} ({e.strerror}); choose a writable --out')
     return dict(metric=column, runs=runs, notes=notes, png=str(path))

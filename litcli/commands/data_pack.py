@@ -1,5 +1,8 @@
 """``lit data pack``: an image folder -> WebDataset shards + index.json, with a progress bar (the work is
 ``core.pack``'s)."""
+import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -11,6 +14,7 @@ def run(src: Path, out: Path, shard_size: int, splits: Sequence[str], seed: int 
     from rich.console import Console
 
     from litcli.core.data.pack import pack
+    from litcli.core.errors import Interrupted
     from litcli.core.progress import progress_bar
 
     if not splits:
@@ -29,9 +33,43 @@ def run(src: Path, out: Path, shard_size: int, splits: Sequence[str], seed: int 
                 last_line[split] = done // step
                 console.print(f'packing {split}: {done}/{total} images', highlight=False)
 
-    with progress:
-        return pack(src, out, shard_size, splits, seed=seed, strict=strict, on_file=on_file,
-                    log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    try:
+        with progress, sigterm_interrupts():
+            return pack(src, out, shard_size, splits, seed=seed, strict=strict, on_file=on_file,
+                        log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line saying what the pack left (nothing, normally)
+        signum = getattr(e, 'signum', signal.SIGINT)
+        left = getattr(e, 'cleanup', None)
+        if left is None:  # stopped before it wrote anything
+            left = 'nothing was written'
+        raise Interrupted(f'lit data pack interrupted ({signal.Signals(signum).name}); {left}', 128 + signum) \
+            from None
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGTERM as Ctrl-C is: the pack stops where it is and removes what it wrote (``signum`` sets the exit code)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While packing, SIGTERM (``kill``, ``timeout``, a batch system) raises ``SignalInterrupt`` as SIGINT raises
+    KeyboardInterrupt, so the pack cleans up instead of dying with its partial shards on disk (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise SignalInterrupt(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_result(result: Dict, as_json: bool = False):

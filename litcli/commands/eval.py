@@ -7,6 +7,8 @@ from typing import Dict, Optional
 
 from litcli.core.errors import CheckpointError, LitError, UsageError
 
+OUT_ELSEWHERE = 'choose another --out'
+
 
 def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optional[str] = None,
         data_dir: Optional[str] = None,
@@ -125,6 +127,7 @@ def write_result(loaded, metrics: Dict, ds, spec, skipped: int, world, dev, amp_
     """eval.json (and the extras asked for) in ``out`` (default: a new ``runs/eval/<variant>-<data>``); the
     result, with its ``path``."""
     from litcli.core.data.datasets import dataset_name
+    from litcli.core.io import write_json
     from litcli.core.modelio.factory import param_counts
     from litcli.core.runtime import dtype_name
     from litcli.core.training.rundir import new_run_dir
@@ -145,8 +148,8 @@ def write_result(loaded, metrics: Dict, ds, spec, skipped: int, world, dev, amp_
         out_dir.mkdir(parents=True, exist_ok=True)
         result.update(write_extras(metrics, out_dir, class_names, ds, dataset_name(spec), per_class,
                                    confusion_matrix, results_file))
-        (out_dir / 'eval.json').write_text(json.dumps(result, indent=2) + '\n')
-    except OSError as e:
+        write_json(out_dir / 'eval.json', result, OUT_ELSEWHERE)
+    except OSError as e:  # the folder itself (a failed write is already a one-line WriteError)
         raise LitError(f'cannot write into {out_dir} ({e.strerror}); pass a writable --out')
     result['path'] = str(out_dir / 'eval.json')
     return result
@@ -168,12 +171,13 @@ def write_extras(metrics: Dict, out_dir: Path, class_names, dataset, data_name: 
     extras = {}
     if per_class:
         extras['per_class'] = per_class_metrics(metrics['confusion'], metrics['class_top5_correct'], class_names)
-        write_per_class_csv(extras['per_class'], out_dir / 'per_class.csv')
+        write_per_class_csv(extras['per_class'], out_dir / 'per_class.csv', OUT_ELSEWHERE)
         extras['per_class']['csv'] = str(out_dir / 'per_class.csv')
     if confusion_matrix:
         draw_confusion(metrics['confusion'].numpy(), class_names, out_dir / 'confusion_matrix.png',
-                       title=f'confusion matrix, {data_name} (rows: true class, normalised to 1)')
-        write_confusion_csv(metrics['confusion'], class_names, out_dir / 'confusion_matrix.csv')
+                       title=f'confusion matrix, {data_name} (rows: true class, normalised to 1)',
+                       elsewhere=OUT_ELSEWHERE)
+        write_confusion_csv(metrics['confusion'], class_names, out_dir / 'confusion_matrix.csv', OUT_ELSEWHERE)
         extras['confusion_matrix'] = dict(classes=class_names, counts=metrics['confusion'].tolist(),
                                           png=str(out_dir / 'confusion_matrix.png'),
                                           csv=str(out_dir / 'confusion_matrix.csv'))

@@ -1,7 +1,8 @@
 """``lit export``: a checkpoint as safetensors (+ JSON config), ONNX (verified with onnxruntime) or TorchScript.
 
-Every file is written to a temporary name, verified where a runtime exists, and only then renamed into place,
-so a failed or rejected export leaves nothing behind and never touches an existing file.
+Every file is serialised in memory, written with the one atomic writer (``core.io``) to a temporary name, verified
+where a runtime exists (from the file), and only then renamed into place, so a failed or rejected export (a full
+disk included: one line) leaves nothing behind and never touches an existing file.
 """
 import contextlib
 import io
@@ -17,6 +18,7 @@ FORMATS = ('onnx', 'safetensors', 'torchscript')
 SUFFIXES = {'onnx': '.onnx', 'safetensors': '.safetensors', 'torchscript': '.torchscript.pt'}
 TOLERANCE = 1e-4  # max |exported - PyTorch| on fp32 logits
 MIN_OPSET = 18  # torch's exporter implements opset 18+ only; asked for less it still writes 18 (its down-conversion fails)
+ELSEWHERE = 'choose another --out'
 VERIFY_BATCH = 3  # differs from the export example's batch (2), so the check also exercises the dynamic batch
 
 
@@ -56,16 +58,16 @@ def _check(diff: float, what: str):
                        f'the export is wrong and was not written')
 
 
-def _write_safetensors(model, config: Dict, name: str) -> Dict:
-    from safetensors.torch import save_file
+def _write_safetensors(model, config: Dict, f) -> Dict:
+    from safetensors.torch import save
 
     state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     # A copy of the config in the header keeps the file loadable when it travels without its JSON sidecar.
-    save_file(state_dict, name, metadata={'lit_config': json.dumps(config)})
+    f.write(save(state_dict, metadata={'lit_config': json.dumps(config)}))
     return dict(tensors=len(state_dict))
 
 
-def _write_onnx(model, name: str, size: int, opset: int) -> Dict:
+def _write_onnx(model, f, size: int, opset: int) -> Dict:
     """torch.export-based exporter (``dynamo=True``, the default since torch 2.9; the TorchScript-based one is
     deprecated). Dynamic batch; the spatial size is fixed (see README "Deploy")."""
     import torch
@@ -81,11 +83,14 @@ def _write_onnx(model, name: str, size: int, opset: int) -> Dict:
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):  # the exporter narrates each step on stdout
-            torch.onnx.export(model, (example,), name, dynamo=True, opset_version=opset, input_names=['input'],
-                              output_names=['logits'], dynamic_shapes=({0: batch},), external_data=False)
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=['input'],
+                                        output_names=['logits'], dynamic_shapes=({0: batch},))
+        data = program.model_proto.SerializeToString()  # what program.save(path) writes (one file, < 2 GB)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LitError(f'ONNX export failed: {type(e).__name__}: {first}')
+    f.write(data)
+    f.flush()
     info = dict(opset=opset, input='input', output='logits', dynamic_axes=['batch'],
                 input_shape=['batch', 3, size, size])
     try:
@@ -93,7 +98,7 @@ def _write_onnx(model, name: str, size: int, opset: int) -> Dict:
     except ImportError:
         info['verified'] = 'not verified: onnxruntime is not installed (pip install onnxruntime)'
         return info
-    session = ort.InferenceSession(name, providers=['CPUExecutionProvider'])
+    session = ort.InferenceSession(f.name, providers=['CPUExecutionProvider'])  # the file, as written
     x = _inputs(VERIFY_BATCH, size, seed=1)
     with torch.inference_mode():
         expected = model(x)
@@ -103,7 +108,7 @@ def _write_onnx(model, name: str, size: int, opset: int) -> Dict:
     return info
 
 
-def _write_torchscript(model, name: str, size: int) -> Dict:
+def _write_torchscript(model, f, size: int) -> Dict:
     import torch
 
     with torch.inference_mode(), warnings.catch_warnings():
@@ -112,8 +117,11 @@ def _write_torchscript(model, name: str, size: int) -> Dict:
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
         warnings.simplefilter('ignore', FutureWarning)
         traced = torch.jit.trace(model, _inputs(2, size, seed=0), check_trace=False)
-        torch.jit.save(traced, name)
-        loaded = torch.jit.load(name)  # verify the file, not the in-memory trace
+        # To a file object torch.jit.save serialises in memory and then writes the bytes: a full disk is then an
+        # OSError for the writer, where saving to a path aborts the process in C++.
+        torch.jit.save(traced, f)
+        f.flush()
+        loaded = torch.jit.load(f.name)  # verify the file, not the in-memory trace
         x = _inputs(VERIFY_BATCH, size, seed=1)
         diff = _max_diff(loaded(x), model(x))
     _check(diff, 'the TorchScript module')
@@ -133,7 +141,7 @@ def run(checkpoint: Optional[Path], fmt: str, out: Optional[Path] = None, varian
     """Export ``checkpoint`` (official ``.pth``, ``lit train`` checkpoint or safetensors) to ``fmt`` at ``out``
     and write the JSON config next to it; returns a summary. ``pretrained``: the released ImageNet-1k weights of
     ``variant`` (default lit_s) instead of ``checkpoint``; ``out`` then defaults to ``<variant><suffix>`` here."""
-    from litcli.core.io import atomic_write
+    from litcli.core.io import atomic_write, write_json
     from litcli.core.modelio.checkpoint import sidecar_path
     from litcli.core.modelio.factory import load_model
 
@@ -179,20 +187,17 @@ def run(checkpoint: Optional[Path], fmt: str, out: Optional[Path] = None, varian
 
     info = {}
 
-    def write(name):
+    def write(f):
         if fmt == 'safetensors':
-            info.update(_write_safetensors(model, config, name))
+            info.update(_write_safetensors(model, config, f))
         elif fmt == 'onnx':
-            info.update(_write_onnx(model, name, size, opset))
+            info.update(_write_onnx(model, f, size, opset))
         else:
-            info.update(_write_torchscript(model, name, size))
-
-    try:
-        atomic_write(out, write)
+            info.update(_write_torchscript(model, f, size))
         config['export'] = dict(format=fmt, **info)
-        atomic_write(sidecar, lambda name: Path(name).write_text(json.dumps(config, indent=2) + '\n'))
-    except OSError as e:
-        raise LitError(f'cannot write {out} ({e.strerror or e}); choose a writable --out')
+        write_json(sidecar, config, ELSEWHERE)  # before the model is renamed into place: never one without the other
+
+    atomic_write(out, write, ELSEWHERE)  # a full disk: one line, nothing left, an existing file unchanged
     return dict(format=fmt, path=str(out), config=str(sidecar), variant=loaded.variant, img_size=size,
                 num_classes=loaded.num_classes, weights=loaded.weights, bytes=out.stat().st_size, **info)
 

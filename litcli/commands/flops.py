@@ -19,8 +19,8 @@ def _public(report: Dict) -> Dict:
 def write_json(report: Dict, path: Optional[Path] = None) -> str:
     text = json.dumps(_public(report), indent=2)
     if path is not None:  # atomic, with a normal file's permissions
-        from litcli.core.io import atomic_write
-        atomic_write(path, lambda name: Path(name).write_text(text + '\n'))
+        from litcli.core.io import write_text
+        write_text(path, text + '\n', 'choose another --json-file')
     return text
 
 
@@ -147,6 +147,8 @@ def plot_sweep(report: Dict, path: Path) -> Path:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    from litcli.core.io import save_figure
+
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     try:
         by_model: Dict[str, List[Tuple[int, float, str]]] = {}
@@ -170,7 +172,7 @@ def plot_sweep(report: Dict, path: Path) -> Path:
         ax.legend()
         fig.tight_layout()
         path = Path(path)
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, 'choose another --plot', dpi=120)
     finally:
         plt.close(fig)
     return path

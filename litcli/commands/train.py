@@ -403,7 +403,7 @@ def _evaluate(run: Run, epoch: int) -> Dict:
 
 def _record_epoch(run: Run, epoch: int, stats: Dict, metrics: Dict, epoch_time_s: float):
     """The epoch's row (metrics files, curves), its checkpoints, the trackers and the log line."""
-    from litcli.core.training.rundir import plot_curves, write_metrics
+    from litcli.core.training.rundir import record_epoch
     from litcli.core.training.tracking import dtm_offsets_px
 
     position, world = run.position, run.world
@@ -418,9 +418,7 @@ def _record_epoch(run: Run, epoch: int, stats: Dict, metrics: Dict, epoch_time_s
     obj = run.checkpoints.epoch_state(epoch, metrics['top1'])  # collective
     if not world.is_main:
         return
-    write_metrics(run.run_dir, row)  # a kill before last.pt is saved: the resume drops this row again
-    plot_curves(run.run_dir)
-    run.saver.save_epoch(obj, is_best, metric=metrics['top1'])
+    record_epoch(run.run_dir, run.saver, row, obj, is_best, metric=metrics['top1'])  # metrics, curves, checkpoints
     if run.tracker is not None:
         run.tracker.epoch(row, dtm_offsets_px(run.eval_model, run.probe) if run.probe is not None else {})
     run.reporter.log(f'epoch {epoch}: train loss {row["train_loss"]:.4f}, eval loss {row["eval_loss"]:.4f}, '

@@ -1,6 +1,5 @@
 """``lit viz-offsets``: where Deformable Token Merging learned to look (the paper's Figure 2), for one image or a
 few of a dataset. The back-projection is ``core.offsets``'s, the drawing ``core.figures``'s."""
-import json
 import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
@@ -11,6 +10,9 @@ from litcli.core.errors import LitError
 from litcli.core.analysis.figures import draw_magnitude, draw_overview, draw_token
 from litcli.core.analysis.offsets import fraction_outside_field, offset_stats, open_checked_image, top_grid, trace_offsets
 from litcli.core.analysis.tokens import Token, select_tokens
+from litcli.core.io import atomic_write, write_json
+
+ELSEWHERE = 'choose another --output'
 
 
 def viz_offsets(image, model, out_dir: Path, img_size: int = 224, tokens: Union[str, Sequence[Token]] = 'all',
@@ -24,17 +26,17 @@ def viz_offsets(image, model, out_dir: Path, img_size: int = 224, tokens: Union[
     indices = range(len(trace.tokens)) if chosen is None else [r * grid[1] + c for r, c in chosen]
     paths = []
     overview = out_dir / 'overview.png'
-    draw_overview(trace, overview, step=step or max(1, -(-grid[0] // 4)))  # ~4x4 tokens by default
+    draw_overview(trace, overview, step=step or max(1, -(-grid[0] // 4)), elsewhere=ELSEWHERE)  # ~4x4 tokens
     paths.append(overview)
     magnitude = out_dir / 'offset_magnitude.png'
-    draw_magnitude(trace, magnitude)
+    draw_magnitude(trace, magnitude, ELSEWHERE)
     paths.append(magnitude)
     token_dir = out_dir / 'tokens'
     token_dir.mkdir(exist_ok=True)
     for i in indices:
         r, c = trace.tokens[i]
         p = token_dir / f'{r}-{c}.png'  # the official naming: <row>-<col>.png
-        draw_token(trace, i, p)
+        draw_token(trace, i, p, ELSEWHERE)
         paths.append(p)
     result = {
         'image': str(getattr(image, 'name', image)), 'img_size': img_size, 'normalized': normalize,
@@ -49,12 +51,13 @@ def viz_offsets(image, model, out_dir: Path, img_size: int = 224, tokens: Union[
                         'points_yx': [[round(float(y), 3), round(float(x), 3)] for y, x in trace.pixels[i]
                                       if not np.isnan(y)]}
                        for i in indices]
-        p.write_text(json.dumps({**result, 'tokens': tokens_json}, indent=1))
+        write_json(p, {**result, 'tokens': tokens_json}, ELSEWHERE, indent=1)
         paths.append(p)
     if save_npy:
         p = out_dir / 'offsets.npz'
-        np.savez(p, tokens=trace.tokens, points_px=trace.pixels,
-                 **{name.replace('.', '_'): off for name, off in trace.offsets.items()})
+        atomic_write(p, lambda f: np.savez(f, tokens=trace.tokens, points_px=trace.pixels,
+                                           **{name.replace('.', '_'): off for name, off in trace.offsets.items()}),
+                     ELSEWHERE)
         paths.append(p)
     result['paths'] = [str(p) for p in paths]
     return result

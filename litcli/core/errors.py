@@ -29,3 +29,22 @@ def one_line(message: str) -> str:
         last = [line for line in message.strip().splitlines() if line.strip()][-1]
         message = re.sub(r'^[\w.]+: ', '', last.strip())  # 'litcli.core.errors.LitError: unreadable image ...'
     return message
+
+
+class WriteError(LitError):
+    """A file could not be written: a full disk, a quota, a read-only or forbidden place (``litcli.core.io``
+    raises it; the message names the file, the problem and the fix, and the existing file is unchanged)."""
+
+    def __init__(self, message: str, path=None, errno: int = None):
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+
+class Interrupted(LitError):
+    """SIGINT / SIGTERM stopped a command after it cleaned up (the message says what is left); exit code 130 for
+    SIGINT and 143 for SIGTERM (128 + the signal number, the shell convention)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,38 +1,189 @@
-"""The one way files are written: ``atomic_write`` (temporary file in the same folder, fsync, rename, directory
-fsync). A reader, or a kill at any instant, sees the old file or the complete new one, never a partial one.
+"""The one way lit writes a file: ``atomic_write`` (a temporary file in the same folder, fsync, rename, directory
+fsync). A reader, or a kill at any instant, sees the old file or the complete new one, never a partial one; a
+failed write leaves no temporary file and the old file as it was.
+
+Every byte goes to the OS through ``_write`` (tests replace it to simulate a full disk), so a full disk, a quota,
+a read-only or forbidden place is one ``WriteError`` naming the file, the problem and the fix, whichever library
+fills the file (``torch.save`` turns a failed write into a RuntimeError of its own: the OSError underneath is the
+one reported). ``write_bytes`` / ``write_text`` / ``write_json`` / ``write_csv`` / ``save_figure`` cover the
+common cases; ``elsewhere`` is the caller's way out ("choose another --out").
 """
+import csv
+import errno
+import io
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, BinaryIO, Callable, Iterable, Optional, Sequence, Union
+
+from litcli.core.errors import WriteError
 
 PathLike = Union[str, Path]
+ELSEWHERE = 'write it to another folder'
+BUFFER = 1 << 20
+
+# errno -> what the user reads; a full disk (or quota) also says "free some space"
+PROBLEMS = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
+            errno.EFBIG: 'file too large for its file system', errno.EROFS: 'read-only file system',
+            errno.EACCES: 'permission denied', errno.EPERM: 'operation not permitted',
+            errno.EIO: 'input/output error (a failing disk or a lost network mount?)'}
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def atomic_write(path: PathLike, write: Callable[[str], None]):
-    """Create ``path`` atomically: ``write(name)`` fills a temporary file in the same folder, which is fsynced
-    and renamed over ``path``; on any failure the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result gets a normal file's permissions
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+def write_error(path: PathLike, e: OSError, elsewhere: str = ELSEWHERE, existed: bool = False) -> WriteError:
+    """The one-line error for ``e`` writing ``path``: ``cannot write PATH: PROBLEM (...); FIX``."""
+    problem = PROBLEMS.get(e.errno) or (e.strerror or str(e) or type(e).__name__).strip()
+    kept = ' (the existing file is unchanged)' if existed else ''
+    fix = f'free some space there or {elsewhere}' if e.errno in FULL else elsewhere
+    return WriteError(f'cannot write {path}: {problem}{kept}; {fix}', path=Path(path), errno=e.errno)
+
+
+def _write(fd: int, data) -> int:
+    """The one place lit's file bytes go to the OS; returns how many were written (maybe fewer than given)."""
+    return os.write(fd, data)
+
+
+class _Sink(io.RawIOBase):
+    """The temporary file under the buffer ``write`` gets: every byte through ``_write``, the first OSError kept
+    (a library may swallow it and raise its own error). ``name`` is the temporary file's path. No ``fileno``, so
+    no library writes around it."""
+
+    def __init__(self, fd: int, name: str):
+        super().__init__()
+        self.fd, self.name, self.error, self.discard = fd, name, None, False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return os.lseek(self.fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def write(self, data) -> int:
+        if self.discard:  # failed: whatever the buffer still holds goes nowhere
+            return len(data)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            return _write(self.fd, data)
+        except OSError as e:
+            if self.error is None:
+                self.error = e
+            raise
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], elsewhere: str = ELSEWHERE) -> Path:
+    """Create or replace ``path`` atomically: ``write(f)`` fills ``f``, a binary file object on a temporary file
+    in the same folder (``f.name`` is its path), which is then fsynced and renamed over ``path``, and the folder
+    fsynced. A new file gets a normal file's permissions (0666 less the umask), a replaced one keeps its own.
+
+    On any failure the temporary file is removed and ``path`` is untouched; a failure to write (full disk, quota,
+    read-only or forbidden place) is a ``WriteError`` whose fix ends in ``elsewhere``. Other errors of ``write``
+    (and Ctrl-C) propagate as they are."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e, elsewhere, existed) from None
+    sink = _Sink(fd, tmp)
+    f = io.BufferedWriter(sink, BUFFER)
+    try:
+        try:
+            write(f)
+            if not f.closed:
+                f.flush()
+        except Exception as e:
+            if sink.error is not None:  # the disk failed, whatever the library made of it
+                raise write_error(path, sink.error, elsewhere, existed) from e
+            raise
+        try:  # mkstemp makes it private (a file system without modes refuses: it keeps what it has)
+            os.fchmod(fd, _mode(path) if existed else 0o666 & ~_umask())
+        except OSError:
+            pass
+        try:
+            os.fsync(fd)
+            os.close(fd)
+            fd = None
+            os.replace(tmp, path)
+        except OSError as e:
+            raise write_error(path, e, elsewhere, existed) from None
+    except BaseException:
+        # From now on whatever reaches the buffer goes nowhere: a library may still hold ``f`` and write into it
+        # when it is collected (a tar stream closing itself), so ``f`` is left open for the garbage collector.
+        sink.discard = True
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    sink.discard = True  # the file is complete and closed: closing the buffer writes nothing
+    f.close()
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(folder: PathLike):
+    """Make renames and new names in ``folder`` durable (a no-op where the file system cannot)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+# ---- the common cases ----
+def write_bytes(path: PathLike, data: bytes, elsewhere: str = ELSEWHERE) -> Path:
+    return atomic_write(path, lambda f: f.write(data), elsewhere)
+
+
+def write_text(path: PathLike, text: str, elsewhere: str = ELSEWHERE) -> Path:
+    return write_bytes(path, text.encode('utf-8'), elsewhere)
+
+
+def write_json(path: PathLike, obj: Any, elsewhere: str = ELSEWHERE, indent: Optional[int] = 2) -> Path:
+    """``obj`` as JSON, ending in a newline."""
+    return write_text(path, json.dumps(obj, indent=indent) + '\n', elsewhere)
+
+
+def write_csv(path: PathLike, rows: Iterable[Sequence], elsewhere: str = ELSEWHERE) -> Path:
+    """Rows (the header first) as CSV, as ``csv.writer`` writes them."""
+    text = io.StringIO(newline='')
+    csv.writer(text).writerows(rows)
+    return write_text(path, text.getvalue(), elsewhere)
+
+
+def save_figure(fig, path: PathLike, elsewhere: str = ELSEWHERE, **savefig_kwargs) -> Path:
+    """``fig.savefig`` atomically (the format from the suffix unless given); the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
+    savefig_kwargs.setdefault('format', Path(path).suffix.lstrip('.').lower() or 'png')
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, **savefig_kwargs), elsewhere)
+    finally:
+        plt.close(fig)

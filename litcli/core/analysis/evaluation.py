@@ -4,12 +4,11 @@
 The counts come from ``core.engine.evaluate`` (a confusion matrix accumulated on the device and all-reduced under
 torchrun, so every image counts once); everything here is arithmetic and files on rank 0.
 """
-import csv
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from litcli.core.errors import LitError
+from litcli.core.io import ELSEWHERE, write_csv, write_json
 
 RESULT_FORMATS = ('.csv', '.json')
 
@@ -80,22 +79,17 @@ def per_class_metrics(confusion, class_top5_correct, class_names: Sequence[str])
     return dict(classes=classes, macro=macro, classes_without_images=int((~present).sum()))
 
 
-def write_per_class_csv(per_class: Dict, path: Path):
-    with open(path, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['index', 'class', 'images', 'predicted', 'top1', 'top5', 'precision', 'recall', 'f1'])
-        for c in per_class['classes']:
-            writer.writerow([c['index'], c['name'], c['support'], c['predicted'], f'{c["accuracy"]:.4f}',
-                             f'{c["top5"]:.4f}', f'{c["precision"]:.4f}', f'{c["recall"]:.4f}', f'{c["f1"]:.4f}'])
+def write_per_class_csv(per_class: Dict, path: Path, elsewhere: str = ELSEWHERE):
+    write_csv(path, [['index', 'class', 'images', 'predicted', 'top1', 'top5', 'precision', 'recall', 'f1']] +
+              [[c['index'], c['name'], c['support'], c['predicted'], f'{c["accuracy"]:.4f}', f'{c["top5"]:.4f}',
+                f'{c["precision"]:.4f}', f'{c["recall"]:.4f}', f'{c["f1"]:.4f}'] for c in per_class['classes']],
+              elsewhere)
 
 
-def write_confusion_csv(confusion, class_names: Sequence[str], path: Path):
+def write_confusion_csv(confusion, class_names: Sequence[str], path: Path, elsewhere: str = ELSEWHERE):
     """Counts, rows = true class, columns = predicted class, with the class names as header and first column."""
-    with open(path, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['true \\ predicted', *class_names])
-        for name, row in zip(class_names, confusion.tolist()):
-            writer.writerow([name, *row])
+    write_csv(path, [['true \\ predicted', *class_names]] +
+              [[name, *row] for name, row in zip(class_names, confusion.tolist())], elsewhere)
 
 
 def result_records(rows, names: Sequence[str], class_names: Sequence[str]) -> List[Dict]:
@@ -109,25 +103,14 @@ def write_results(records: List[Dict], path: Path):
     """timm ``inference.py``'s layouts: a CSV with one column per rank (``--results-separate-col``: filename,
     index_0.., label_0.., prob_0..) and a JSON object keyed by filename (``orient='index'``), each with the true
     class added (``true_index``, ``true_label``)."""
-    from litcli.core.io import atomic_write
-
     path = Path(path)
-
-    def write(name):
-        if path.suffix.lower() == '.json':
-            Path(name).write_text(json.dumps({r['filename']: {k: v for k, v in r.items() if k != 'filename'}
-                                              for r in records}, indent=2) + '\n')
-            return
-        k = len(records[0]['index']) if records else 0
-        with open(name, 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['filename', 'true_index', 'true_label', *[f'index_{j}' for j in range(k)],
-                             *[f'label_{j}' for j in range(k)], *[f'prob_{j}' for j in range(k)]])
-            for r in records:
-                writer.writerow([r['filename'], r['true_index'], r['true_label'], *r['index'], *r['label'],
-                                 *[f'{p:.6g}' for p in r['prob']]])
-
-    try:
-        atomic_write(path, write)
-    except OSError as e:
-        raise LitError(f'cannot write {path} ({e.strerror}); choose a writable --results-file')
+    elsewhere = 'choose another --results-file'
+    if path.suffix.lower() == '.json':
+        write_json(path, {r['filename']: {k: v for k, v in r.items() if k != 'filename'} for r in records},
+                   elsewhere)
+        return
+    k = len(records[0]['index']) if records else 0
+    write_csv(path, [['filename', 'true_index', 'true_label', *[f'index_{j}' for j in range(k)],
+                      *[f'label_{j}' for j in range(k)], *[f'prob_{j}' for j in range(k)]]] +
+              [[r['filename'], r['true_index'], r['true_label'], *r['index'], *r['label'],
+                *[f'{p:.6g}' for p in r['prob']]] for r in records], elsewhere)

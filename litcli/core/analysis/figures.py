@@ -1,11 +1,13 @@
 """The figures lit draws: DTM sampling points and offset magnitudes (Figure 2), attention maps (Figure 3) and a
-run's curves. matplotlib with the Agg backend, every figure closed after saving."""
+run's curves. matplotlib with the Agg backend; every figure is written atomically (``core.io.save_figure``) and
+closed after saving."""
 from pathlib import Path
 from typing import Sequence, Tuple
 
 import numpy as np
 
 from litcli.core.analysis.offsets import OffsetTrace, offset_stats
+from litcli.core.io import ELSEWHERE, save_figure
 
 MIN_PANEL_PX = 448  # figures of small inputs (32 px) are scaled up to stay readable
 
@@ -37,19 +39,17 @@ def _box(ax, row, col, colour, cell=32, lw=1.5):
     ax.add_patch(Rectangle((col * cell - 0.5, row * cell - 0.5), cell, cell, fill=False, edgecolor=colour, lw=lw))
 
 
-def draw_token(trace: OffsetTrace, index: int, path: Path):
+def draw_token(trace: OffsetTrace, index: int, path: Path, elsewhere: str = ELSEWHERE):
     """The paper's per-token figure: the sampling points in red, the regular field (32x32 px for the 4x4 stem) in
     lime."""
-    import matplotlib.pyplot as plt
     fig, ax, scale = _figure(trace.image)
     pts = trace.pixels[index]
     ax.scatter(pts[:, 1], pts[:, 0], s=_marker_size(scale, 6), marker='s', c='red', linewidths=0)
     _box(ax, *trace.tokens[index], colour='lime', cell=trace.field_px, lw=max(1.5, scale / 4))
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, elsewhere)
 
 
-def draw_overview(trace: OffsetTrace, path: Path, step: int = 1):
+def draw_overview(trace: OffsetTrace, path: Path, step: int = 1, elsewhere: str = ELSEWHERE):
     """All (or every ``step``-th) tokens' points in distinct colours, each with its regular field outlined."""
     import matplotlib.pyplot as plt
     fig, ax, scale = _figure(trace.image)
@@ -59,11 +59,10 @@ def draw_overview(trace: OffsetTrace, path: Path, step: int = 1):
         pts = trace.pixels[i]
         ax.scatter(pts[:, 1], pts[:, 0], s=_marker_size(scale, 4), marker='s', color=colour, linewidths=0)
         _box(ax, *trace.tokens[i], colour=colour, cell=trace.field_px, lw=max(0.8, scale / 5))
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, elsewhere)
 
 
-def draw_magnitude(trace: OffsetTrace, path: Path):
+def draw_magnitude(trace: OffsetTrace, path: Path, elsewhere: str = ELSEWHERE):
     """One panel per DTM: mean offset magnitude (pixels) as a heat map, with the mean (dx, dy) as arrows."""
     import matplotlib
     matplotlib.use('Agg')
@@ -84,12 +83,11 @@ def draw_magnitude(trace: OffsetTrace, path: Path):
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='px')
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, elsewhere, dpi=110)
 
 
 def draw_stage_grid(mean: np.ndarray, grid: Tuple[int, int], query: Tuple[int, int], blocks: Sequence[int],
-                    stage: int, path: Path, max_cols: int = 13):
+                    stage: int, path: Path, max_cols: int = 13, elsewhere: str = ELSEWHERE):
     """Rows = blocks, columns = heads plus a head-mean panel; each panel is the query's attention map.
     Blocks with many heads wrap onto several rows of at most ``max_cols`` panels."""
     import matplotlib
@@ -120,11 +118,10 @@ def draw_stage_grid(mean: np.ndarray, grid: Tuple[int, int], query: Tuple[int, i
     fig.suptitle(f'stage {stage}: attention of query ({query[0]},{query[1]}) on {grid[0]}x{grid[1]} tokens; '
                  f'rows: blocks, columns: heads, last: head mean', fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, elsewhere, dpi=100)
 
 
-def draw_single(amap: np.ndarray, query: Tuple[int, int], stage: int, path: Path):
+def draw_single(amap: np.ndarray, query: Tuple[int, int], stage: int, path: Path, elsewhere: str = ELSEWHERE):
     """One (stage, block, head) map, as the official per-head figures."""
     import matplotlib
     matplotlib.use('Agg')
@@ -135,19 +132,17 @@ def draw_single(amap: np.ndarray, query: Tuple[int, int], stage: int, path: Path
     ax.add_patch(Rectangle((query[1] - 0.5, query[0] - 0.5), 1, 1, fill=False, edgecolor='lime',
                            lw=1 if stage <= 2 else 2))
     ax.axis('off')
-    fig.savefig(path, dpi=100, bbox_inches='tight', pad_inches=0, transparent=True)
-    plt.close(fig)
+    save_figure(fig, path, elsewhere, dpi=100, bbox_inches='tight', pad_inches=0, transparent=True)
 
 
-def draw_confusion(confusion: np.ndarray, class_names: Sequence[str], path: Path, title: str = ''):
+def draw_confusion(confusion: np.ndarray, class_names: Sequence[str], path: Path, title: str = '',
+                   elsewhere: str = ELSEWHERE):
     """The confusion matrix normalised per true class (each row sums to 1; a class without images stays 0), with
     the class names on both axes (up to 60 classes; beyond, the ticks are indices) and the share written in each
     cell up to 25 classes. Written atomically."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-
-    from litcli.core.io import atomic_write
 
     counts = np.asarray(confusion, dtype=np.float64)
     n = counts.shape[0]
@@ -167,8 +162,7 @@ def draw_confusion(confusion: np.ndarray, class_names: Sequence[str], path: Path
                             color='white' if norm[i, j] > 0.5 else 'black')
     ax.set(xlabel='predicted class', ylabel='true class', title=title or 'confusion matrix (rows sum to 1)')
     fig.tight_layout()
-    atomic_write(path, lambda name: fig.savefig(name, dpi=110, format='png'))
-    plt.close(fig)
+    save_figure(fig, path, elsewhere, dpi=110)
 
 
 # The panels of `lit compare`: (metrics.jsonl column, title, log scale when all positive)
@@ -176,7 +170,8 @@ COMPARE_PANELS = (('train_loss', 'train loss', False), (None, 'eval', False), ('
                   ('img_per_s', 'images/s (train)', False))
 
 
-def draw_comparison(runs: Sequence[Tuple[str, Sequence[dict]]], metric: str, path: Path, notes: Sequence[str] = ()):
+def draw_comparison(runs: Sequence[Tuple[str, Sequence[dict]]], metric: str, path: Path, notes: Sequence[str] = (),
+                    elsewhere: str = ELSEWHERE):
     """Several runs' curves on shared axes, against epoch: train loss, ``metric`` (eval top-1 by default), learning
     rate and training images/s; one colour per run. ``notes`` (different lengths or datasets) go under the
     panels. Written atomically."""
@@ -184,8 +179,6 @@ def draw_comparison(runs: Sequence[Tuple[str, Sequence[dict]]], metric: str, pat
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-
-    from litcli.core.io import atomic_write
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8 + 0.25 * len(notes)))
     for ax, (column, title, log) in zip(axes.flat, COMPARE_PANELS):
@@ -210,5 +203,4 @@ def draw_comparison(runs: Sequence[Tuple[str, Sequence[dict]]], metric: str, pat
     if notes:
         fig.text(0.01, 0.005, '\n'.join(f'note: {n}' for n in notes), fontsize=8, va='bottom', ha='left')
     fig.tight_layout(rect=(0, 0.03 * len(notes), 1, 1))
-    atomic_write(path, lambda name: fig.savefig(name, dpi=110, format='png'))
-    plt.close(fig)
+    save_figure(fig, path, elsewhere, dpi=110)

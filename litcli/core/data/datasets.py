@@ -31,6 +31,7 @@ Kinds of data (``resolve_data``): the built-ins by name, ``folder``, ``tar`` and
 """
 import gzip
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ MINI_FILE = 'fashion-mnist-mini.npz'
 INSTALL_HINT = 'apt-get install dataset-fashion-mnist'
 FASHION_MNIST_ENV = 'LIT_FASHION_MNIST_DIR'  # a folder holding the full set's four *-ubyte.gz files
 VAL_DIRNAMES = ('val', 'validation')
+PACK_PARTIAL = '.lit-pack-partial'  # where lit data pack writes its shards until the pack is complete
+PACK_SHARD = re.compile(r'^.+-\d{6}\.tar$')  # lit data pack's shard names: SPLIT-NNNNNN.tar
 
 
 @dataclass
@@ -358,12 +361,32 @@ def resolve_data(data: Optional[str], data_dir: Optional[str] = None) -> Tuple[s
                        f'wds:SHARD-PATTERN or a built-in name')
     if is_shard_folder(path):
         return 'shards', str(path)
+    check_unfinished_pack(path)
     if split_dir(path, ('train',) + VAL_DIRNAMES) is None and has_tars(path):
         return 'tar', str(path)
     if (path / 'train').is_dir() and has_tars(path / 'train', depth=1) and \
             not any(e.is_dir() for e in os.scandir(path / 'train')):
         return 'tar', str(path)  # timm's ImageNet tar layout: train/<class>.tar
     return 'folder', str(path)
+
+
+def check_unfinished_pack(path: Path):
+    """A one-line error for a folder an unfinished ``lit data pack`` left (killed before its index.json): its
+    ``.lit-pack-partial/`` or shard-named tars (``SPLIT-NNNNNN.tar``) without an index, which would otherwise be
+    read as a tar dataset (one class per tar). A folder with image-folder splits is not one."""
+    if split_dir(path, ('train',) + VAL_DIRNAMES) is not None:
+        return
+    partial = path / PACK_PARTIAL
+    tars = [e.name for e in os.scandir(path) if e.name.lower().endswith('.tar') and e.is_file()]
+    if partial.is_dir():
+        raise LitError(f'{path} holds the partial shards of an unfinished lit data pack ({partial}) and no '
+                       f'index.json: an interrupted pack? Pack the image folder again (lit data pack SRC {path}, '
+                       f'which removes them first' + (f', once the {len(tars)} tar(s) beside them are deleted'
+                                                     if tars else '') + f'), or delete {partial}')
+    if tars and all(PACK_SHARD.match(n) for n in tars):
+        raise LitError(f'{path} holds shards named as lit data pack names them ({sorted(tars)[0]} ...) but no lit '
+                       f'index.json: an interrupted pack? Pack the image folder again into a new folder (lit data '
+                       f'pack SRC NEW), or delete the tars and pack into {path}')
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,23 +5,28 @@ the training split is shuffled once (by ``seed``) so every shard holds a mix of 
 relies on (a batch comes from one worker's stretch of one or two shards). Shards close at ``shard_size`` bytes.
 Files PIL cannot even open (not an image, a broken header) are left out and counted, or stop the pack with
 ``strict``; the image folder is only read. The output folder must be new or empty: the shards are written into
-``OUT/.lit-pack-partial/`` and moved into place at the end, ``index.json`` last (written atomically), so an
-interrupted pack leaves no index and nothing that looks complete.
+``OUT/.lit-pack-partial/`` (each shard atomically) and moved into place at the end, ``index.json`` last, so an
+unfinished pack never leaves an index nor anything that looks complete; a pack stopped by an error, a full disk,
+Ctrl-C or SIGTERM (``commands.data_pack`` turns it into KeyboardInterrupt) also removes what it wrote, and says
+where the files are when it cannot. Only SIGKILL leaves ``.lit-pack-partial/``: the next pack into the folder
+removes it, and reading the folder as data says "interrupted pack?" (``datasets.resolve_data``).
 """
+import contextlib
 import io
-import json
 import os
 import random
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from litcli.core.data.datasets import VAL_DIRNAMES, check_empty_classes, image_folder, split_dir
-from litcli.core.errors import LitError
+from litcli.core.data.datasets import PACK_PARTIAL, VAL_DIRNAMES, check_empty_classes, image_folder, split_dir
 from litcli.core.data.shards import INDEX_FORMAT, INDEX_NAME, webdataset
+from litcli.core.errors import LitError, WriteError
+from litcli.core.io import atomic_write, fsync_dir, write_json
 
-PARTIAL = '.lit-pack-partial'
+PARTIAL = PACK_PARTIAL
+ELSEWHERE = 'choose another output folder'
 TAR_BLOCK = 512
 MTIME = 946684800  # 2000-01-01: fixed member times, so packing the same folder twice gives the same bytes
 
@@ -82,78 +87,125 @@ def pack(src: Path, out: Path, shard_size: int = 500 * 10 ** 6, splits: Sequence
         if dataset.classes != classes:
             raise LitError(f'{split}/ in {src} has other class folders than {splits[0]}/; give every split the same '
                            f'class subfolders')
+    created = not out.exists()
     partial = out / PARTIAL
-    if partial.exists():  # an interrupted pack of ours: nothing of the user's is in it
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    from PIL import Image
-
     summary = dict(source=str(src.resolve()), out=str(out.resolve()), classes=list(classes), splits={})
     index = dict(format=INDEX_FORMAT, version=1, classes=list(classes), created=time.strftime('%Y-%m-%dT%H:%M:%S'),
                  source=str(src.resolve()), shard_size=shard_size, seed=seed, splits={})
-    for split, dataset in folders.items():
-        samples = list(dataset.samples)
-        if split not in VAL_DIRNAMES:  # mix the classes across shards
-            random.Random(seed).shuffle(samples)
-        shards: List[Dict] = []
-        skipped: List[str] = []
-        writer, f, size, count, key = None, None, 0, 0, 0
-
-        def close():
-            if writer is not None:
-                writer.close()
-                f.close()
-                shards[-1].update(count=count, bytes=(partial / shards[-1]['name']).stat().st_size)
-
-        for done, (path, target) in enumerate(samples, start=1):
-            try:
-                data = Path(path).read_bytes()
-                with Image.open(io.BytesIO(data)) as im:  # the header only: cheap, catches non-images
-                    im.verify()
-            except Exception as e:
-                if strict:
-                    raise LitError(f'unreadable image {path} ({type(e).__name__}: {e}); fix or remove it, or run '
-                                   f'without --strict-data to leave such files out') from None
-                skipped.append(str(path))
-                if on_file:
-                    on_file(split, done, len(samples))
-                continue
-            ext = Path(path).suffix.lower().lstrip('.') or 'jpg'
-            ext = 'jpg' if ext == 'jpeg' else ext
-            cls = str(target).encode()
-            need = _member_bytes(len(data)) + _member_bytes(len(cls))
-            # a shard stays within --shard-size (a single sample larger than it still gets a shard of its own)
-            if writer is None or (count and _tar_file_bytes(size + need) > shard_size):
-                close()
-                shards.append(dict(name=f'{split}-{len(shards):06d}.tar'))
-                f = open(partial / shards[-1]['name'], 'wb')
-                writer = wds.TarWriter(f, encoder=False, user='lit', group='lit', mtime=MTIME)
-                size, count = 0, 0
-            writer.write({'__key__': f'{key:08d}', ext: data, 'cls': cls})
-            size, count, key = size + need, count + 1, key + 1
-            if on_file:
-                on_file(split, done, len(samples))
-        close()
-        writer = None
-        if not shards:
-            raise LitError(f'no readable image in {src}/{split}/ ({len(skipped)} file(s) could not be opened); the '
-                           f'{split} split would be empty')
-        index['splits'][split] = dict(count=key, shards=shards, skipped=len(skipped))
-        summary['splits'][split] = dict(images=key, shards=len(shards), bytes=sum(s['bytes'] for s in shards),
-                                        skipped=skipped,
-                                        pattern=f'wds:{out.resolve()}/{split}-{{000000..{len(shards) - 1:06d}}}.tar')
-        if skipped:
-            log(f'warning: left out {len(skipped)} file(s) of {split}/ that are not readable images: '
-                f'{", ".join(skipped[:3])}' + (' ...' if len(skipped) > 3 else ''))
-    for split in folders:
-        for shard in index['splits'][split]['shards']:
-            os.replace(partial / shard['name'], out / shard['name'])
-    tmp = out / f'.{INDEX_NAME}.tmp'
-    with open(tmp, 'w') as fh:
-        fh.write(json.dumps(index, indent=1) + '\n')
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out / INDEX_NAME)
+    moved: List[Path] = []  # shards already in ``out``: taken out again if the pack does not finish
+    try:
+        if partial.exists():  # an interrupted pack of ours: nothing of the user's is in it
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        for split, dataset in folders.items():
+            _pack_split(wds, split, dataset, partial, index, summary, src, out, shard_size, seed, strict, on_file,
+                        log)
+        for split in folders:
+            for shard in index['splits'][split]['shards']:
+                os.replace(partial / shard['name'], out / shard['name'])
+                moved.append(out / shard['name'])
+        fsync_dir(out)
+        write_json(out / INDEX_NAME, index, ELSEWHERE, indent=1)  # last: a folder with an index is complete
+    except BaseException as e:
+        left = _clean_up(out, partial, moved, created)
+        if isinstance(e, WriteError):  # a full disk: the shards written so far are gone again
+            raise WriteError(f'{e}; {left}', path=e.path, errno=e.errno) from None
+        e.cleanup = left  # Ctrl-C, or SIGTERM (commands.data_pack makes it one): the command says what was done
+        raise
     shutil.rmtree(partial, ignore_errors=True)
     summary['index'] = str(out.resolve() / INDEX_NAME)
     return summary
+
+
+def _clean_up(out: Path, partial: Path, moved: Sequence[Path], created: bool) -> str:
+    """Remove what an unfinished pack wrote (the partial shards, shards already moved, ``out`` when the pack
+    made it); say what was done, or where the files are when they could not be removed."""
+    try:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        return f'the partial shards were removed from {out}: nothing was packed'
+    except BaseException as e:  # a second Ctrl-C, a file that cannot be removed
+        try:
+            size = f' ({sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) / 1e6:.1f} MB)'
+        except BaseException:
+            size = ''
+        return (f'the partial shards could not all be removed ({type(e).__name__}): delete {partial}{size}' +
+                (f' and the shards in {out}' if moved else '') + ' before packing again')
+
+
+def _pack_split(wds, split: str, dataset, partial: Path, index: Dict, summary: Dict, src: Path, out: Path,
+                shard_size: int, seed: int, strict: bool, on_file, log):
+    """Write ``split``'s shards into ``partial`` (each atomically) and record them in ``index`` and ``summary``."""
+    samples = list(dataset.samples)
+    if split not in VAL_DIRNAMES:  # mix the classes across shards
+        random.Random(seed).shuffle(samples)
+    skipped: List[str] = []
+    readable = _readable(samples, split, strict, skipped, on_file)
+    pending = next(readable, None)
+    shards: List[Dict] = []
+    key = 0
+
+    def fill(f):
+        """One shard: samples while they fit in ``shard_size`` (a single larger one gets a shard of its own)."""
+        nonlocal pending, key
+        writer = wds.TarWriter(f, encoder=False, user='lit', group='lit', mtime=MTIME)
+        size, count = 0, 0
+        try:
+            while pending is not None:
+                data, ext, cls = pending
+                need = _member_bytes(len(data)) + _member_bytes(len(cls))
+                if count and _tar_file_bytes(size + need) > shard_size:
+                    break
+                writer.write({'__key__': f'{key:08d}', ext: data, 'cls': cls})
+                size, count, key = size + need, count + 1, key + 1
+                pending = next(readable, None)
+        except BaseException:
+            with contextlib.suppress(Exception):  # closed now, not by the garbage collector into a closed file
+                writer.close()
+            raise
+        writer.close()
+        shards[-1]['count'] = count
+
+    while pending is not None:
+        shards.append(dict(name=f'{split}-{len(shards):06d}.tar'))
+        path = atomic_write(partial / shards[-1]['name'], fill, ELSEWHERE)
+        shards[-1]['bytes'] = path.stat().st_size
+    if not shards:
+        raise LitError(f'no readable image in {src}/{split}/ ({len(skipped)} file(s) could not be opened); the '
+                       f'{split} split would be empty')
+    index['splits'][split] = dict(count=key, shards=shards, skipped=len(skipped))
+    summary['splits'][split] = dict(images=key, shards=len(shards), bytes=sum(s['bytes'] for s in shards),
+                                    skipped=skipped,
+                                    pattern=f'wds:{out.resolve()}/{split}-{{000000..{len(shards) - 1:06d}}}.tar')
+    if skipped:
+        log(f'warning: left out {len(skipped)} file(s) of {split}/ that are not readable images: '
+            f'{", ".join(skipped[:3])}' + (' ...' if len(skipped) > 3 else ''))
+
+
+def _readable(samples, split: str, strict: bool, skipped: List[str], on_file) -> Iterator[Tuple[bytes, str, bytes]]:
+    """(file bytes, extension, class bytes) of every sample PIL can open; the others are counted in ``skipped``
+    (or stop the pack with ``strict``)."""
+    from PIL import Image
+
+    for done, (path, target) in enumerate(samples, start=1):
+        try:
+            data = Path(path).read_bytes()
+            with Image.open(io.BytesIO(data)) as im:  # the header only: cheap, catches non-images
+                im.verify()
+        except Exception as e:
+            if strict:
+                raise LitError(f'unreadable image {path} ({type(e).__name__}: {e}); fix or remove it, or run '
+                               f'without --strict-data to leave such files out') from None
+            skipped.append(str(path))
+            if on_file:
+                on_file(split, done, len(samples))
+            continue
+        ext = Path(path).suffix.lower().lstrip('.') or 'jpg'
+        ext = 'jpg' if ext == 'jpeg' else ext
+        if on_file:  # reported before the sample is written, as it is read
+            on_file(split, done, len(samples))
+        yield data, ext, str(target).encode()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from litcli.core.errors import CheckpointError, LitError
-from litcli.core.io import atomic_write
+from litcli.core.errors import CheckpointError, LitError, WriteError
+from litcli.core.io import atomic_write, fsync_dir, write_json
 
 PathLike = Union[str, Path]
 STEP_FILE = re.compile(r'^step-(\d+)\.pt$')
@@ -100,11 +100,12 @@ def is_torchscript_file(path: PathLike) -> bool:
         return False
 
 
-def save_checkpoint(obj: Dict, path: PathLike):
-    """Write ``obj`` with torch.save atomically: a reader sees the old file or the complete new one."""
+def save_checkpoint(obj: Dict, path: PathLike, elsewhere: str = 'choose another --out'):
+    """Write ``obj`` with torch.save atomically: a reader sees the old file or the complete new one. A full disk
+    (or any failure to write) is a one-line ``WriteError`` whose fix ends in ``elsewhere``; nothing is left."""
     import torch
 
-    atomic_write(path, lambda name: torch.save(obj, name))
+    atomic_write(path, lambda f: torch.save(obj, f), elsewhere)
 
 
 def detect_variant(state_dict: Dict) -> Optional[str]:
@@ -295,7 +296,10 @@ class CheckpointSaver:
     ``step-XXXXXXX.pt`` on step saves, of which the newest ``keep_last`` are kept, and with ``keep_best`` K > 0 the
     epoch-end states of the K best epochs (``top-epochNNNN.pt``, timm's CheckpointSaver history), ranked by metric
     in ``top.json`` (a tie keeps the earlier epoch). The trainer's rank 0 owns one; a state is the plain dict the
-    trainer builds (see ``commands/train.py``)."""
+    trainer builds (see ``commands/train.py``). A save that cannot be written (full disk) is a one-line WriteError
+    that leaves the earlier files as they were."""
+
+    elsewhere = 'choose another --output'  # the way out of a failed write, for lit train
 
     def __init__(self, ckpt_dir: PathLike, keep_last: int = 3, keep_best: int = 0):
         self.dir = Path(ckpt_dir)
@@ -308,8 +312,16 @@ class CheckpointSaver:
     def last(self) -> Path:
         return self.dir / 'last.pt'
 
+    def resume_note(self) -> str:
+        """How to go on after a save failed (the earlier last.pt is intact)."""
+        from litcli.core.runtime import resume_hint
+
+        if self.last.exists():
+            return f'the run stopped; once there is space, resume from the last save with: {resume_hint(self.last)}'
+        return 'the run stopped before its first checkpoint'
+
     def save_last(self, state: Dict) -> Path:
-        save_checkpoint(state, self.last)
+        save_checkpoint(state, self.last, self.elsewhere)
         return self.last
 
     def save_epoch(self, state: Dict, is_best: bool, metric: Optional[float] = None) -> Path:
@@ -317,7 +329,7 @@ class CheckpointSaver:
         ``keep_best`` the epoch's own file when ``metric`` ranks among the K best."""
         self.save_last(state)
         if is_best:
-            save_checkpoint(state, self.dir / 'best.pt')
+            save_checkpoint(state, self.dir / 'best.pt', self.elsewhere)
         if self.keep_best > 0 and metric is not None:
             self._save_top(state, int(state['epoch']), float(metric))
         return self.last
@@ -332,13 +344,14 @@ class CheckpointSaver:
             link.unlink(missing_ok=True)
             os.link(self.last, link)
             os.replace(link, self.dir / name)
+            fsync_dir(self.dir)
         except OSError:
             link.unlink(missing_ok=True)
-            save_checkpoint(state, self.dir / name)
+            save_checkpoint(state, self.dir / name, self.elsewhere)
         ranking.append(dict(file=name, epoch=epoch, metric=metric))
         ranking.sort(key=lambda e: (-e['metric'], e['epoch']))
         kept, dropped = ranking[:self.keep_best], ranking[self.keep_best:]
-        atomic_write(self.dir / TOP_INDEX, lambda tmp: Path(tmp).write_text(json.dumps(kept, indent=2) + '\n'))
+        write_json(self.dir / TOP_INDEX, kept, self.elsewhere)
         for entry in dropped:  # after the index no longer names them
             (self.dir / entry['file']).unlink(missing_ok=True)
 
@@ -349,15 +362,19 @@ class CheckpointSaver:
         written to disk once; where hard links are not supported it is written a second time.
         """
         step_path = self.dir / step_checkpoint_name(step)
-        save_checkpoint(state, step_path)
+        try:
+            save_checkpoint(state, step_path, self.elsewhere)
+        except WriteError as e:
+            raise WriteError(f'{e}; {self.resume_note()}', path=e.path, errno=e.errno) from None
         link = self.dir / f'.last.pt.{os.getpid()}.link.tmp'
         try:
             link.unlink(missing_ok=True)
             os.link(step_path, link)
             os.replace(link, self.last)
+            fsync_dir(self.dir)
         except OSError:
             link.unlink(missing_ok=True)
-            save_checkpoint(state, self.last)
+            save_checkpoint(state, self.last, self.elsewhere)
         for old in step_checkpoints(self.dir)[:-self.keep_last] if self.keep_last > 0 else []:
             old.unlink(missing_ok=True)
         return step_path

@@ -18,7 +18,6 @@ what arrived when the connection closes early) and cannot verify the file before
 """
 import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from litcli.core.errors import LitError, UsageError
+from litcli.core.io import atomic_write
 from litcli.models.spec import PVT_S_MSA_URL, release_url
 
 URL_ENV = 'LIT_WEIGHTS_URL'  # a base URL (mirror) holding lit_ti.pth ... retina_lit_ti.pth ... instead of GitHub
@@ -188,83 +188,68 @@ def _reason(e: BaseException, timeout: float) -> str:
 
 def download(variant: str, verify: Callable[[Path, str], None], log: Callable[[str], None] = _stderr,
              timeout: float = DEFAULT_TIMEOUT) -> Path:
-    """Download ``variant``'s weights into the cache (see ``fetch``); any failure leaves the cache as it was."""
+    """Download ``variant``'s weights into the cache (see ``fetch``) with the one atomic writer: any failure
+    (network, short body, verification, a full disk) leaves the cache as it was."""
     import http.client
     import urllib.error
     import urllib.request
 
     url, dest = weights_url(variant), cache_path(variant)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.partial', dir=dest.parent)
-    except OSError as e:
-        raise LitError(f'cannot write into the weights cache {dest.parent} ({e.strerror or e}); set TORCH_HOME to a '
-                       f'writable folder, or download {url} elsewhere and pass --checkpoint FILE') from None
-    tmp = Path(name)
-    try:
-        received, expected, seconds = 0, None, 0.0
+    received, seconds = 0, 0.0
+
+    def failed(e: BaseException) -> LitError:
+        done = f' after {received / 1e6:.1f} MB' if received else ''
+        return LitError(f'cannot download the {variant} weights from {url}{done} ({_reason(e, timeout)}); '
+                        f'nothing was cached; {ways_out(variant)}')
+
+    def fill(out):
+        nonlocal received, seconds
+        start = time.perf_counter()
+        request = urllib.request.Request(url, headers={'User-Agent': 'litcli'})
+        # The timeout bounds the connection and every read, so an unreachable or silent server fails in
+        # ``timeout`` seconds instead of hanging. Only the network's errors are caught here: a failed write
+        # reaches the writer, which names the cache file.
         try:
-            start = time.perf_counter()
-            request = urllib.request.Request(url, headers={'User-Agent': 'litcli'})
-            # The timeout bounds the connection and every read, so an unreachable or silent server fails in
-            # ``timeout`` seconds instead of hanging.
-            with urllib.request.urlopen(request, timeout=timeout) as response, os.fdopen(fd, 'wb') as out:
-                fd = None
-                length = response.headers.get('Content-Length')
-                expected = int(length) if length and length.strip().isdigit() else None
-                size = f' ({expected / 1e6:.1f} MB)' if expected else ''
-                log(f'downloading the released {variant} weights{size} from {url} to {dest}')
-                progress = _Progress(expected)
-                try:
-                    while True:
-                        chunk = response.read(CHUNK)
-                        if not chunk:
-                            break
-                        try:
-                            out.write(chunk)
-                        except OSError as e:
-                            raise LitError(f'cannot write the download of {url} into {dest.parent} '
-                                           f'({e.strerror or e}); free some space or set TORCH_HOME to another '
-                                           f'folder, or download it elsewhere and pass --checkpoint FILE') from None
-                        received += len(chunk)
-                        progress.update(received)
-                finally:
-                    progress.close()
-            seconds = time.perf_counter() - start
-        except LitError:
-            raise
+            response = urllib.request.urlopen(request, timeout=timeout)
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-            done = f' after {received / 1e6:.1f} MB' if received else ''
-            raise LitError(f'cannot download the {variant} weights from {url}{done} ({_reason(e, timeout)}); '
-                           f'nothing was cached; {ways_out(variant)}') from None
-        finally:
-            if fd is not None:  # urlopen failed before the file object took the descriptor over
-                os.close(fd)
+            raise failed(e) from None
+        with response:
+            length = response.headers.get('Content-Length')
+            expected = int(length) if length and length.strip().isdigit() else None
+            size = f' ({expected / 1e6:.1f} MB)' if expected else ''
+            log(f'downloading the released {variant} weights{size} from {url} to {dest}')
+            progress = _Progress(expected)
+            try:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (http.client.HTTPException, OSError, ValueError) as e:
+                        raise failed(e) from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    received += len(chunk)
+                    progress.update(received)
+            finally:
+                progress.close()
+        seconds = time.perf_counter() - start
         # A server closing the connection early ends the body without an error (http.client returns what came),
         # so a short file is caught by its length here, and by the verification where no length was sent.
         if expected is not None and received != expected:
             raise LitError(f'the download of {url} stopped after {received / 1e6:.1f} of {expected / 1e6:.1f} MB '
                            f'(connection lost); nothing was cached; run again, or {ways_out(variant)}')
+        out.flush()
         try:
-            verify(tmp, url)
+            verify(Path(out.name), url)
         except LitError as e:
             # Messages name the file they read: say the URL instead of the temporary name.
-            message = str(e).replace(str(tmp), url)
+            message = str(e).replace(str(out.name), url)
             raise LitError(f'{message}; refused, nothing was cached; {ways_out(variant)}') from None
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a cache file gets normal permissions
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(dest, fill, f'set TORCH_HOME to another folder, or {ways_out(variant)}')
     rate = f', {received / 1e6 / seconds:.1f} MB/s' if seconds > 0 else ''
     log(f'downloaded and verified {received / 1e6:.1f} MB in {seconds:.1f} s{rate}: {dest}')
     return dest
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class _Progress:

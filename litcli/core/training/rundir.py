@@ -5,6 +5,7 @@ curves) and the set-up shared by all ranks of a launch.
 files aside into ``replaced-<time>/`` (never mixing, never deleting).
 """
 import csv
+import io
 import json
 import os
 import subprocess
@@ -12,12 +13,14 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
-from litcli.core.errors import LitError
+from litcli.core.errors import LitError, WriteError
+from litcli.core.io import save_figure, write_json, write_text
 
 METRIC_FIELDS = ('epoch', 'step', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'img_per_s',
                  'epoch_time_s', 'img_per_s_device', 'data_s', 'compute_s', 'data_share')
 RUN_FILES = ('checkpoints', 'metrics.csv', 'metrics.jsonl', 'curves.png', 'config.yaml', 'env.json',
              'tensorboard', 'wandb')  # the last two: lit train --log
+RUN_ELSEWHERE = 'choose another --output'  # the way out of a failed write into a run folder
 
 
 def new_run_dir(base: Union[str, Path], name: str, exist_ok: bool = False) -> Path:
@@ -78,28 +81,33 @@ def git_commit() -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _csv_text(rows, fields) -> str:
+    """``rows`` (dicts) under a ``fields`` header, as ``csv.DictWriter`` writes them (a missing value is empty)."""
+    text = io.StringIO(newline='')
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def _read_csv(path: Path):
+    with open(path, newline='') as f:
+        reader = csv.DictReader(f)
+        return tuple(reader.fieldnames or ()), list(reader)
+
+
 def write_metrics(run_dir: Path, row: Dict):
-    """Append one epoch to metrics.csv and metrics.jsonl."""
+    """Add one epoch to metrics.jsonl and metrics.csv, each rewritten atomically (old or new, never a partial
+    row; a full disk is one WriteError and leaves both files as they were)."""
+    record = {k: row.get(k) for k in METRIC_FIELDS}
+    jsonl = run_dir / 'metrics.jsonl'
+    old = jsonl.read_text() if jsonl.exists() else ''
+    write_text(jsonl, old + ('\n' if old and not old.endswith('\n') else '') + json.dumps(record) + '\n',
+               RUN_ELSEWHERE)
     csv_path = run_dir / 'metrics.csv'
-    new = not csv_path.exists()
-    if not new:  # a run resumed from an older lit: its file gets the new columns (empty in its earlier rows)
-        with open(csv_path, newline='') as f:
-            reader = csv.DictReader(f)
-            fields, rows = tuple(reader.fieldnames or ()), list(reader)
-        if fields != METRIC_FIELDS:
-            tmp = csv_path.with_name('.metrics.csv.tmp')
-            with open(tmp, 'w', newline='') as f:
-                writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction='ignore')
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, csv_path)
-    with open(csv_path, 'a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k) for k in METRIC_FIELDS})
-    with open(run_dir / 'metrics.jsonl', 'a') as f:
-        f.write(json.dumps({k: row.get(k) for k in METRIC_FIELDS}) + '\n')
+    # a run resumed from an older lit: its file gets the new columns (empty in its earlier rows)
+    rows = _read_csv(csv_path)[1] if csv_path.exists() else []
+    write_text(csv_path, _csv_text(rows + [record], METRIC_FIELDS), RUN_ELSEWHERE)
 
 
 def read_metrics(run_dir: Path):
@@ -134,35 +142,49 @@ def plot_curves(run_dir: Path):
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = run_dir / '.curves.png.tmp'
-    fig.savefig(tmp, dpi=110, format='png')
-    plt.close(fig)
-    os.replace(tmp, run_dir / 'curves.png')
+    save_figure(fig, run_dir / 'curves.png', RUN_ELSEWHERE, dpi=110)
 
 
 def truncate_metrics(run_dir: Path, before_epoch: int):
-    """Drop metric rows of epochs >= ``before_epoch`` (written after the checkpoint a run resumes from)."""
+    """Drop metric rows of epochs >= ``before_epoch`` (written after the checkpoint a run resumes from) from
+    metrics.jsonl and metrics.csv, each only when it holds such rows."""
     jsonl = Path(run_dir) / 'metrics.jsonl'
-    if not jsonl.exists():
-        return
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if r['epoch'] < before_epoch]
-    if len(kept) == len(rows):
-        return
-    tmp = jsonl.with_name('.metrics.jsonl.tmp')
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
-    os.replace(tmp, jsonl)
+    if jsonl.exists():
+        lines = [line for line in jsonl.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)['epoch'] < before_epoch]
+        if len(kept) < len(lines):
+            write_text(jsonl, ''.join(line + '\n' for line in kept), RUN_ELSEWHERE)
     csv_path = Path(run_dir) / 'metrics.csv'
     if csv_path.exists():
-        with open(csv_path, newline='') as f:
-            reader = csv.DictReader(f)
-            fields, csv_rows = reader.fieldnames, [r for r in reader if int(r['epoch']) < before_epoch]
-        tmp = csv_path.with_name('.metrics.csv.tmp')
-        with open(tmp, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(csv_rows)
-        os.replace(tmp, csv_path)
+        fields, rows = _read_csv(csv_path)
+        kept = [r for r in rows if int(r['epoch']) < before_epoch]
+        if len(kept) < len(rows):
+            write_text(csv_path, _csv_text(kept, fields), RUN_ELSEWHERE)
+
+
+def record_epoch(run_dir: Path, saver, row: Dict, state: Dict, is_best: bool, metric: Optional[float] = None):
+    """An epoch end on rank 0: its metrics row (metrics.jsonl, .csv), its checkpoints (``saver.save_epoch``:
+    last.pt first), then curves.png. The row goes first, so a kill before last.pt is saved leaves a row the resume
+    drops again; a write that fails (full disk) before last.pt holds the epoch takes the row out again, so the
+    metrics never hold an epoch the checkpoint lacks, and the one-line WriteError says what was kept and how to
+    resume."""
+    epoch, saved = int(row['epoch']), False
+    try:
+        write_metrics(run_dir, row)
+        saver.save_epoch(state, is_best, metric=metric)
+        saved = True
+        plot_curves(run_dir)
+    except WriteError as e:
+        failed = Path(e.path) if e.path is not None else None
+        if saved or (failed is not None and failed.parent == saver.dir and failed != saver.last):
+            kept = f'epoch {epoch} is saved in {saver.last}'
+        else:  # last.pt lacks this epoch: so do the metrics
+            try:
+                truncate_metrics(run_dir, epoch)
+                kept = f'epoch {epoch} is not saved (its metrics row was taken out again)'
+            except (LitError, OSError):
+                kept = f'epoch {epoch} is not saved (metrics.csv still lists it; a --resume drops it)'
+        raise WriteError(f'{e}; {kept}; {saver.resume_note()}', path=e.path, errno=e.errno) from None
 
 
 def prepare_run_dir(world, log: Callable[[str], None], *, output: Path, name: Optional[str], default_name: str,
@@ -187,8 +209,8 @@ def prepare_run_dir(world, log: Callable[[str], None], *, output: Path, name: Op
                 moved = move_earlier_run_aside(run_dir)  # --exist-ok on a used name: never mix, never delete
                 if moved is not None:
                     log(f'--exist-ok: {run_dir} held an earlier run; its files were moved to {moved}')
-            (run_dir / 'config.yaml').write_text(yaml.safe_dump(plain(config), sort_keys=False))
-            (run_dir / 'env.json').write_text(json.dumps(env, indent=2) + '\n')
+            write_text(run_dir / 'config.yaml', yaml.safe_dump(plain(config), sort_keys=False), RUN_ELSEWHERE)
+            write_json(run_dir / 'env.json', env, RUN_ELSEWHERE)
         except (LitError, OSError) as e:
             setup_error = str(e) if isinstance(e, LitError) else f'cannot write the run directory ({e})'
     run_dir, setup_error = broadcast_object((run_dir, setup_error), world)

@@ -18,8 +18,8 @@ from litcli.core.errors import UsageError
 # `lit flops --task` spelling -> the dense-model family (litcli.models.dense_zoo)
 TASKS = {'retinanet': 'retinanet', 'mask-rcnn': 'mask_rcnn', 'semantic-fpn': 'semantic_fpn'}
 DENSE_VARIANTS = ('ti', 's')
-# The paper's FLOPs sizes (H, W): 1280x800 for COCO (the detectors' test scale 1333x800, as 800x1280 after the
-# mmdet convention of counting that input), 512x512 for ADE20K.
+# The FLOPs sizes (H, W) of the papers these tables follow: COCO's "1280x800" (W x H, as mmdet's get_flops takes
+# it; the test scale 1333x800 rounded) and ADE20K's 512x512.
 PAPER_SIZES = {'retinanet': (800, 1280), 'mask_rcnn': (800, 1280), 'semantic_fpn': (512, 512)}
 # Tables 6-8 as printed: parameters in M (our measured counts, rounded, must give these).
 PAPER_PARAMS_M = {'retinanet_lit_ti': 30, 'retinanet_lit_s': 39, 'mask_rcnn_lit_ti': 40, 'mask_rcnn_lit_s': 48,
@@ -32,7 +32,6 @@ COUNTED = {
                  f'{MASK_RCNN_MASK_ROIS} RoIs (mmdet get_flops); no transform, proposal NMS, RoIAlign or pasting',
     'semantic_fpn': 'backbone + FPN + FPNHead + resize of the logits to the input',
 }
-PARTS = ('backbone', 'neck', 'heads', 'total')
 
 
 def dense_model_name(task: str, variant: str) -> str:

@@ -18,7 +18,8 @@ speed-infer / speed-train (LIT-S vs Swin-T, bf16, `lit bench`, MFU against a bf1
 part), mem1024 (peak memory at 1024x1024), resume (1-process torchrun `lit train` killed with SIGKILL after a
 step checkpoint, resumed with --resume auto, compared with an uninterrupted run), train-amp (`lit train --amp
 --amp-dtype bfloat16`, one epoch of fashion-mnist-mini), figures (`lit attn-maps` on the device, `lit viz-offsets`,
-DTM offsets on CUDA vs CPU), compile-infer / compile-train (as speed-* under torch.compile; last, as the slowest).
+DTM offsets on CUDA vs CPU), dense (the official-parity dense backbones in float64, the six
+detection/segmentation models fwd+bwd under bf16, `lit detect` / `lit segment` on the device), compile-infer / compile-train (as speed-* under torch.compile; last, as the slowest).
 
 With no CUDA device (and no --device cpu) it prints one line and exits 1. Exit status: 0 when no part failed or
 timed out (benchmark targets missed are reported, not failures), else 1.
@@ -757,6 +758,97 @@ def part_figures(ctx: Ctx):
                       else ''))
 
 
+def part_dense(ctx: Ctx):
+    """The dense models on the device: the official-parity backbones (float64, main case of each fixture, the
+    torchvision CUDA deformable conv), every one of the six detectors/segmenters fwd+bwd under bf16 autocast and
+    inference in float32, and `lit detect` / `lit segment` on a photo with random weights."""
+    import torch
+    fixtures = ROOT / 'tests' / 'fixtures'
+    sys.path[:0] = [str(fixtures), str(fixtures / 'dense')]
+    import dense_lib
+    import parity_lib
+    from litcli.core.modelio.factory import dense_checkpoint
+    from litcli.models import create_dense_backbone
+    from litcli.models.dense_zoo import DENSE_MODEL_NAMES, create_dense_model
+
+    parity = {}
+    for variant, task, fixture, manifest in (('ti', 'detection', 'dense_ti.pt', 'manifest_ti_dense.json'),
+                                             ('s', 'detection', 'dense_s_det.pt', 'manifest_s_det.json'),
+                                             ('s', 'segmentation', 'dense_s_seg.pt', 'manifest_s_seg.json')):
+        rows = parity_lib.load_manifest(fixtures / 'dense' / manifest)
+        fx = torch.load(fixtures / 'dense' / fixture, weights_only=True)
+        model = create_dense_backbone(variant, task)
+        state = parity_lib.det_state_dict(rows)
+        state.update({k: v for k, v in model.state_dict().items() if k in parity_lib.skipped_keys(rows)})
+        model.load_state_dict(state, strict=True)
+        model = model.double().eval().to(ctx.device)
+        case = fx['cases'][fx.get('main_case', '256x352')]
+        with torch.no_grad():
+            outs = model(dense_lib.case_input(case, torch.float64).to(ctx.device))
+        diff = max(dense_lib.compare_case([o.cpu() for o in outs], case))
+        parity[f'{variant}-{task}'] = diff
+        del model
+    ctx.figures['parity_max_abs_diff_float64'] = parity
+    bad = [f'{k}: {v:.1e}' for k, v in parity.items() if not v <= 1e-8]
+
+    size = (512, 640) if ctx.cuda else (96, 128)
+    rows = {}
+    for name in DENSE_MODEL_NAMES:
+        torch.manual_seed(0)
+        kw = {} if ctx.cuda else {'img_scale': (size[1], size[0])} if not name.startswith('semantic') else {}
+        model = create_dense_model(name, **kw).to(ctx.device)
+        images = [torch.rand(3, *size, device=ctx.device)]
+        boxes = torch.tensor([[8., 8., size[1] / 2, size[0] / 2]], device=ctx.device)
+        mask = torch.zeros(1, *size, dtype=torch.uint8, device=ctx.device)
+        mask[:, 8:size[0] // 2, 8:size[1] // 2] = 1
+        try:
+            model.train()
+            sync(ctx)
+            t0 = time.perf_counter()
+            with autocast(ctx, torch.bfloat16):
+                if name.startswith('semantic'):
+                    x = torch.stack(images)
+                    losses = model(x, torch.randint(0, 150, (1, *size), device=ctx.device))
+                else:
+                    target = {'boxes': boxes, 'labels': torch.tensor([1], device=ctx.device), 'masks': mask}
+                    losses = model(images, [target])
+            loss = sum(losses.values())
+            loss.backward()
+            sync(ctx)
+            train_ms = ms(time.perf_counter() - t0)
+            finite = bool(torch.isfinite(loss)) and all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+            model.eval()
+            with torch.no_grad():
+                out = model(torch.stack(images)) if name.startswith('semantic') else model(images)
+            rows[name] = {'train_step_ms_bf16': train_ms, 'finite': finite,
+                          'eval_out': list(out.shape) if torch.is_tensor(out) else sorted(out[0])}
+            if not finite:
+                bad.append(f'{name}: non-finite loss or gradients under bf16')
+        except Exception as e:  # noqa: BLE001  (record the model, go on with the others)
+            rows[name] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'}
+            bad.append(f"{name}: {rows[name]['error']}")
+        del model
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+    ctx.figures['models'] = rows
+
+    photo = ROOT / 'assets' / 'photos' / 'chelsea.jpg'
+    for name, command in (('retinanet_lit_ti', 'detect'), ('semantic_fpn_lit_ti', 'segment')):
+        checkpoint = ctx.workdir / f'{name}.pt'
+        torch.save(dense_checkpoint(create_dense_model(name), name), checkpoint)
+        scale = [] if ctx.cuda else ['--img-scale', '320x192']
+        lit(ctx, command, photo, '--checkpoint', checkpoint, '--device', ctx.device, '--out',
+            ctx.workdir / command, *scale, timeout=240)
+        if not list((ctx.workdir / command).glob('*.png')):
+            raise Failed(f'lit {command} wrote no PNG')
+    ctx.summary = (f"parity {max(parity.values()):.1e} (float64, 3 backbones); "
+                   f"{sum(1 for r in rows.values() if r.get('finite'))}/{len(rows)} dense models fwd+bwd bf16; "
+                   f"lit detect/segment on {ctx.device}")
+    if bad:
+        raise Failed('; '.join(bad))
+
+
 PARTS = [
     Part('env', 'versions, device, DTM backend (lit env)', part_env, 60),
     Part('tests', 'pytest -m gpu (tests/), less the amp and compile ones', part_tests, 180, needs=('pytest',)),
@@ -770,6 +862,8 @@ PARTS = [
          needs=('yaml', 'PIL')),
     Part('train-amp', 'lit train --amp bf16, 1 epoch of the mini set', part_train_amp, 120, needs=('yaml',)),
     Part('figures', 'lit attn-maps, viz-offsets, offsets on the device', part_figures, 120, needs=('matplotlib',)),
+    Part('dense', 'dense backbones parity, the six models bf16, lit detect/segment', part_dense, 150,
+         needs=('PIL',)),
     Part('compile-infer', 'compiled = eager test; speed-infer under torch.compile', lambda c: speed(c, 'infer', True),
          240, cuda_only='torch.compile takes minutes on a CPU', slow=True, min_s=90),
     Part('compile-train', 'compiled = eager test; speed-train under torch.compile', lambda c: speed(c, 'train', True),

@@ -122,3 +122,18 @@ def test_resume_part_sigkill_then_resume_is_bit_identical_on_cpu(tmp_path):
     assert 16 < fig['checkpoint_step'] <= fig['killed_after_step'] < 32  # killed mid second epoch, after a save
     assert fig['resumed_from'] == f"epoch 1, step {fig['checkpoint_step']}"
     assert fig['bit_identical'] and fig['max_abs_weight_diff'] == 0.0
+
+
+@pytest.mark.slow
+def test_dense_part_dry_run(tmp_path):
+    """The dense part on the CPU: official parity of the three dense backbones (float64), the six models
+    fwd+bwd, lit detect / lit segment through the CLI."""
+    out = gpu_check('--device', 'cpu', '--parts', 'dense', '--out', tmp_path / 'r.json', '--workdir', tmp_path / 'w',
+                    timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    dense = json.loads((tmp_path / 'r.json').read_text())['parts'][0]
+    assert dense['status'] == 'pass'
+    assert len(dense['figures']['parity_max_abs_diff_float64']) == 3
+    assert max(dense['figures']['parity_max_abs_diff_float64'].values()) <= 1e-8
+    assert all(row.get('finite') for row in dense['figures']['models'].values()), dense['figures']['models']
+    assert len(dense['figures']['models']) == 6

@@ -3,7 +3,7 @@ ADE20K, each with a LIT-Ti and a LIT-S backbone. One entry per name says how to 
 official release file (mmdetection / mmsegmentation layout), where that file is, and what the paper reports.
 
     create_dense_model('semantic_fpn_lit_s')            # random weights, 150 ADE20K classes
-    name, state_dict, num_classes = convert_official(torch.load('sem_fpn_lit_s.pth')['state_dict'])
+    name, state_dict, num_classes = convert_official(torch.load('sem_fpn_lit_s.pth', weights_only=True)['state_dict'])
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple

@@ -4,7 +4,7 @@
     model = retinanet_lit('ti').eval()                 # 80 COCO classes, random weights
     detections = model([image_chw_0_to_1, ...])        # [{'boxes', 'scores', 'labels'}] in each image's pixels
     losses = model.train()(images, targets)            # targets: [{'boxes': (N, 4) xyxy, 'labels': (N,)}]
-    model.load_state_dict(retinanet_from_mmdet(torch.load('retina_lit_ti.pth')['state_dict']))
+    model.load_state_dict(retinanet_from_mmdet(torch.load('retina_lit_ti.pth', weights_only=True)['state_dict']))
 
 Labels are 0..num_classes-1 for both models, in and out (mmdet's: the index into the class names); Mask R-CNN
 adds torchvision's background class 0 inside its RoI heads only. Mask R-CNN also returns ``masks``, (N, 1, H, W)

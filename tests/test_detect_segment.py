@@ -349,3 +349,15 @@ def test_a_safetensors_file_of_a_dense_model_loads(tmp_path):
     assert loaded.preprocessing['img_scale'] == SMALL
     got = loaded.model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+
+
+def test_segment_a_very_wide_image():
+    """A 700x10 image resized to fit 256x160 is 4 px high, below the backbone's one stage-4 token: it is padded
+    for the network (the logits cropped back), not a traceback; the map covers the original image."""
+    torch.manual_seed(0)
+    model = create_dense_model('semantic_fpn_lit_ti', num_classes=3).eval()
+    preprocessing = dict(img_scale=SMALL, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    for height, width in ((10, 700), (700, 10)):
+        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
+        label_map = dense.segment(model, image, torch.device('cpu'), preprocessing)
+        assert label_map.shape == (height, width) and 0 <= label_map.min() and label_map.max() < 3

@@ -51,11 +51,15 @@ def segment(model, image: torch.Tensor, device: torch.device, preprocessing: Dic
     from litcli.models.detection import mmdet_resize_size
 
     height, width = image.shape[-2:]
-    size = mmdet_resize_size(height, width, preprocessing['img_scale'])
+    size = tuple(max(1, side) for side in mmdet_resize_size(height, width, preprocessing['img_scale']))
     x = F.interpolate(image[None].to(device).float() / 255, size=size, mode='bilinear', align_corners=False)
     mean, std = (torch.tensor(preprocessing[k], device=device).view(1, 3, 1, 1) for k in ('mean', 'std'))
+    # a very elongated image resizes below the backbone's smallest input (one stage-4 token), where the official
+    # code fails: pad it (after normalising, with 0, as mmseg pads) for the network and crop the logits back
+    least = getattr(getattr(model, 'backbone', None), 'min_input_side', 1)
+    pad = (0, max(0, least - size[1]), 0, max(0, least - size[0]))
     with torch.inference_mode():
-        logits = model((x - mean) / std)
+        logits = model(F.pad((x - mean) / std, pad))[..., :size[0], :size[1]]
         logits = F.interpolate(logits, size=(height, width), mode='bilinear', align_corners=False)
     return logits.argmax(dim=1)[0].cpu()
 

@@ -1,6 +1,7 @@
 """Files written by lit 0.1.0 (before the core/ redesign) load and give the answers 0.1.0 gave
 (tests/fixtures/README.md)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,13 @@ def test_old_checkpoint_resumes_and_exports(fixtures_dir, folder, tmp_path):
     result = lit('export', '--checkpoint', fixtures_dir / 'v0.1.0' / 'tiny_run.pt', '-f', 'safetensors',
                  '--out', tmp_path / 'again.safetensors')
     assert result.exit_code == 0, result.output
+
+
+def test_the_old_atomic_write_alias_still_hands_its_callback_a_file_name(tmp_path):
+    """``litcli.core.checkpoint.atomic_write(path, write)`` called ``write(name)`` with the temporary file's path."""
+    from litcli.core.checkpoint import atomic_write
+
+    path = tmp_path / 'out.txt'
+    atomic_write(path, lambda name: Path(name).write_text('written by name'))
+    assert path.read_text() == 'written by name'
+    assert [p.name for p in tmp_path.iterdir()] == ['out.txt']

@@ -361,3 +361,30 @@ def test_segment_a_very_wide_image():
         image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
         label_map = dense.segment(model, image, torch.device('cpu'), preprocessing)
         assert label_map.shape == (height, width) and 0 <= label_map.min() and label_map.max() < 3
+
+
+def test_no_output_file_takes_another_images_name(files, tmp_path):
+    """x.png's label map and the overlay of x-labels.png would both be x-labels.png: each image gets its own
+    files (and 'a', 'a' from two folders plus 'a-1' likewise)."""
+    photos = tmp_path / 'photos'
+    (photos / 'sub').mkdir(parents=True)
+    with Image.open(CAT) as cat:
+        for name, size in (('x.png', (40, 30)), ('x-labels.png', (50, 30)), ('a.png', (30, 40)),
+                           ('sub/a.png', (30, 50)), ('a-1.png', (30, 60))):
+            cat.resize(size).save(photos / name)
+    result = lit('segment', photos, '--checkpoint', files['semantic_fpn_lit_ti'], '--out', tmp_path / 'out', '--json')
+    assert result.exit_code == 0, result.output
+    images = json.loads(result.output)['images']
+    written = [item[k] for item in images for k in ('png', 'label_map')]
+    assert len(set(written)) == len(written) == 10, written
+    for item in images:
+        with Image.open(item['image']) as photo, Image.open(item['label_map']) as labels, \
+                Image.open(item['png']) as png:
+            assert labels.mode == 'P' and labels.size == photo.size and png.size[0] > photo.size[0]
+    assert stems_unique_for(['x', 'x-labels'], lambda s: [f'{s}.png', f'{s}-labels.png'])
+
+
+def stems_unique_for(names, outputs):
+    stems = dense.unique_stems([Path(f'{n}.jpg') for n in names], outputs)
+    files = [f for s in stems for f in outputs(s)]
+    return len(set(files)) == len(files)

@@ -167,11 +167,19 @@ def image_ids(stems: Sequence[str]) -> List[int]:
     return list(range(1, len(stems) + 1))
 
 
-def unique_stems(paths) -> List[str]:
-    """A file-name stem per image, unique within the run (a repeated stem gets -1, -2 ...: no file overwrites
-    another's output)."""
+def unique_stems(paths, outputs: Callable[[str], List[str]] = lambda stem: [stem]) -> List[str]:
+    """A file-name stem per image, unique within the run (a repeated stem gets -1, -2 ...), and such that no two
+    images' ``outputs(stem)`` share a file (x.jpg's x-labels.png and the overlay of x-labels.jpg): no file
+    overwrites another's output. ``outputs``: the files of one image, not those of the whole run."""
     stems = [p.stem for p in paths]
-    return [f'{s}-{i}' if stems.count(s) > 1 else s for i, s in enumerate(stems)]
+    taken, unique = set(), []
+    for stem in (f'{s}-{i}' if stems.count(s) > 1 else s for i, s in enumerate(stems)):
+        candidate, n = stem, 1
+        while taken & set(outputs(candidate)):
+            candidate, n = f'{stem}-{n}', n + 1
+        taken.update(outputs(candidate))
+        unique.append(candidate)
+    return unique
 
 
 def output_folder(out, default_base: str, default_name: str, files: Sequence[str], force: bool):
@@ -228,7 +236,8 @@ def start_run(kind: str, images: Sequence[str], checkpoint, pretrained: Optional
     pictures = [pil_to_tensor(load_image(p)) for p in paths]
     loaded = load_dense_model(checkpoint, pretrained, pretrained=pretrained is not None, kind=kind,
                               img_scale=img_scale)
-    stems = unique_stems(paths)
+    shared = set(outputs('0')) & set(outputs('1'))  # the run's own files (detections.json)
+    stems = unique_stems(paths, lambda stem: [f for f in outputs(stem) if f not in shared])
     folder = output_folder(out, f'runs/{DENSE_COMMANDS[kind].split()[-1]}', loaded.name,
                            [f for stem in stems for f in outputs(stem)], force)
     dev = resolve_device(device)

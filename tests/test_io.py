@@ -174,6 +174,21 @@ def test_each_kind_of_refused_write_names_its_problem(tmp_path, monkeypatch, cod
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_stream_is_written_in_place_not_replaced(tmp_path):
+    """--csv /dev/stdout, a FIFO: written into, never a plain file renamed over it (as root that replaced the
+    device or pipe in its folder, /dev/stdout included, and a reader of the pipe got nothing)."""
+    fifo = tmp_path / 'pipe'
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        lit_io.write_csv(fifo, [['a', 'b'], [1, 2]])
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert os.read(reader, 1000) == b'a,b\r\n1,2\r\n'
+    finally:
+        os.close(reader)
+    assert temporaries(tmp_path) == []
+
+
 def test_a_place_that_cannot_hold_the_file_is_one_line(tmp_path):
     (tmp_path / 'file').write_text('a file, not a folder')
     with pytest.raises(WriteError, match='cannot write .*file/sub/x.json: .*; choose another --out'):

@@ -13,6 +13,7 @@ import errno
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Optional, Sequence, Union
@@ -49,15 +50,15 @@ class _Sink(io.RawIOBase):
     (a library may swallow it and raise its own error). ``name`` is the temporary file's path. No ``fileno``, so
     no library writes around it."""
 
-    def __init__(self, fd: int, name: str):
+    def __init__(self, fd: int, name: str, seekable: bool = True):
         super().__init__()
-        self.fd, self.name, self.error, self.discard = fd, name, None, False
+        self.fd, self.name, self.error, self.discard, self._seekable = fd, name, None, False, seekable
 
     def writable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
-        return True
+        return self._seekable
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return os.lseek(self.fd, offset, whence)
@@ -83,8 +84,10 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], elsewhere: s
 
     On any failure the temporary file is removed and ``path`` is untouched; a failure to write (full disk, quota,
     read-only or forbidden place) is a ``WriteError`` whose fix ends in ``elsewhere``. Other errors of ``write``
-    (and Ctrl-C) propagate as they are."""
+    (and Ctrl-C) propagate as they are. A stream or device (``--csv /dev/stdout``, a FIFO) is written in place."""
     path = Path(path)
+    if _stream(path):
+        return _write_in_place(path, write, elsewhere)
     existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +130,45 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], elsewhere: s
     sink.discard = True  # the file is complete and closed: closing the buffer writes nothing
     f.close()
     fsync_dir(path.parent)
+    return path
+
+
+def _stream(path: Path) -> bool:
+    """Whether ``path`` is a stream or a device (``/dev/stdout``, ``/dev/null``, a FIFO, ``/proc/self/fd/N``):
+    nothing a rename could replace, and renaming over it would swap the device or pipe for a plain file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return True
+    # /dev/stdout, /dev/fd/1, /proc/self/fd/1 redirected to a file: the file this process is already writing
+    return os.path.realpath(path.parent).startswith('/proc/') or \
+        (path.is_symlink() and os.readlink(path).startswith('/proc/'))
+
+
+def _write_in_place(path: Path, write: Callable[[BinaryIO], None], elsewhere: str) -> Path:
+    """``write(f)`` straight into the stream or device ``path`` (no temporary file, no fsync); a failure to write
+    is the same one-line ``WriteError``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # as open(path, 'w') did
+    except OSError as e:
+        raise write_error(path, e, elsewhere) from None
+    sink = _Sink(fd, str(path), seekable=False)
+    f = io.BufferedWriter(sink, BUFFER)
+    try:
+        write(f)
+        if not f.closed:
+            f.flush()
+    except BaseException as e:
+        sink.discard = True
+        os.close(fd)
+        if isinstance(e, Exception) and sink.error is not None:
+            raise write_error(path, sink.error, elsewhere) from e
+        raise
+    sink.discard = True
+    f.close()
+    os.close(fd)
     return path
 
 

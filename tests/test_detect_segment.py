@@ -388,3 +388,26 @@ def stems_unique_for(names, outputs):
     stems = dense.unique_stems([Path(f'{n}.jpg') for n in names], outputs)
     files = [f for s in stems for f in outputs(s)]
     return len(set(files)) == len(files)
+
+
+def test_a_folder_is_read_one_image_at_a_time(files, tmp_path, monkeypatch):
+    """Every image is checked before any work, but only the one being segmented is held decoded: a folder of many
+    photos does not need them all in memory at once."""
+    import gc
+    import weakref
+
+    for i in range(3):
+        with Image.open(CAT) as cat:
+            cat.resize((40, 30)).save(tmp_path / f'{i}.png')
+    alive, real_segment = [], dense.segment
+
+    def segment(model, picture, *args):
+        gc.collect()
+        assert all(ref() is None for ref in alive), 'an earlier picture is still held'
+        alive.append(weakref.ref(picture))
+        return real_segment(model, picture, *args)
+
+    monkeypatch.setattr(dense, 'segment', segment)
+    from litcli.commands import segment as command
+    result = command.run([str(tmp_path)], files['semantic_fpn_lit_ti'], out=tmp_path / 'out')
+    assert len(alive) == len(result['images']) == 3

@@ -6,7 +6,7 @@ Images are (3, H, W) uint8 RGB tensors; every coordinate returned is in the orig
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -202,11 +202,11 @@ def output_folder(out, default_base: str, default_name: str, files: Sequence[str
 
 @dataclass
 class DenseRun:
-    """What ``lit detect`` / ``lit segment`` work on: the images (paths, output stems, (3, H, W) uint8 pictures),
-    the loaded model (on ``device``) and the output folder."""
+    """What ``lit detect`` / ``lit segment`` work on: the images (paths, output stems, (3, H, W) uint8 pictures,
+    decoded one at a time as ``pictures`` is iterated), the loaded model (on ``device``) and the output folder."""
     paths: List[Path]
     stems: List[str]
-    pictures: List[torch.Tensor]
+    pictures: Iterable[torch.Tensor]
     loaded: object  # litcli.core.modelio.factory.LoadedDenseModel
     device: torch.device
     out: Path
@@ -233,7 +233,9 @@ def start_run(kind: str, images: Sequence[str], checkpoint, pretrained: Optional
         raise UsageError(f'{DENSE_COMMANDS[kind]} needs trained weights: pass --checkpoint PATH or --pretrained NAME '
                          f'(lit weights lists the released ones)')
     paths = expand_images(images)
-    pictures = [pil_to_tensor(load_image(p)) for p in paths]
+    for p in paths:  # every image opens before any work; only the one being worked on is held decoded
+        load_image(p)
+    pictures = map(lambda p: pil_to_tensor(load_image(p)), paths)
     loaded = load_dense_model(checkpoint, pretrained, pretrained=pretrained is not None, kind=kind,
                               img_scale=img_scale)
     shared = set(outputs('0')) & set(outputs('1'))  # the run's own files (detections.json)

@@ -421,6 +421,24 @@ def test_pack_cleans_up_after_ctrl_c_and_lets_it_through(tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
+def test_ctrl_c_right_after_a_shard_moved_into_place_removes_it_too(tmp_path, monkeypatch):
+    """The signal lands just after a shard was renamed from .lit-pack-partial/ into OUT: that shard goes too."""
+    pytest.importorskip('webdataset')
+    from litcli.core.data import pack as pack_module
+
+    src, out = make_folder(tmp_path / 'src', n_train=20, n_val=4), tmp_path / 'out'
+    real = os.replace
+
+    def replace(a, b):
+        real(a, b)
+        if Path(b).parent == out and Path(b).suffix == '.tar':
+            raise KeyboardInterrupt
+    monkeypatch.setattr(pack_module.os, 'replace', replace)
+    with pytest.raises(KeyboardInterrupt):
+        pack_module.pack(src, out, shard_size=12_000, log=lambda m: None)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize('sig, code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_pack_removes_its_partial_shards(tmp_path, sig, code):
     pytest.importorskip('webdataset')

@@ -102,8 +102,8 @@ def pack(src: Path, out: Path, shard_size: int = 500 * 10 ** 6, splits: Sequence
                         log)
         for split in folders:
             for shard in index['splits'][split]['shards']:
+                moved.append(out / shard['name'])  # first: a signal right after the rename still finds it
                 os.replace(partial / shard['name'], out / shard['name'])
-                moved.append(out / shard['name'])
         fsync_dir(out)
         write_json(out / INDEX_NAME, index, ELSEWHERE, indent=1)  # last: a folder with an index is complete
     except BaseException as e:

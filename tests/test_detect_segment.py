@@ -411,3 +411,20 @@ def test_a_folder_is_read_one_image_at_a_time(files, tmp_path, monkeypatch):
     from litcli.commands import segment as command
     result = command.run([str(tmp_path)], files['semantic_fpn_lit_ti'], out=tmp_path / 'out')
     assert len(alive) == len(result['images']) == 3
+
+
+def test_a_checkpoint_of_a_model_with_other_classes_loads(tmp_path):
+    """dense_checkpoint records the model's own number of classes (not the dataset's) when no names are given:
+    the file loads back strictly, the classes named 'class i'; names of another count are refused."""
+    for name, classes in (('semantic_fpn_lit_ti', 3), ('retinanet_lit_ti', 5), ('mask_rcnn_lit_ti', 2)):
+        torch.manual_seed(0)
+        model = create_dense_model(name, num_classes=classes)
+        saved = dense_checkpoint(model, name)
+        assert saved['num_classes'] == classes and saved['class_names'] == [f'class {i}' for i in range(classes)]
+        torch.save(saved, tmp_path / f'{name}.pth')
+        loaded = load_dense_model(tmp_path / f'{name}.pth')
+        assert loaded.num_classes == classes and loaded.category_ids == list(range(1, classes + 1))
+        got = loaded.model.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(UsageError, match='2 class names for a model of 3 classes'):
+        dense_checkpoint(create_dense_model('semantic_fpn_lit_ti', num_classes=3), 'semantic_fpn_lit_ti', ['a', 'b'])

@@ -383,11 +383,23 @@ class LoadedDenseModel:
 def dense_checkpoint(model, name: str, class_names: Optional[List[str]] = None, **metadata) -> Dict:
     """The plain dict a lit dense checkpoint holds (``save_checkpoint`` writes it; ``load_dense_model`` reads it):
     ``{'model': state_dict, 'variant': name, 'task', 'num_classes', 'class_names', **metadata}``, the keys a
-    ``lit train`` classification checkpoint records its model with. ``class_names`` default to the dataset's."""
+    ``lit train`` classification checkpoint records its model with. ``class_names`` default to the dataset's (for
+    a model of the dataset's classes; 'class 0', ... otherwise)."""
     from litcli.models.dense_zoo import dense_model
 
     entry = dense_model(name)
-    names = list(class_names) if class_names is not None else list(entry.class_names)
+    if entry.task == 'semantic_fpn':
+        num_classes = model.num_classes
+    elif entry.task == 'retinanet':
+        num_classes = model.head.classification_head.num_classes
+    else:  # Mask R-CNN: torchvision's background row 0 besides the classes
+        num_classes = model.roi_heads.box_predictor.cls_score.out_features - 1
+    if class_names is None:
+        class_names = entry.class_names if num_classes == entry.num_classes else \
+            [f'class {i}' for i in range(num_classes)]
+    names = list(class_names)
+    if len(names) != num_classes:
+        raise UsageError(f'{len(names)} class names for a model of {num_classes} classes')
     return {'model': model.state_dict(), 'variant': name, 'task': entry.task, 'num_classes': len(names),
             'class_names': names, **metadata}
 

@@ -428,3 +428,15 @@ def test_a_checkpoint_of_a_model_with_other_classes_loads(tmp_path):
         assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
     with pytest.raises(UsageError, match='2 class names for a model of 3 classes'):
         dense_checkpoint(create_dense_model('semantic_fpn_lit_ti', num_classes=3), 'semantic_fpn_lit_ti', ['a', 'b'])
+
+
+def test_an_input_in_out_is_read_before_it_is_overwritten(files, tmp_path):
+    """--out the photos' own folder with --force: x.png's label map replaces x-labels.png, an input named after it;
+    that input is segmented as it was, not as the label map written over it."""
+    with Image.open(CAT) as cat:
+        cat.resize((40, 30)).save(tmp_path / 'x.png')
+        cat.resize((50, 36)).save(tmp_path / 'x-labels.png')
+    result = lit('segment', tmp_path / 'x.png', tmp_path / 'x-labels.png', '--checkpoint', files['semantic_fpn_lit_ti'],
+                 '--out', tmp_path, '--force', '--json')
+    assert result.exit_code == 0, result.output
+    assert [(i['width'], i['height']) for i in json.loads(result.output)['images']] == [(40, 30), (50, 36)]

@@ -235,13 +235,16 @@ def start_run(kind: str, images: Sequence[str], checkpoint, pretrained: Optional
     paths = expand_images(images)
     for p in paths:  # every image opens before any work; only the one being worked on is held decoded
         load_image(p)
-    pictures = map(lambda p: pil_to_tensor(load_image(p)), paths)
     loaded = load_dense_model(checkpoint, pretrained, pretrained=pretrained is not None, kind=kind,
                               img_scale=img_scale)
     shared = set(outputs('0')) & set(outputs('1'))  # the run's own files (detections.json)
     stems = unique_stems(paths, lambda stem: [f for f in outputs(stem) if f not in shared])
     folder = output_folder(out, f'runs/{DENSE_COMMANDS[kind].split()[-1]}', loaded.name,
                            [f for stem in stems for f in outputs(stem)], force)
+    # an input that an output file replaces (--out its folder, --force) is read now, before anything is written
+    written = {(folder / f).resolve() for stem in stems for f in outputs(stem)}
+    held = {p: pil_to_tensor(load_image(p)) for p in paths if p.resolve() in written}
+    pictures = (held.pop(p) if p in held else pil_to_tensor(load_image(p)) for p in paths)
     dev = resolve_device(device)
     loaded.model.to(dev)
     return DenseRun(paths, stems, pictures, loaded, dev, folder)

@@ -199,6 +199,7 @@ OLD_OR_NEW = '''
 import sys
 from litcli.core.io import write_bytes
 path, n = sys.argv[1], int(sys.argv[2])
+write_bytes(path, b'b' * n)  # the file exists before the kill can come
 print('ready', flush=True)
 for i in range(10 ** 6):
     write_bytes(path, (b'ab'[i % 2:i % 2 + 1]) * n)

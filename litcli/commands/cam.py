@@ -49,10 +49,9 @@ def run(images: Sequence[str], checkpoint: Path, method: str = 'gradcam', stage:
     """
     import numpy as np
     import torch
-    from PIL import Image
 
     from litcli.core.analysis.cam import CLASS_AGNOSTIC, METHODS, compute_cams, grad_cam_package, overlay, stage_target
-    from litcli.core.io import atomic_write
+    from litcli.core.io import save_png
     from litcli.core.modelio.factory import load_model
     from litcli.core.analysis.figures import MIN_PANEL_PX
     from litcli.core.data.images import expand_images, load_image
@@ -109,7 +108,7 @@ def run(images: Sequence[str], checkpoint: Path, method: str = 'gradcam', stage:
         for c, file in jobs:
             cam = compute_cams(model, x, method, stage, [c if c is not None else result['top1']['index']])[0]
             picture = overlay(np.ascontiguousarray(frame), cam, MIN_PANEL_PX)
-            atomic_write(file, lambda f: Image.fromarray(picture).save(f, format='PNG'), 'choose another --out')
+            save_png(file, picture, 'choose another --out')
             entry = dict(png=str(file), width=picture.shape[1], height=picture.shape[0])
             if c is not None:
                 entry.update(index=c, label=names[c], prob=float(probs[i, c]))

@@ -26,10 +26,8 @@ def run(images: Sequence[str], checkpoint: Optional[Path] = None, pretrained: Op
     ``runs/detect/<model>[-N]``; existing files in a given ``out`` are replaced only with ``force``.
     ``img_scale``: the test resize (default the official (1333, 800)). Returns what was found and written."""
     check_score_threshold(score_thr)
-    from PIL import Image
-
     from litcli.core.analysis import dense
-    from litcli.core.io import atomic_write, write_json
+    from litcli.core.io import save_png, write_json
 
     run_ = dense.start_run('detection', images, checkpoint, pretrained, img_scale, device, out, force,
                            lambda stem: [f'{stem}.png', 'detections.json'])
@@ -42,7 +40,7 @@ def run(images: Sequence[str], checkpoint: Optional[Path] = None, pretrained: Op
         found = dense.detect(model, picture, run_.device, score_thr)
         drawn = dense.draw_detections(picture, found, loaded.class_names, colours)
         png = run_.out / f'{stem}.png'
-        atomic_write(png, lambda f: Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(f, format='PNG'))
+        save_png(png, drawn.permute(1, 2, 0).numpy(), 'choose another --out')
         coco.extend(dense.coco_results(image_id, found, loaded.category_ids))
         results.append(dict(image=str(path), image_id=image_id, png=str(png), width=picture.shape[2],
                             height=picture.shape[1], detections=[
@@ -51,7 +49,7 @@ def run(images: Sequence[str], checkpoint: Optional[Path] = None, pretrained: Op
                                 for b, s, c in zip(found['boxes'].tolist(), found['scores'].tolist(),
                                                    found['labels'].tolist())]))
     results_file = run_.out / 'detections.json'
-    write_json(results_file, coco, indent=None)
+    write_json(results_file, coco, 'choose another --out', indent=None)
     masks = None
     if loaded.task == 'mask_rcnn':
         masks = 'RLE in detections.json' if dense.mask_encoder() else \

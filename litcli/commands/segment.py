@@ -18,10 +18,8 @@ def run(images: Sequence[str], checkpoint: Optional[Path] = None, pretrained: Op
 
     if not 0 <= alpha <= 1:
         raise UsageError(f'alpha {alpha:g} is outside [0, 1] (0: the photo alone, 1: the class colours alone)')
-    from PIL import Image
-
     from litcli.core.analysis import dense
-    from litcli.core.io import atomic_write
+    from litcli.core.io import save_png
 
     run_ = dense.start_run('segmentation', images, checkpoint, pretrained, img_scale, device, out, force,
                            lambda stem: [f'{stem}.png', f'{stem}-labels.png'])
@@ -32,9 +30,8 @@ def run(images: Sequence[str], checkpoint: Optional[Path] = None, pretrained: Op
         label_map = dense.segment(loaded.model, picture, run_.device, loaded.preprocessing)
         drawn, legend = dense.draw_segmentation(picture, label_map, loaded.class_names, colours, alpha)
         png, labels_png = run_.out / f'{stem}.png', run_.out / f'{stem}-labels.png'
-        atomic_write(png, lambda f: Image.fromarray(drawn).save(f, format='PNG'))
-        label_image = dense.label_map_image(label_map, colours)
-        atomic_write(labels_png, lambda f: label_image.save(f, format='PNG'))
+        save_png(png, drawn, 'choose another --out')
+        save_png(labels_png, dense.label_map_image(label_map, colours), 'choose another --out')
         results.append(dict(image=str(path), png=str(png), label_map=str(labels_png), width=picture.shape[2],
                             height=picture.shape[1], classes=legend))
     return dict(model=run_.model_summary(),

@@ -5,7 +5,7 @@ failed write leaves no temporary file and the old file as it was.
 Every byte goes to the OS through ``_write`` (tests replace it to simulate a full disk), so a full disk, a quota,
 a read-only or forbidden place is one ``WriteError`` naming the file, the problem and the fix, whichever library
 fills the file (``torch.save`` turns a failed write into a RuntimeError of its own: the OSError underneath is the
-one reported). ``write_bytes`` / ``write_text`` / ``write_json`` / ``write_csv`` / ``save_figure`` cover the
+one reported). ``write_bytes`` / ``write_text`` / ``write_json`` / ``write_csv`` / ``save_png`` / ``save_figure`` cover the
 common cases; ``elsewhere`` is the caller's way out ("choose another --out").
 """
 import csv
@@ -218,6 +218,14 @@ def write_csv(path: PathLike, rows: Iterable[Sequence], elsewhere: str = ELSEWHE
     text = io.StringIO(newline='')
     csv.writer(text).writerows(rows)
     return write_text(path, text.getvalue(), elsewhere)
+
+
+def save_png(path: PathLike, image, elsewhere: str = ELSEWHERE) -> Path:
+    """A PIL image, or an (H, W[, C]) uint8 array, as a PNG file."""
+    from PIL import Image
+
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    return atomic_write(path, lambda f: picture.save(f, format='PNG'), elsewhere)
 
 
 def save_figure(fig, path: PathLike, elsewhere: str = ELSEWHERE, **savefig_kwargs) -> Path:

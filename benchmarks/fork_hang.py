@@ -50,8 +50,8 @@ def run_mode(mode: str, rounds: int, timeout: float) -> int:
     from torch.utils.data import DataLoader
 
     if mode == 'lit':
-        from litcli.core.data.loaders import _loader_kwargs
-        kwargs = {**_loader_kwargs(2, torch.device('cpu'), None), 'persistent_workers': False}
+        from litcli.core.data.loaders import loader_kwargs
+        kwargs = {**loader_kwargs(2, torch.device('cpu'), None), 'persistent_workers': False}
     else:
         kwargs = dict(num_workers=2)
     hung = 0

@@ -73,9 +73,9 @@ def test_data_loader_workers_start_from_a_forkserver_that_stays_quiet_when_the_m
     a hook that drops such a failure once the main process (named to the server at its start) has exited."""
     import torch
 
-    from litcli.core.data.loaders import _loader_kwargs
+    from litcli.core.data.loaders import loader_kwargs
 
-    loader = torch.utils.data.DataLoader(_Names(), batch_size=None, **_loader_kwargs(1, torch.device('cpu'), None))
+    loader = torch.utils.data.DataLoader(_Names(), batch_size=None, **loader_kwargs(1, torch.device('cpu'), None))
     assert list(loader) == ['quiet_orphaned_worker_starts.<locals>.hook']
 
 

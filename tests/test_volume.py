@@ -219,11 +219,11 @@ def test_workers_still_stop_when_the_main_process_exits(tmp_path, start):
     live persistent-worker loader (multiprocessing terminates and joins its children at exit) must not hang, with
     lit's loader settings (workers of a forkserver) or ignore_stop_signals on torch's default fork."""
     script = tmp_path / 'exit.py'
-    kwargs = ("_loader_kwargs(2, torch.device('cpu'), None)" if start == 'lit' else
+    kwargs = ("loader_kwargs(2, torch.device('cpu'), None)" if start == 'lit' else
               "dict(num_workers=2, persistent_workers=True, worker_init_fn=ignore_stop_signals)")
     script.write_text(
         'import torch\n'
-        'from litcli.core.data.loaders import _loader_kwargs\n'
+        'from litcli.core.data.loaders import loader_kwargs\n'
         'from litcli.core.runtime import ignore_stop_signals\n'
         "if __name__ == '__main__':\n"
         f'    loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, **{kwargs})\n'
@@ -251,9 +251,9 @@ def test_workers_and_their_server_exit_when_the_main_process_is_killed(tmp_path)
     script.write_text(
         'import time, torch\n'
         'from multiprocessing import forkserver\n'
-        'from litcli.core.data.loaders import _loader_kwargs\n'
+        'from litcli.core.data.loaders import loader_kwargs\n'
         "if __name__ == '__main__':\n"
-        "    loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, **_loader_kwargs(2, torch.device('cpu'), None))\n"
+        "    loader = torch.utils.data.DataLoader(list(range(100)), batch_size=4, **loader_kwargs(2, torch.device('cpu'), None))\n"
         '    it = iter(loader)\n'
         '    next(it)\n'
         "    print(forkserver._forkserver._forkserver_pid, *[w.pid for w in it._workers], flush=True)\n"
@@ -315,7 +315,7 @@ def test_workers_are_not_forked_from_the_threaded_main_process(tmp_path):
     script.write_text(
         'import json, os, threading, torch\n'
         'from multiprocessing import forkserver\n'
-        'from litcli.core.data.loaders import _loader_kwargs\n'
+        'from litcli.core.data.loaders import loader_kwargs\n'
         'class ParentOfWorker(torch.utils.data.Dataset):\n'
         '    def __len__(self):\n'
         '        return 4\n'
@@ -324,7 +324,7 @@ def test_workers_are_not_forked_from_the_threaded_main_process(tmp_path):
         "if __name__ == '__main__':\n"
         '    busy = threading.Event()\n'
         '    threading.Thread(target=busy.wait, daemon=True).start()  # multi-threaded, as under DDP\n'
-        "    kwargs = _loader_kwargs(2, torch.device('cpu'), None)\n"
+        "    kwargs = loader_kwargs(2, torch.device('cpu'), None)\n"
         '    parents = torch.utils.data.DataLoader(ParentOfWorker(), batch_size=1, **kwargs)\n'
         '    print(json.dumps(dict(start=kwargs["multiprocessing_context"].get_start_method(), main=os.getpid(),\n'
         '                          server=forkserver._forkserver._forkserver_pid,\n'

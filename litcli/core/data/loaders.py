@@ -229,7 +229,7 @@ def worker_context():
     return context
 
 
-def _loader_kwargs(workers: int, device: torch.device, prefetch_factor: Optional[int]) -> Dict:
+def loader_kwargs(workers: int, device: torch.device, prefetch_factor: Optional[int]) -> Dict:
     # A private generator: each iter(DataLoader) draws its workers' base seed from it, which would otherwise advance
     # the global torch stream (restored by a resume) at every epoch start and evaluation.
     kwargs = dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0,
@@ -254,7 +254,7 @@ def build_train_loader(dataset, cfg: Dict, world: World, device: torch.device, d
     batches only, finished on ``device`` (random erasing ``cfg['reprob']`` there). ``fast``: the built-ins' tensor
     path (moved only; the step augments and normalises the batch)."""
     workers, batch = cfg['workers'], cfg['batch_size']
-    kwargs = _loader_kwargs(workers, device, cfg.get('prefetch_factor'))
+    kwargs = loader_kwargs(workers, device, cfg.get('prefetch_factor'))
     if isinstance(dataset, IterableDataset):  # shards: the dataset splits itself across ranks and workers
         dataset.configure(world.rank, world.world_size, batch, workers, training=True)
         loader = DataLoader(dataset, batch_size=batch, drop_last=True, **kwargs)
@@ -276,7 +276,7 @@ def build_eval_loader(dataset, batch_size: int, workers: int, world: World, devi
                       normalize: bool = True, prefetch_factor: Optional[int] = None) -> DeviceLoader:
     """An evaluation loader over this rank's disjoint share of ``dataset`` (every image once across ranks and
     workers, no padding), unreadable images left out, finished on ``device``."""
-    kwargs = _loader_kwargs(workers, device, prefetch_factor)
+    kwargs = loader_kwargs(workers, device, prefetch_factor)
     target = None
     if isinstance(dataset, IterableDataset):
         dataset.configure(world.rank, world.world_size, batch_size, workers, training=False)

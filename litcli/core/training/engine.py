@@ -39,6 +39,8 @@ class TrainSetup:
     ema: Any = None  # timm ModelEmaV3
     channels_last: bool = False
     batch_transform: Optional[Callable] = None  # augmentation/normalisation on the whole batch (built-in sets)
+    # dense tasks: (module, batch) -> (loss, images in the batch), instead of loss_fn(module(x), y)
+    forward_loss: Optional[Callable[[nn.Module, Any], tuple]] = None
 
 
 class DataTimer:
@@ -120,22 +122,21 @@ def train_one_epoch(setup: TrainSetup, loader, epoch: int, num_updates: int, sta
     optimizer.zero_grad(set_to_none=True)
     step_lr = optimizer.param_groups[0]['lr']  # the rate the latest update used (the schedule moves after it)
     step_lrs = group_lrs(optimizer)  # the same, per parameter group (decay / no_decay / offset)
-    for batch_idx, (x, y) in enumerate(timer, start=start_batch):
+    for batch_idx, batch in enumerate(timer, start=start_batch):
         if batch_idx >= usable_batches:
             batch_idx -= 1
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if s.batch_transform is not None:  # augmentation/normalisation done on the whole batch (built-in sets)
-            x = s.batch_transform(x)
-        if s.mixup is not None:
-            x, y = s.mixup(x, y)
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         need_update = (batch_idx + 1) % grad_accum_steps == 0
         sync = contextlib.nullcontext() if need_update or no_sync is None else no_sync()
         with sync:  # forward and backward inside: DDP decides at backward whether to all-reduce
-            with s.autocast():
-                loss = s.loss_fn(model(x), y)
+            if s.forward_loss is not None:
+                with s.autocast():
+                    loss, batch_images = s.forward_loss(model, batch)
+            else:
+                x, y = _classification_batch(s, batch)
+                batch_images = x.shape[0]
+                with s.autocast():
+                    loss = s.loss_fn(model(x), y)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(num_updates + 1, epoch, loss_value)
@@ -152,9 +153,9 @@ def train_one_epoch(setup: TrainSetup, loader, epoch: int, num_updates: int, sta
         if need_update:
             step_lr = optimizer.param_groups[0]['lr']
             step_lrs = group_lrs(optimizer)
-        loss_sum += loss_value * x.shape[0]
-        loss_count += x.shape[0]
-        images += x.shape[0]
+        loss_sum += loss_value * batch_images
+        loss_count += batch_images
+        images += batch_images
         if not need_update:
             continue
         optimizer.zero_grad(set_to_none=True)
@@ -177,7 +178,7 @@ def train_one_epoch(setup: TrainSetup, loader, epoch: int, num_updates: int, sta
             on_step(dict(epoch=epoch, step=num_updates, batch=position, total=updates_per_epoch, loss=loss_value,
                          lr=step_lr, lrs=step_lrs, img_per_s=images / max(elapsed, 1e-9),
                          elapsed=elapsed / max(done_here, 1) * position, data_s=data_s, compute_s=compute_s,
-                         images=x.shape[0] * grad_accum_steps, first=done_here == 1))
+                         images=batch_images * grad_accum_steps, first=done_here == 1))
         if stopped:
             break
     if device.type == 'cuda':
@@ -187,6 +188,20 @@ def train_one_epoch(setup: TrainSetup, loader, epoch: int, num_updates: int, sta
                 img_per_s=images / max(elapsed, 1e-9), num_updates=num_updates, train_time_s=elapsed,
                 data_s=timer.data_s, compute_s=max(elapsed - timer.data_s, 0.0),
                 stopped=stopped, batch=batch_idx + 1, loss_totals=(loss_sum, loss_count))
+
+
+def _classification_batch(s: TrainSetup, batch):
+    """(inputs, targets) of a classification batch on the device: the built-in sets' batch augmentation, Mixup /
+    CutMix, channels-last."""
+    x, y = batch
+    x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+    if s.batch_transform is not None:  # augmentation/normalisation done on the whole batch (built-in sets)
+        x = s.batch_transform(x)
+    if s.mixup is not None:
+        x, y = s.mixup(x, y)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
 
 
 @torch.no_grad()

@@ -12,6 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# moved to training (the evaluation writes them too); imported here for this module's callers
+from litcli.core.training.dense_metrics import coco_results, mask_encoder  # noqa: F401
+
 Colour = Tuple[int, int, int]
 LEGEND_ROW_PX = 18  # height of one legend row (swatch and name)
 LEGEND_SWATCH_PX = 12
@@ -128,35 +131,6 @@ def label_map_image(label_map: torch.Tensor, colours: Sequence[Colour]):
     picture = Image.fromarray(labels.astype(np.uint8), mode='P')
     picture.putpalette([c for colour in colours for c in colour])
     return picture
-
-
-def coco_results(image_id: int, detections: Dict[str, torch.Tensor], category_ids: Sequence[int]) -> List[Dict]:
-    """Detections in COCO's results format: {image_id, category_id, bbox [x, y, w, h], score} per detection, plus
-    ``segmentation`` (compressed RLE, pycocotools) for masks when pycocotools is installed."""
-    encode = mask_encoder() if 'masks' in detections else None
-    results = []
-    for k, (box, score, label) in enumerate(zip(detections['boxes'].tolist(), detections['scores'].tolist(),
-                                                detections['labels'].tolist())):
-        x0, y0, x1, y1 = box
-        item = dict(image_id=image_id, category_id=int(category_ids[label]),
-                    bbox=[round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], score=round(score, 5))
-        if encode is not None:
-            item['segmentation'] = encode(detections['masks'][k])
-        results.append(item)
-    return results
-
-
-def mask_encoder():
-    """A function (H, W) bool mask -> COCO compressed RLE {'size', 'counts' (str)}, or None without pycocotools."""
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError:
-        return None
-
-    def encode(mask: torch.Tensor) -> Dict:
-        rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
-        return dict(size=[int(s) for s in rle['size']], counts=rle['counts'].decode('ascii'))
-    return encode
 
 
 def image_ids(stems: Sequence[str]) -> List[int]:

@@ -9,6 +9,9 @@ Learning rates (docs/training.md, "Configuration"): ``lr`` is absolute; when it 
 ``warmup_lr`` and ``min_lr`` are absolute for LIT-Ti (1e-6, 1e-5) and, for the Swin-style S/M/B recipe, base
 values scaled the same way (``scale_lr_bounds``: 5e-7 and 5e-6, i.e. 1e-6 and 1e-5 at batch 1024).
 
+The dense tasks (RetinaNet, Mask R-CNN, Semantic FPN) have their own recipes, data presets and merge below
+(``new_dense_run_config``: recipe < data preset < YAML < flags).
+
 Light on purpose (no torch): the CLI reads the variant names from here.
 """
 import copy
@@ -204,11 +207,10 @@ def recipe(variant: str) -> Dict[str, Any]:
     return copy.deepcopy(RECIPES[name])
 
 
-def load_config_file(path) -> Dict[str, Any]:
-    """Read a YAML config; unknown keys are an error naming them (a typo must not be ignored silently)."""
+def _read_config_mapping(path: Path) -> Dict[str, Any]:
+    """The mapping a YAML config file holds; a one-line LitError when it is missing, not YAML or not a mapping."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise LitError(f'config file not found: {path}')
     try:
@@ -217,6 +219,13 @@ def load_config_file(path) -> Dict[str, Any]:
         raise LitError(f'{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file')
     if not isinstance(cfg, dict):
         raise LitError(f'{path} must hold a mapping of settings, not a {type(cfg).__name__}')
+    return cfg
+
+
+def load_config_file(path) -> Dict[str, Any]:
+    """Read a YAML config; unknown keys are an error naming them (a typo must not be ignored silently)."""
+    path = Path(path)
+    cfg = _read_config_mapping(path)
     unknown = sorted(set(cfg) - CONFIG_KEYS)
     if unknown:
         raise LitError(f'{path}: unknown setting(s) {", ".join(unknown)}; valid keys are those in config.yaml '
@@ -311,3 +320,229 @@ def new_run_config(config_file=None, overrides: Optional[Dict[str, Any]] = None)
     cfg = resolve_config(overrides=overrides, base=demo_config() if demo else None, file_cfg=file_cfg)
     cfg['demo_config'] = demo
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dense prediction (issue 30): RetinaNet / Mask R-CNN / Semantic FPN with LIT backbones
+#
+# The official recipes (the ziplab/LIT mmdet 2.11 / mmseg 0.13 configs; docs/detection-segmentation.md) as flat
+# dicts of plain types, one per (task, variant); shipped as ``litcli/recipes/<task>_lit_<variant>.yaml`` (a test
+# keeps them equal). One representation of the length of a run for every task:
+#   ``epochs`` x ``updates_per_epoch`` optimizer updates, validation (and the epoch-end checkpoint) after each epoch;
+#   ``updates_per_epoch`` None = one pass over the training set (detection: mmdet's epoch-based 1x schedule, 12
+#   epochs), an int = that many updates whatever the set's size (segmentation: mmseg's 80k iterations = 10 periods
+#   of 8000 updates, its evaluation interval). ``decay_epochs`` count in these epochs.
+# Schedules (stepped per update, litcli.core.training.optim.create_dense_scheduler): 'multistep' (lr x decay_rate
+# from each of decay_epochs on) or 'poly' ((lr - min_lr) x (1 - t/T) ** poly_power + min_lr), both with mmcv's
+# linear warmup over ``warmup_iters`` updates from ``warmup_ratio`` x lr (0 updates: none).
+
+DENSE_TASKS = ('retinanet', 'mask_rcnn', 'semantic_fpn')
+DENSE_TASK_CLI = {task: task.replace('_', '-') for task in DENSE_TASKS}  # what the CLI shows: mask-rcnn, ...
+DENSE_VARIANTS = ('ti', 's')  # the paper's dense backbones (Tables 6-8): LIT-Ti and LIT-S only
+DENSE_SCHEDULES = ('multistep', 'poly')
+DETECTION_TASKS = ('retinanet', 'mask_rcnn')
+
+_DENSE_COMMON = dict(
+    task=None,                # 'retinanet' | 'mask_rcnn' | 'semantic_fpn'
+    variant=None,             # 'ti' | 's': the LIT backbone (the model is <task>_lit_<variant>)
+    data=None,                # coco:ROOT, ade20k:ROOT, fashion-mnist-det/-seg (None: the task's built-in scenes)
+    data_dir=None,
+    num_classes=None,         # None: from the data
+    pretrained=None,          # None: random init. The official runs start the backbone from the ImageNet LIT weights
+                              # (lit train --pretrained); a part-1 dense model's name loads its full weights
+    img_scale=[1333, 800],    # (long, short): keep-ratio resize to fit (mmcv's rescale rule), train and test
+    epochs=12,
+    updates_per_epoch=None,   # None: one pass over the training set (see above)
+    batch_size=2,             # per device: the official global 16 = 2 x 8 GPUs
+    grad_accum_steps=1,
+    opt='adamw',
+    opt_eps=1e-8,
+    opt_betas=[0.9, 0.999],
+    lr=1e-4,                  # absolute (not scaled with the batch: mmcv's configs give it for the global 16)
+    weight_decay=1e-4,        # every parameter except the backbone's no_weight_decay() names (mmcv's rule)
+    sched='multistep',
+    decay_epochs=[8, 11],     # multistep: lr x decay_rate from the start of each of these epochs (0-based)
+    decay_rate=0.1,
+    poly_power=None,          # poly only
+    min_lr=None,              # poly only
+    warmup_iters=500,         # mmcv linear warmup over this many updates (0: none)
+    warmup_ratio=0.001,       # ... starting at lr x warmup_ratio
+    sched_on_epochs=False,    # dense schedules step per update (fixed; the run machinery reads it)
+    drop_path=None,           # per variant: 0.1 Ti, 0.2 S
+    clip_grad=None,
+    hflip=0.5,
+    crop_size=None,           # segmentation: random crop (h, w), padded to it (image 0, label 255)
+    ratio_range=None,         # segmentation: random rescale of img_scale by U(ratio_range)
+    cat_max_ratio=None,       # segmentation: a crop may hold at most this share of one class (mmseg: 10 tries)
+    photometric=False,        # segmentation: mmseg's PhotoMetricDistortion
+    amp=None,                 # None: on for CUDA, off for CPU (the official LIT-S runs used apex O1, Ti fp32)
+    amp_dtype=None,
+    model_ema=False,
+    model_ema_decay=0.9998,
+    model_ema_warmup=False,
+    channels_last=False,
+    torchcompile=False,
+    grad_checkpointing=False, # the official LIT-S configs checkpoint activations (memory only: same results)
+    seed=0,
+    workers=2,
+    device=None,
+    log_interval=50,
+    threads=None,
+    strict_data=False,
+)
+_DENSE_TASK_SETTINGS = {
+    # mmdet's 1x schedule: 12 epochs, x0.1 at 8 and 11, 500 warmup updates from 0.001 x lr.
+    'retinanet': dict(lr=1e-4),
+    'mask_rcnn': dict(lr=2e-4),
+    # mmseg's schedule_80k (poly 0.9, no warmup) with LIT's AdamW and min_lr 1e-6; its train pipeline.
+    'semantic_fpn': dict(img_scale=[2048, 512], epochs=10, updates_per_epoch=8000, lr=1e-4, sched='poly',
+                         decay_epochs=None, decay_rate=None, poly_power=0.9, min_lr=1e-6, warmup_iters=0,
+                         warmup_ratio=None, crop_size=[512, 512], ratio_range=[0.5, 2.0], cat_max_ratio=0.75,
+                         photometric=True),
+}
+_DENSE_DROP_PATH = {'ti': 0.1, 's': 0.2}
+
+DENSE_RECIPES: Dict[str, Dict[str, Dict[str, Any]]] = {
+    task: {variant: {**_DENSE_COMMON, **settings, 'task': task, 'variant': variant,
+                     'drop_path': _DENSE_DROP_PATH[variant]} for variant in DENSE_VARIANTS}
+    for task, settings in _DENSE_TASK_SETTINGS.items()}
+DENSE_CONFIG_KEYS = frozenset(_DENSE_COMMON)
+# The settings whose change makes a saved LR schedule state meaningless (resume then follows the new config).
+DENSE_SCHEDULE_KEYS = ('epochs', 'updates_per_epoch', 'lr', 'sched', 'decay_epochs', 'decay_rate', 'poly_power',
+                       'min_lr', 'warmup_iters', 'warmup_ratio', 'batch_size', 'grad_accum_steps')
+
+# The built-in synthetic scenes (128x160 canvases; litcli.core.data.scenes), applied over the recipe (below the
+# YAML and the flags): the canvas is not resized (mmcv's rescale of 128x160 to fit the scale is x1), and a run is
+# sized for about 15 minutes on a 2-core CPU from a random backbone. The lead's benchmark tunes these numbers.
+DENSE_DATA_PRESETS: Dict[str, Dict[str, Any]] = {
+    'fashion-mnist-det': dict(img_scale=[160, 128], epochs=12, updates_per_epoch=150, batch_size=4, lr=3e-4,
+                              warmup_iters=100, decay_epochs=[8, 11], workers=0, log_interval=20),
+    'fashion-mnist-seg': dict(img_scale=[640, 128], crop_size=[128, 128], epochs=10, updates_per_epoch=200,
+                              batch_size=8, lr=3e-4, warmup_iters=0, workers=0, log_interval=20),
+}
+_DENSE_DATA_KIND = {'fashion-mnist-det': 'detection', 'fashion-mnist-seg': 'segmentation',
+                    'coco': 'detection', 'ade20k': 'segmentation'}  # data name or scheme -> the tasks it feeds
+
+
+def _suggestion(value: str, choices) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.4)
+    return f'; did you mean {close[0]!r}?' if close else ''
+
+
+def dense_task_name(value: str) -> str:
+    """'retinanet' | 'mask-rcnn' | 'semantic-fpn' (any case, '-' or '_') -> the canonical task name."""
+    key = str(value).strip().lower().replace('-', '_')
+    if key in DENSE_TASKS:
+        return key
+    cli = DENSE_TASK_CLI.values()
+    raise UsageError(f'unknown task {value!r}: choose one of {", ".join(cli)}'
+                     f'{_suggestion(key.replace("_", "-"), cli)}')
+
+
+def dense_variant_name(value: str) -> str:
+    """'ti' | 's' from 'ti', 'lit_ti', 'LIT-Ti', ...; LIT-M/B (no dense backbones) and others: a UsageError."""
+    key = str(value).strip().lower().replace('-', '_').removeprefix('lit_')
+    if key in DENSE_VARIANTS:
+        return key
+    if key in ('m', 'b'):
+        raise UsageError(f'--variant {value}: the paper has no detection or segmentation backbone for LIT-'
+                         f'{key.upper()} (Tables 6-8 use LIT-Ti and LIT-S); choose ti or s')
+    raise UsageError(f'unknown variant {value!r} for a dense task: choose ti or s{_suggestion(key, DENSE_VARIANTS)}')
+
+
+def dense_model_name(task: str, variant: str) -> str:
+    """The dense model a (task, variant) run trains: 'retinanet_lit_ti', ... (litcli.models.dense_zoo's names)."""
+    return f'{dense_task_name(task)}_lit_{dense_variant_name(variant)}'
+
+
+def dense_recipe(task: str, variant: str) -> Dict[str, Any]:
+    """A fresh copy of the official recipe of ``task`` ('mask-rcnn' or 'mask_rcnn', ...) with ``variant`` ('ti'|'s')."""
+    return copy.deepcopy(DENSE_RECIPES[dense_task_name(task)][dense_variant_name(variant)])
+
+
+def _unknown_keys_message(unknown, keys) -> str:
+    hints = [f'{k} (did you mean {c[0]}?)' if (c := difflib.get_close_matches(k, sorted(keys), n=1, cutoff=0.6))
+             else k for k in unknown]
+    return f'unknown setting(s) {", ".join(hints)}'
+
+
+def load_dense_config_file(path) -> Dict[str, Any]:
+    """Read a dense run's YAML config; unknown keys are an error naming them with the nearest valid key."""
+    path = Path(path)
+    cfg = _read_config_mapping(path)
+    unknown = sorted(set(cfg) - DENSE_CONFIG_KEYS)
+    if unknown:
+        raise LitError(f'{path}: {_unknown_keys_message(unknown, DENSE_CONFIG_KEYS)}; valid keys are those of '
+                       f'litcli/recipes/retinanet_lit_ti.yaml')
+    return cfg
+
+
+def _data_kind(data: str) -> Optional[str]:
+    return _DENSE_DATA_KIND.get(data) or _DENSE_DATA_KIND.get(data.split(':', 1)[0])
+
+
+def new_dense_run_config(task: Optional[str] = None, variant: Optional[str] = None, config_file=None,
+                         overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The config of a new dense run: recipe(task, variant) < data preset < ``config_file`` < ``overrides`` (explicit
+    flags; None = not given). ``task``/``variant`` (the flags) win over the file's; the variant defaults to ti.
+    No data anywhere: the task's built-in synthetic scenes (fashion-mnist-det / fashion-mnist-seg)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - DENSE_CONFIG_KEYS)
+    if unknown:
+        raise LitError(_unknown_keys_message(unknown, DENSE_CONFIG_KEYS))
+    file_cfg = load_dense_config_file(config_file) if config_file is not None else {}
+    task = task or overrides.get('task') or file_cfg.get('task')
+    if task is None:
+        raise UsageError(f'no task given: pass --task {"|".join(DENSE_TASK_CLI.values())}')
+    task = dense_task_name(task)
+    variant = dense_variant_name(variant or overrides.get('variant') or file_cfg.get('variant') or 'ti')
+    kind = 'segmentation' if task == 'semantic_fpn' else 'detection'
+    data = overrides.get('data') or file_cfg.get('data') or f'fashion-mnist-{kind[:3]}'
+    if _data_kind(str(data)) not in (None, kind):
+        raise LitError(f'--data {data} is a {_data_kind(str(data))} set and {DENSE_TASK_CLI[task]} is a {kind} '
+                       f'task; use ' + ('coco:ROOT or fashion-mnist-det' if kind == 'detection'
+                                        else 'ade20k:ROOT or fashion-mnist-seg'))
+    cfg = dense_recipe(task, variant)
+    cfg.update(copy.deepcopy(DENSE_DATA_PRESETS.get(str(data), {})))
+    cfg.update(copy.deepcopy(file_cfg))
+    cfg.update(copy.deepcopy(overrides))
+    cfg.update(task=task, variant=variant, data=data)
+    check_dense_config(cfg)
+    return cfg
+
+
+_DENSE_EXAMPLES = {'img_scale': (1333, 800), 'crop_size': (512, 512), 'ratio_range': (0.5, 2.0)}
+
+
+def check_dense_config(cfg: Dict[str, Any]) -> None:
+    """A one-line LitError for a setting a dense run cannot use (the schedule's and the sizes' shapes)."""
+    def pair(key):
+        value = cfg.get(key)
+        if not (isinstance(value, (list, tuple)) and len(value) == 2
+                and all(isinstance(v, (int, float)) and v > 0 for v in value)):
+            raise LitError(f'{key} must be two positive numbers, e.g. [{", ".join(map(str, _DENSE_EXAMPLES[key]))}], '
+                           f'not {value!r}')
+
+    if cfg['sched'] not in DENSE_SCHEDULES:
+        raise LitError(f'sched {cfg["sched"]!r} is not a dense schedule: use multistep or poly'
+                       f'{_suggestion(str(cfg["sched"]), DENSE_SCHEDULES)}')
+    if cfg['sched_on_epochs']:
+        raise LitError('sched_on_epochs: dense schedules step per update; remove the setting')
+    if not (isinstance(cfg['epochs'], int) and cfg['epochs'] > 0):
+        raise LitError(f'epochs must be a positive whole number, not {cfg["epochs"]!r}')
+    if cfg['updates_per_epoch'] is not None and not (isinstance(cfg['updates_per_epoch'], int)
+                                                     and cfg['updates_per_epoch'] > 0):
+        raise LitError(f'updates_per_epoch must be a positive whole number or null (one pass over the data), '
+                       f'not {cfg["updates_per_epoch"]!r}')
+    if cfg['sched'] == 'multistep' and (not isinstance(cfg['decay_epochs'], (list, tuple))
+                                        or cfg['decay_rate'] is None):
+        raise LitError('sched multistep needs decay_epochs (a list, e.g. [8, 11]) and decay_rate (e.g. 0.1)')
+    if cfg['sched'] == 'poly' and (cfg['poly_power'] is None or cfg['min_lr'] is None):
+        raise LitError('sched poly needs poly_power (e.g. 0.9) and min_lr (e.g. 1.0e-06)')
+    if cfg['warmup_iters'] and cfg['warmup_ratio'] is None:
+        raise LitError(f'warmup_iters {cfg["warmup_iters"]} needs warmup_ratio (the starting lr / lr, e.g. 0.001)')
+    pair('img_scale')
+    if cfg['task'] == 'semantic_fpn':
+        pair('crop_size')
+        pair('ratio_range')
+

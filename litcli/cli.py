@@ -23,6 +23,7 @@ app = typer.Typer(
 
 # ti/s/m/b and the paper's ablation models (litcli.names); Typer validates them (exit 2 with the choices).
 Variant = Enum('Variant', {name: name for name in CLI_CHOICES}, type=str)
+DenseTask = Enum('DenseTask', {name: name for name in ('retinanet', 'mask-rcnn', 'semantic-fpn')}, type=str)
 VariantOrAll = Enum('VariantOrAll', {name: name for name in (*CLI_CHOICES, 'all')}, type=str)
 
 
@@ -247,11 +248,19 @@ def train(
     variant: Annotated[Optional[Variant], typer.Option(
         '--variant', '-v',
         help='LIT variant; its official recipe is the default config (none: the small built-in demo config on '
-             'built-in data, else ti).')] = None,
+             'built-in data, else ti). With --task: ti or s.')] = None,
+    task: Annotated[Optional[DenseTask], typer.Option(
+        '--task',
+        help='Train a detector or segmenter with a LIT backbone and the paper\'s COCO / ADE20K recipe instead of a '
+             'classifier (--data coco:ROOT, ade20k:ROOT, fashion-mnist-det or fashion-mnist-seg).')] = None,
     data: Annotated[Optional[str], typer.Option(
         help='ImageFolder root (train/ and val/ class subfolders), a tar of one, wds:PATTERN shards, or a built-in '
              'set (fashion-mnist, fashion-mnist-mini). Default: the full Fashion-MNIST where it is found, else the '
-             'mini set.')] = None,
+             'mini set. With --task: coco:ROOT, ade20k:ROOT, fashion-mnist-det or fashion-mnist-seg.')] = None,
+    img_scale: Annotated[Optional[str], typer.Option(
+        '--img-scale',
+        help='--task only: resize keeping the aspect ratio to fit LONGxSHORT (recipe: 1333x800 detection, '
+             '2048x512 segmentation, scaled 0.5-2x in training).')] = None,
     data_dir: Annotated[Optional[Path], typer.Option(
         '--data-dir',
         help='Folder holding a built-in set\'s files.')] = None,
@@ -272,7 +281,8 @@ def train(
     pretrained: Annotated[bool, typer.Option(
         '--pretrained',
         help='Start from the released ImageNet-1k weights of --variant (fine-tuning; downloaded once into the torch '
-             'hub cache, see lit weights); the classifier is re-initialised for another class count.')] = False,
+             'hub cache, see lit weights); the classifier is re-initialised for another class count. With --task: '
+             'the backbone\'s (neck and heads random; a released dense model: --initial-checkpoint NAME).')] = False,
     name: Annotated[Optional[str], typer.Option(help='Run name (default VARIANT-DATA; -2, -3... if taken).')] = None,
     output: Annotated[Path, typer.Option(help='Parent folder of run directories.')] = Path('runs/train'),
     exist_ok: Annotated[bool, typer.Option(
@@ -406,23 +416,31 @@ def train(
         grad_checkpointing=grad_checkpointing, seed=seed, workers=workers, device=device, log_interval=log_interval)
     overrides['clip_grad'] = clip_grad  # 0 turns clipping off
     with user_errors():
+        overrides['img_scale'] = list(parse_img_scale(img_scale)) if img_scale else None
         try:
             command.run(variant_name(variant), config, overrides, resume=resume, initial_checkpoint=initial_checkpoint,
                         pretrained=pretrained, name=name, output=output, exist_ok=exist_ok, save_interval=save_interval,
-                        keep_last=keep_last, sync_bn=sync_bn, keep_best=keep_best, log=log)
+                        keep_last=keep_last, sync_bn=sync_bn, keep_best=keep_best, log=log,
+                        task=task.value if task is not None else None)
         except TrainingStopped as e:  # SIGTERM/SIGINT: checkpoint saved, resume command already printed
             raise typer.Exit(e.exit_code)
 
 
 @app.command('eval', rich_help_panel='Train')
 def eval_(
-    checkpoint: Annotated[Optional[Path], typer.Option(help='lit train checkpoint or official .pth (or --pretrained).',
-                                                       dir_okay=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(
+        metavar='[NAME]', show_default=False,
+        help='With --pretrained: the released model to evaluate, a variant (lit_s) or a detection / segmentation '
+             'model (retinanet_lit_ti ... semantic_fpn_lit_s; see lit weights).')] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help='lit train checkpoint (classification or --task) or official .pth (or --pretrained).',
+        dir_okay=False)] = None,
     variant: Annotated[Optional[Variant], typer.Option(
         '--variant', '-v',
         help='Needed for official files (lit train checkpoints carry it).')] = None,
     data: Annotated[Optional[str], typer.Option(
-        help='Folder of class subfolders (or a root with val/), or a built-in set name. '
+        help='Folder of class subfolders (or a root with val/), or a built-in set name; for a detection / '
+             'segmentation model coco:ROOT, ade20k:ROOT, fashion-mnist-det or -seg (their validation split). '
              'Default: the checkpoint\'s training data.')] = None,
     data_dir: Annotated[Optional[Path], typer.Option(
         '--data-dir',
@@ -433,7 +451,9 @@ def eval_(
     crop_pct: Annotated[Optional[float], typer.Option(
         '--crop-pct', min=0.1, max=1.0,
         help='Resize to size/crop_pct, then center crop (0.875).')] = None,
-    batch_size: Annotated[int, typer.Option('--batch-size', '-b', min=1)] = 64,
+    batch_size: Annotated[Optional[int], typer.Option(
+        '--batch-size', '-b', min=1,
+        help='Images per forward (64; detection / segmentation: 1, the official test).')] = None,
     workers: Annotated[Optional[int], typer.Option(
         '--workers', '-j', min=0,
         help='DataLoader workers (default: min(4, CPU cores)).')] = None,
@@ -445,14 +465,15 @@ def eval_(
     pretrained: Annotated[bool, pretrained_option()] = False,
     per_class: Annotated[bool, typer.Option(
         '--per-class', help='Also accuracy (top-1, top-5), precision, recall and F1 of every class, with its name '
-                            '(per_class.csv).')] = False,
+                            '(per_class.csv); detection: AP per class, segmentation: IoU and accuracy.')] = False,
     confusion_matrix: Annotated[bool, typer.Option(
         '--confusion-matrix', help='Also confusion_matrix.png (normalised per true class) and .csv (counts).')] = False,
     results_file: Annotated[Optional[Path], typer.Option(
         '--results-file', dir_okay=False,
         help='Per image: path, true label, top-k labels and probabilities (FILE.csv or FILE.json, timm '
              'inference.py layout). Not for WebDataset shards, which keep no file paths: evaluate the image '
-             'folder they were packed from.')] = None,
+             'folder they were packed from. Detection: every detection in COCO\'s results format (FILE.json).'
+    )] = None,
     topk: Annotated[int, typer.Option('--topk', '-k', min=1, help='Classes per image in --results-file.')] = 5,
     force: Annotated[bool, typer.Option('--force', help='Overwrite files already in --out and the '
                                                         '--results-file.')] = False,
@@ -464,7 +485,7 @@ def eval_(
         result = command.run(checkpoint, variant_name(variant), data, str(data_dir) if data_dir else None, img_size,
                              crop_pct, batch_size, workers, device, out, strict_data, use_ema, pretrained=pretrained,
                              per_class=per_class, confusion_matrix=confusion_matrix, results_file=results_file,
-                             topk=topk, force=force)
+                             topk=topk, force=force, name=model)
     if result is not None:  # None on torchrun ranks other than 0
         command.print_result(result, as_json=json_out)
 

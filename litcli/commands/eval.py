@@ -1,5 +1,9 @@
 """``lit eval``: top-1/top-5, loss and throughput of a checkpoint (official ``.pth``, ``lit train``, export) on a
-dataset, written to eval.json; on request per-class metrics, the confusion matrix and per-image results."""
+dataset, written to eval.json; on request per-class metrics, the confusion matrix and per-image results.
+
+A detection or segmentation model (a released one by name, an official mmdet/mmseg file, a ``lit train --task``
+checkpoint) gets its paper's table row instead: COCO box (and mask) AP, AP50, AP75, APs, APm, APl by pycocotools, or
+mmseg's mIoU, mAcc and aAcc (``run_dense``)."""
 import json
 import os
 from pathlib import Path
@@ -16,7 +20,7 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
         workers: Optional[int] = None, device: Optional[str] = None, out: Optional[Path] = None,
         strict_data: bool = False, use_ema: Optional[bool] = None, per_class: bool = False,
         confusion_matrix: bool = False, results_file: Optional[Path] = None, topk: int = 5,
-        force: bool = False, pretrained: bool = False) -> Optional[Dict]:
+        force: bool = False, pretrained: bool = False, name: Optional[str] = None) -> Optional[Dict]:
     """Evaluate ``checkpoint`` and write ``eval.json`` into ``out`` (default ``runs/eval/<variant>-<data>``).
 
     A ``lit train`` checkpoint carries its variant, classes, data and eval preprocessing, so ``variant`` and
@@ -32,11 +36,24 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
     ``results_file`` (.csv or .json): per image its path, true label and ``topk`` labels with probabilities, in
     timm's ``inference.py`` layout. All of it also goes into eval.json. Files already in an explicit ``out`` (and
     an existing ``results_file``) are only replaced with ``force``.
+
+    ``name``: the released model to evaluate with ``pretrained`` (a classification variant, or a dense model such
+    as 'retinanet_lit_ti'); a dense model, or a dense checkpoint, is evaluated by ``run_dense``.
     """
     from litcli.core.analysis.evaluation import check_results_file
-    from litcli.core.modelio.factory import load_model
+    from litcli.core.modelio.factory import is_dense_checkpoint, load_model
     from litcli.core.runtime import distributed_session, resolve_device
+    from litcli.models.dense_zoo import DENSE_MODEL_NAMES
 
+    if name is not None and not pretrained:
+        raise UsageError(f'{name}: a model name is for --pretrained (lit eval --pretrained {name}); a file goes to '
+                         f'--checkpoint')
+    if (pretrained and name in DENSE_MODEL_NAMES) or (checkpoint is not None and is_dense_checkpoint(checkpoint)):
+        return run_dense(checkpoint, name if pretrained else None, data, batch_size or 1, workers, device, out,
+                         strict_data, use_ema, per_class, results_file, force)
+    if name is not None:
+        variant = variant or name
+    batch_size = batch_size or 64
     check_results_file(results_file, force)
     if out is not None and not force:
         taken = [name for name in output_files(per_class, confusion_matrix) if (Path(out) / name).exists()]
@@ -55,6 +72,158 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
         return None
     return write_result(loaded, metrics, ds, spec, skipped, world, dev, amp_dtype, out, per_class, confusion_matrix,
                         results_file)
+
+
+def run_dense(checkpoint: Optional[Path], name: Optional[str], data: Optional[str], batch_size: int = 1,
+              workers: Optional[int] = None, device: Optional[str] = None, out: Optional[Path] = None,
+              strict_data: bool = False, use_ema: Optional[bool] = None, per_class: bool = False,
+              results_file: Optional[Path] = None, force: bool = False) -> Optional[Dict]:
+    """The paper's table row of a dense model on a validation split: the released weights of ``name`` or the model
+    in ``checkpoint``, on ``data`` (coco:ROOT, ade20k:ROOT, fashion-mnist-det/-seg; default: what a ``lit train``
+    checkpoint was trained on) through the official test pipeline, one image per forward by default (``batch_size``
+    > 1 pads several together, which changes the numbers slightly for images of different sizes). Under torchrun
+    every process takes its share of the images. Writes eval.json (and ``per_class.csv``, and for detection the
+    COCO results json ``results_file``); rank 0 returns the result, the others None."""
+    from litcli.core.data.dense import build_dense_datasets, build_dense_eval_loader
+    from litcli.core.io import write_json
+    from litcli.core.modelio.factory import load_dense_model
+    from litcli.core.runtime import (all_reduce_sum, autocast_context, distributed_session, process_device,
+                                     resolve_amp, resolve_device)
+    from litcli.core.training.dense import evaluate_dense
+    from litcli.core.training.rundir import new_run_dir
+
+    if results_file is not None:
+        if Path(results_file).suffix.lower() != '.json':
+            raise UsageError(f'--results-file {results_file}: a detection model writes COCO results as JSON; name a '
+                             f'.json file')
+        if Path(results_file).exists() and not force:
+            raise LitError(f'{results_file} exists; pass --force to overwrite it, or another --results-file')
+    files = ['eval.json'] + (['per_class.csv'] if per_class else [])
+    if out is not None and not force:
+        taken = [f for f in files if (Path(out) / f).exists()]
+        if taken:
+            raise LitError(f'{Path(out) / taken[0]} exists; pass --force to overwrite, or another --out')
+    loaded = load_dense_model(checkpoint, name, pretrained=name is not None, use_ema=use_ema)
+    if results_file is not None and loaded.kind != 'detection':
+        raise UsageError(f'--results-file holds COCO detections; {loaded.name} is a segmentation model: drop it')
+    data = data or loaded.checkpoint.get('data')
+    if data is None:
+        example = 'coco:ROOT' if loaded.kind == 'detection' else 'ade20k:ROOT'
+        raise UsageError(f'{loaded.describe()}: pass --data ({example}, or the built-in '
+                         f'fashion-mnist-{"det" if loaded.kind == "detection" else "seg"})')
+    # a lit train checkpoint's own validation split (e.g. its number of built-in scenes)
+    _, val_ds, spec = build_dense_datasets(data, loaded.task, loaded.checkpoint.get('config'), train=False,
+                                           strict_data=strict_data)
+    if spec.class_names != list(loaded.class_names):
+        raise CheckpointError(f'{loaded.source} predicts {loaded.num_classes} classes ({", ".join(loaded.class_names[:3])}'
+                              f'...) but {spec.recorded} has {spec.num_classes} ({", ".join(spec.class_names[:3])}...); '
+                              f'evaluate on the data it was trained for')
+    dev = resolve_device(device)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    with distributed_session(dev) as world:
+        dev = process_device(dev, world)
+        amp_dtype = resolve_amp(dev)
+        model = loaded.model.to(dev)
+        loader = build_dense_eval_loader(val_ds, spec.kind, batch_size, workers, world, dev)
+        metrics = evaluate_dense(model, loader, dev, task=loaded.task, dataset=val_ds,
+                                 img_scale=loaded.preprocessing['img_scale'], world=world,
+                                 autocast=autocast_context(dev, amp_dtype), per_class=per_class)
+        skipped = int(all_reduce_sum([getattr(val_ds, 'skipped', 0)], world, dev)[0])
+    if not world.is_main:
+        return None
+    detections = metrics.pop('results', None)
+    result = dict(model=loaded.name, task=loaded.task, checkpoint=loaded.describe(), weights=loaded.weights,
+                  data=spec.recorded, **metrics, skipped=skipped, world_size=world.world_size, device=str(dev),
+                  img_scale=list(loaded.preprocessing['img_scale']), batch_size=batch_size,
+                  paper=_paper_row(loaded, spec))
+    if skipped:
+        result['skipped_message'] = val_ds.skipped_message()
+    out_dir = Path(out) if out is not None else new_run_dir('runs/eval', f'{loaded.name}-{spec.name}')
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if per_class:
+            result['per_class_csv'] = str(_write_dense_per_class(metrics['per_class'], out_dir / 'per_class.csv'))
+        if results_file is not None:
+            write_json(Path(results_file), detections, 'choose another --results-file')
+            result['results_file'] = str(results_file)
+        write_json(out_dir / 'eval.json', result, OUT_ELSEWHERE)
+    except OSError as e:
+        raise LitError(f'cannot write into {out_dir} ({e.strerror}); pass a writable --out')
+    result['path'] = str(out_dir / 'eval.json')
+    return result
+
+
+def _paper_row(loaded, spec) -> Optional[Dict]:
+    """The paper's numbers for the released weights on their own data set (what the row should reproduce)."""
+    from litcli.models.dense_zoo import dense_model
+
+    entry = dense_model(loaded.name)
+    if loaded.pretrained is None or spec.name != entry.dataset:
+        return None
+    return dict(entry.paper)
+
+
+def _write_dense_per_class(per_class: Dict, path: Path) -> Path:
+    """per_class.csv: one row per class with its AP per kind (detection: ``{'bbox': {class: AP}, ...}``) or its IoU
+    and accuracy (segmentation: ``{class: {'IoU', 'Acc'}}``)."""
+    import csv
+    import io
+
+    from litcli.core.io import write_text
+
+    text = io.StringIO(newline='')
+    writer = csv.writer(text)
+    kinds = [k for k in ('bbox', 'segm') if k in per_class]
+    if kinds:
+        writer.writerow(['class'] + [f'{kind}_AP' for kind in kinds])
+        for name in per_class[kinds[0]]:
+            writer.writerow([name] + [_number(per_class[kind][name]) for kind in kinds])
+    else:
+        writer.writerow(['class', 'IoU', 'Acc'])
+        for name, scores in per_class.items():
+            writer.writerow([name, _number(scores['IoU']), _number(scores['Acc'])])
+    write_text(path, text.getvalue(), OUT_ELSEWHERE)
+    return path
+
+
+def _number(value: float) -> str:
+    return '' if value != value else f'{value:.2f}'  # nan: a class absent from the split
+
+
+def print_dense_result(result: Dict):
+    """The paper's table row: COCO AP columns (box, mask) or mIoU / mAcc / aAcc, and the per-class values."""
+    from litcli.core.report import print_pairs, print_table
+
+    pairs = []
+    if result['task'] == 'semantic_fpn':
+        pairs.append(('mIoU / mAcc / aAcc', f'{result["mIoU"]:.2f} / {result["mAcc"]:.2f} / {result["aAcc"]:.2f}'))
+    kinds = [k for k in ('bbox', 'segm') if f'{k}_AP' in result]
+    if kinds:
+        rows = [('box' if k == 'bbox' else 'mask',) + tuple(_number(result[f'{k}_{f}']) or '-'
+                                                             for f in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'))
+                for k in kinds]
+        print_table(f'lit eval: {result["model"]} on {result["data"]} (COCO AP, %)',
+                    ['', 'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'], rows, right=(1, 2, 3, 4, 5, 6))
+    if result.get('paper'):
+        pairs.append(('paper', ', '.join(f'{k.replace("_", " ")} {v}' for k, v in result['paper'].items())))
+    pairs.append(('images', f'{result["num_images"]} ({result["img_per_s"]:.2f}/s, {result["device"]}, '
+                            f'{result["world_size"]} process(es))'))
+    if result.get('skipped'):
+        pairs.append(('skipped', f'{result["skipped"]} unreadable image file(s), not scored'))
+    pairs.append(('weights', result['checkpoint']))
+    written = [result['path']] + [result[k] for k in ('per_class_csv', 'results_file') if result.get(k)]
+    pairs.append(('written', ', '.join(written)))
+    print_pairs(f'lit eval: {result["model"]} on {result["data"]}', pairs)
+    per_class = result.get('per_class')
+    if per_class and result['task'] == 'semantic_fpn':
+        print_table('per class (%)', ['class', 'IoU', 'Acc'],
+                    [(n, _number(v['IoU']) or '-', _number(v['Acc']) or '-') for n, v in per_class.items()],
+                    right=(1, 2))
+    elif per_class:
+        names = list(per_class[kinds[0]])
+        print_table('per class AP (%)', ['class'] + [('box' if k == 'bbox' else 'mask') for k in kinds],
+                    [(n,) + tuple(_number(per_class[k][n]) or '-' for k in kinds) for n in names],
+                    right=tuple(range(1, len(kinds) + 1)))
 
 
 def eval_dataset(loaded, data: Optional[str], data_dir: Optional[str], strict_data: bool,
@@ -193,6 +362,9 @@ def print_result(result: Dict, as_json: bool = False):
     """The metrics as a table (plain lines off a terminal), or the whole result as JSON."""
     if as_json:
         print(json.dumps(result, indent=2))
+        return
+    if 'task' in result:
+        print_dense_result(result)
         return
     from litcli.core.report import print_pairs, print_table
 

@@ -1,5 +1,9 @@
 """``lit train``: one training run, as set-up plus the epoch loop (ConvNeXt's ``main.py`` is the model).
 
+``task`` (retinanet, mask_rcnn, semantic_fpn) trains a dense model instead of a classifier, on the same machinery:
+its recipe (``core.config.new_dense_run_config``), data (``core.data.dense``), loss and evaluation
+(``core.training.dense``) replace the classification ones.
+
 Under torchrun (or SLURM) every process trains a DistributedDataParallel replica on its shard of each batch; only
 rank 0 writes files or prints. Checkpoints are written every epoch, every ``save_interval`` optimizer steps and on
 SIGTERM/SIGINT, with the position inside the epoch, so a resumed run continues exactly where it was taken. The
@@ -13,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from litcli.core.config import checked_img_size, new_run_config, resolve_config, scaled_lrs
-from litcli.core.errors import CheckpointError, LitError
+from litcli.core.errors import CheckpointError, LitError, UsageError
 from litcli.core.progress import DataTime
 from litcli.core.report import counted
 
@@ -22,7 +26,7 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
         resume: Optional[str] = None, initial_checkpoint: Optional[Path] = None, pretrained: bool = False,
         name: Optional[str] = None, output: Path = Path('runs/train'), exist_ok: bool = False,
         save_interval: Optional[int] = None, keep_last: Optional[int] = None, sync_bn: Optional[bool] = None,
-        keep_best: Optional[int] = None, log: Optional[List[str]] = None) -> Path:
+        keep_best: Optional[int] = None, log: Optional[List[str]] = None, task: Optional[str] = None) -> Path:
     """Run one training and return its run directory. ``overrides`` are the explicit flags (None = not given),
     with timm's names (``lr``, ``epochs``, ``batch_size``...).
 
@@ -32,6 +36,9 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
     optimizer steps (0: epoch ends only), how many step checkpoints to keep, SyncBatchNorm (CUDA only).
     ``keep_best`` (None: the resumed run's, else 0): also keep the K best epochs' checkpoints. ``log``: experiment
     trackers, 'tensorboard' and/or 'wandb' (None: the resumed run's, else none).
+    ``task``: a dense model ('retinanet', 'mask-rcnn', 'semantic-fpn') with ``variant`` ti or s; ``pretrained``
+    then means the ImageNet weights of its backbone, ``initial_checkpoint`` a dense model's name (its released
+    weights) or any dense or classification checkpoint file. A resumed dense run keeps its task.
     Raises TrainingStopped after SIGTERM/SIGINT (a checkpoint was saved).
     """
     from timm.utils.distributed import world_info_from_env
@@ -42,9 +49,12 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
 
     reporter = Reporter(world_info_from_env()[1] == 0, (overrides or {}).get('log_interval') or 50)
     cfg, checkpoint, resume_file = _run_config(variant, config_file, overrides, resume, Path(output), name,
-                                               reporter.log)
-    check_start_weights(cfg, pretrained=pretrained, initial_checkpoint=initial_checkpoint,
+                                               reporter.log, task)
+    # a dense run's --pretrained is its backbone's ImageNet weights (LIT-Ti and LIT-S both have them)
+    check_start_weights(cfg, pretrained=pretrained and not cfg.get('task'), initial_checkpoint=initial_checkpoint,
                         resuming=checkpoint is not None)
+    if pretrained and initial_checkpoint is not None:
+        raise UsageError('--pretrained and --initial-checkpoint both give the initial weights; pass one')
     device = resolve_device(cfg['device'])
     options = run_options((checkpoint or {}).get('run_options'), device, save_interval=save_interval,
                           keep_last=keep_last, keep_best=keep_best, log=log, sync_bn=sync_bn)
@@ -55,22 +65,36 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
 
 
 def _run_config(variant: Optional[str], config_file: Optional[Path], overrides: Optional[Dict],
-                resume: Optional[str], output: Path, name: Optional[str], log) -> Tuple[Dict, Optional[Dict],
-                                                                                           Optional[Path]]:
+                resume: Optional[str], output: Path, name: Optional[str], log,
+                task: Optional[str] = None) -> Tuple[Dict, Optional[Dict], Optional[Path]]:
     """(config, checkpoint to resume or None, its path): recipe < YAML < flags, where a resumed run's own config
-    replaces the recipe as the lowest layer (and its variant cannot change)."""
+    replaces the recipe as the lowest layer (and its variant and task cannot change)."""
+    from litcli.core.config import dense_task_name, new_dense_run_config
     from litcli.core.modelio.checkpoint import resume_source
 
     overrides = dict(overrides or {}, **({'variant': variant} if variant else {}))
     checkpoint, resume_file = None, None
+    task = dense_task_name(task) if task else None
     if resume is not None:
         resume_file, checkpoint = resume_source(resume, output, name, log)
         saved = checkpoint['config']
+        if (saved.get('task') or None) != task and task is not None:
+            raise CheckpointError(f'{resume_file} is a {saved.get("task") or "classification"} run, not '
+                                  f'{task.replace("_", "-")}; drop --task or resume another run')
+        if saved.get('task'):
+            if overrides.get('variant') and overrides['variant'] != saved['variant']:
+                raise CheckpointError(f'{resume_file} is a {saved["variant"]} run, not {overrides["variant"]}; '
+                                      f'drop --variant or resume another run')
+            overrides.pop('variant', None)
+            return (new_dense_run_config(saved['task'], saved['variant'], config_file, overrides, base=saved),
+                    checkpoint, resume_file)
         if overrides.get('variant') and overrides['variant'] != saved['variant']:
             raise CheckpointError(f'{resume_file} is a {saved["variant"]} run, not {overrides["variant"]}; '
                                   f'drop --variant or resume another run')
         cfg = resolve_config(config_file=config_file, overrides=overrides, base=saved)
         cfg['variant'] = saved['variant']
+    elif task is not None:
+        return new_dense_run_config(task, overrides.pop('variant', None), config_file, overrides), None, None
     else:
         cfg = new_run_config(config_file, overrides)
     checked_img_size(cfg['img_size'], patch_size=(cfg['model_kwargs'] or {}).get('patch_size', 4))
@@ -159,6 +183,69 @@ def _training_data(cfg: Dict, world, device, amp_dtype, checkpoint: Optional[Dic
                         eval_batch_tf, probe_tf, updates_per_epoch)
 
 
+def _dense_training_data(cfg: Dict, world, device, checkpoint: Optional[Dict], reporter) -> TrainingData:
+    """A dense run's data: ``cfg['data']`` (coco:ROOT, ade20k:ROOT or the built-in scenes) with the recipe's
+    training transform, grouped (detection) or iteration-based (segmentation) batches, the validation split for
+    every rank's share; records the data by absolute path and the class count in ``cfg``."""
+    from litcli.core.data.dense import build_dense_datasets, build_dense_eval_loader, build_dense_train_loader
+
+    train_ds, val_ds, spec = build_dense_datasets(cfg['data'], cfg['task'], cfg, strict_data=cfg['strict_data'])
+    cfg['data'] = spec.recorded
+    if cfg['num_classes'] is not None and cfg['num_classes'] != spec.num_classes:
+        raise LitError(f'--num-classes {cfg["num_classes"]} but {spec.recorded} has {spec.num_classes} classes; '
+                       f'drop --num-classes or use matching data')
+    cfg['num_classes'] = spec.num_classes
+    if checkpoint is not None and checkpoint.get('num_classes') not in (None, spec.num_classes):
+        raise CheckpointError(f'the checkpoint has {checkpoint["num_classes"]} classes but {spec.recorded} has '
+                              f'{spec.num_classes}; resume with the data it was trained on')
+    train_loader = build_dense_train_loader(train_ds, spec.kind, cfg, world, device, cfg.get('updates_per_epoch'))
+    eval_loader = build_dense_eval_loader(val_ds, spec.kind, cfg['eval_batch_size'], cfg['workers'], world, device)
+    reporter.world_size = world.world_size
+    updates_per_epoch = len(train_loader) // cfg['grad_accum_steps']
+    if updates_per_epoch == 0:
+        raise LitError(f'the training set ({spec.train_size} images) is smaller than one update of '
+                       f'{cfg["batch_size"]} x {world.world_size} process(es) x {cfg["grad_accum_steps"]} images; '
+                       f'lower --batch-size or --grad-accum-steps')
+    return TrainingData(spec.name, spec, train_ds, val_ds, train_loader, eval_loader, {}, None, None, None,
+                        updates_per_epoch)
+
+
+def _dense_model(cfg: Dict, spec, world, log, *, pretrained: bool, initial_checkpoint: Optional[Path],
+                 resuming: bool):
+    """A dense run's model with the data's classes, from ImageNet backbone weights (``pretrained``), a dense or
+    classification checkpoint or a released dense model's name (``initial_checkpoint``), or random (a resumed run
+    loads its own weights after)."""
+    from litcli.core.modelio.factory import create_dense_model, load_backbone_weights, load_dense_start_weights
+    from litcli.core.modelio.checkpoint import read_checkpoint
+    from litcli.core.config import dense_model_name
+    from litcli.core.training.setup import released_weights
+
+    name = dense_model_name(cfg['task'], cfg['variant'])
+    kwargs = dict(drop_path_rate=cfg['drop_path'])
+    if spec.kind == 'detection':  # the detectors resize inside: the recipe's (or the scenes') scale
+        kwargs['img_scale'] = tuple(cfg['img_scale'])
+    model = create_dense_model(name, spec.num_classes, **kwargs)
+    if resuming:
+        return model
+    if pretrained:
+        path = released_weights(f'lit_{cfg["variant"]}', world, log)
+        load_backbone_weights(model, name, read_checkpoint(path), path)
+        log(f'start: {name} with the ImageNet-1k LIT-{cfg["variant"].capitalize()} backbone ({path}); neck and heads '
+            f'random')
+    elif initial_checkpoint is not None:
+        log('start: ' + load_dense_start_weights(model, name, initial_checkpoint, log))
+    return model
+
+
+def _dense_metadata(cfg: Dict, spec) -> Dict:
+    """What a dense checkpoint says about its model (``load_dense_model``, lit detect/segment/eval read it)."""
+    from litcli.core.config import dense_model_name
+
+    return dict(variant=dense_model_name(cfg['task'], cfg['variant']), task=cfg['task'],
+                num_classes=spec.num_classes, class_names=list(spec.class_names),
+                category_ids=list(spec.category_ids), img_scale=list(cfg['img_scale']), data=spec.recorded)
+
+
 @dataclass
 class Run:
     """What the epoch loop works with, built by ``_set_up``."""
@@ -214,38 +301,56 @@ def _set_up(cfg: Dict, world, device, reporter, *, checkpoint, resume_file, init
 
     log = reporter.log
     device, amp_dtype = prepare_process(cfg, world, device)
-    data = _training_data(cfg, world, device, amp_dtype, checkpoint, reporter)
-    lrs = scaled_lrs(cfg, world.world_size)  # lr, offset_lr, warmup_lr, min_lr, global_batch
-    model, size_note = _classifier(cfg, data.spec.num_classes, log)
-    start_file = start_weights_file(cfg['variant'], world, log, pretrained=pretrained,
-                                    initial_checkpoint=initial_checkpoint, resuming=checkpoint is not None)
-    if start_file is not None:
-        load_initial_weights(model, start_file, log)
+    task, resuming = cfg.get('task'), checkpoint is not None
+    if task:  # a dense model: its data, model and start weights, recipe optimizer and schedule, loss
+        from litcli.core.training.dense import forward_loss
+        data = _dense_training_data(cfg, world, device, checkpoint, reporter)
+        lrs, size_note = None, None
+        model = _dense_model(cfg, data.spec, world, log, pretrained=pretrained, initial_checkpoint=initial_checkpoint,
+                             resuming=resuming)
+        loss_fn, mixup, step_loss = None, None, forward_loss(task)
+        metadata = _dense_metadata(cfg, data.spec)
+        default_name = f'{task.replace("_", "-")}-{cfg["variant"]}-{data.spec.name}'
+    else:
+        data = _training_data(cfg, world, device, amp_dtype, checkpoint, reporter)
+        lrs = scaled_lrs(cfg, world.world_size)  # lr, offset_lr, warmup_lr, min_lr, global_batch
+        model, size_note = _classifier(cfg, data.spec.num_classes, log)
+        start_file = start_weights_file(cfg['variant'], world, log, pretrained=pretrained,
+                                        initial_checkpoint=initial_checkpoint, resuming=resuming)
+        if start_file is not None:
+            load_initial_weights(model, start_file, log)
+        (loss_fn, mixup), step_loss = engine.build_loss(cfg, data.spec.num_classes), None
+        metadata = _checkpoint_metadata(cfg, data)
+        default_name = f'{cfg["variant"]}-{dataset_name(data.spec)}'
     model = place_model(model, cfg, device, options.sync_bn, world, log)
-    state = build_train_state(model, cfg, lrs, data.updates_per_epoch, amp_dtype, device)
-    loss_fn, mixup = engine.build_loss(cfg, data.spec.num_classes)
+    state = build_train_state(model, cfg, lrs, data.updates_per_epoch, amp_dtype, device, dense=bool(task))
     position = resume_position(state, checkpoint, cfg, world, resume_file, data.kind, log)
     setup = engine.TrainSetup(wrap_for_training(model, world, device, cfg['torchcompile']), state.optimizer, loss_fn,
-                              device, scheduler=state.scheduler, per_update_schedule=not cfg['sched_on_epochs'],
+                              device, scheduler=state.scheduler, per_update_schedule=not cfg.get('sched_on_epochs'),
                               mixup=mixup, autocast=autocast_context(device, amp_dtype),
                               loss_scaler=state.loss_scaler, clip_grad=cfg['clip_grad'] or None,
                               accum_steps=cfg['grad_accum_steps'], ema=state.ema, channels_last=cfg['channels_last'],
-                              batch_transform=data.train_batch_tf)
+                              batch_transform=data.train_batch_tf, forward_loss=step_loss)
     run_dir = start_run_dir(cfg, world, device, amp_dtype, log, output=output, name=name, exist_ok=exist_ok,
-                            default_name=f'{cfg["variant"]}-{dataset_name(data.spec)}',
-                            resumed_from=resume_file if checkpoint is not None else None, start_epoch=position.epoch)
+                            default_name=default_name, resumed_from=resume_file if resuming else None,
+                            start_epoch=position.epoch)
     saver = CheckpointSaver(run_dir / 'checkpoints', options.keep_last, options.keep_best) if world.is_main else None
-    checkpoints = RunCheckpoints(state, position, cfg, options, _checkpoint_metadata(cfg, data), world, device,
-                                 saver, StopRequest())
+    checkpoints = RunCheckpoints(state, position, cfg, options, metadata, world, device, saver, StopRequest())
     run = Run(cfg, world, device, reporter, options, data, state, position, setup,
               autocast_context(device, eval_amp_dtype(device, amp_dtype)), run_dir, saver, checkpoints, size_note,
               on_step=reporter.step)
     _log_set_up(run, lrs, amp_dtype, resuming=checkpoint is not None)
     _start_tracker(run, resuming=checkpoint is not None)
     if options.keep_best:
-        log(f'keeping the checkpoints of the {options.keep_best} best epochs by eval top-1 '
+        log(f'keeping the checkpoints of the {options.keep_best} best epochs by {_ranking_metric(cfg)} '
             f'(checkpoints/top-epochNNNN.pt, ranked in checkpoints/top.json)')
     return run
+
+
+def _ranking_metric(cfg: Dict) -> str:
+    """What a run's epochs are ranked by (best.pt, --keep-best): top-1, or a dense task's box AP / mIoU."""
+    from litcli.core.training.dense import main_metric
+    return main_metric(cfg['task']) if cfg.get('task') else 'eval top-1'
 
 
 def _classifier(cfg: Dict, num_classes: int, log) -> Tuple[Any, Optional[str]]:
@@ -278,6 +383,9 @@ def _log_set_up(run: Run, lrs: Dict, amp_dtype, resuming: bool):
     cfg, world, spec, position, log = run.cfg, run.world, run.data.spec, run.position, run.reporter.log
     log(f'run directory: {run.run_dir}')
     log(f'data: {spec.description}')
+    if cfg.get('task'):
+        _log_dense_set_up(run, amp_dtype, resuming)
+        return
     backend = f', {torch.distributed.get_backend()}' if world.distributed else ''
     log(f'{world.world_size} process(es){backend}: per-device batch {cfg["batch_size"]} x {world.world_size} '
         f'process(es) x {cfg["grad_accum_steps"]} accumulation = global batch {lrs["global_batch"]}; '
@@ -296,6 +404,33 @@ def _log_set_up(run: Run, lrs: Dict, amp_dtype, resuming: bool):
             f'every epoch')
 
 
+def _log_dense_set_up(run: Run, amp_dtype, resuming: bool):
+    """A dense run's batch, recipe, model, device and precision in a few lines."""
+    import torch
+
+    from litcli.core.runtime import dtype_name
+    from litcli.core.config import dense_model_name
+
+    cfg, world, spec, position, log = run.cfg, run.world, run.data.spec, run.position, run.reporter.log
+    global_batch = cfg['batch_size'] * world.world_size * cfg['grad_accum_steps']
+    schedule = (f'step x{cfg["decay_rate"]} after epochs {", ".join(map(str, cfg["decay_epochs"]))}'
+                if cfg['sched'] == 'multistep' else f'poly {cfg["poly_power"]} to {cfg["min_lr"]:.0e}')
+    warmup = f', linear warmup {cfg["warmup_iters"]} updates from {cfg["warmup_ratio"]}x' if cfg['warmup_iters'] else ''
+    threads = f' ({torch.get_num_threads()} thread(s))' if run.device.type == 'cpu' else ''
+    precision = f' {dtype_name(amp_dtype)} autocast' if amp_dtype else ' fp32'
+    where = (f'; resuming at epoch {position.epoch}, step {position.step}' +
+             (f', batch {position.batch}' if position.batch else '')) if resuming else ''
+    log(f'{dense_model_name(cfg["task"], cfg["variant"])} on {spec.recorded} ({spec.train_size} train / '
+        f'{spec.val_size} val images, {spec.num_classes} classes), {run.device}{threads}{precision}; batch '
+        f'{cfg["batch_size"]} x {world.world_size} process(es) x {cfg["grad_accum_steps"]} = {global_batch}; '
+        f'{cfg["opt"]} lr {cfg["lr"]:.3g}, weight decay {cfg["weight_decay"]:.3g}, {schedule}{warmup}; '
+        f'{counted(cfg["epochs"], "epoch")} x {run.data.updates_per_epoch} updates, images resized to fit '
+        f'{cfg["img_scale"][0]}x{cfg["img_scale"][1]}{where}')
+    if run.options.save_interval:
+        log(f'checkpoints every {run.options.save_interval} steps (the newest {run.options.keep_last} kept) and '
+            f'every epoch')
+
+
 def _start_tracker(run: Run, resuming: bool):
     """``--log``'s experiment trackers (rank 0): TensorBoard / W&B event files under the run directory, fed after
     every update and every epoch, with the DTM offsets of a fixed validation batch (shards cannot be indexed:
@@ -309,7 +444,9 @@ def _start_tracker(run: Run, resuming: bool):
                                            run.cfg['log_interval'],
                                            purge_step=run.position.step + 1 if resuming else None)
     val_ds = run.data.val_ds
-    run.probe = fixed_batch(val_ds.head(8) if hasattr(val_ds, 'head') else val_ds, batch_transform=run.data.probe_tf)
+    if not run.cfg.get('task'):  # the DTM offsets of a fixed classification batch (dense runs: none followed)
+        run.probe = fixed_batch(val_ds.head(8) if hasattr(val_ds, 'head') else val_ds,
+                                batch_transform=run.data.probe_tf)
     run.reporter.log('logging to ' + ', '.join(str(p) for p in tracker.locations))
 
     def step_and_track(progress: Dict):
@@ -391,8 +528,15 @@ def _evaluate(run: Run, epoch: int) -> Dict:
         if run.state.ema is not None:
             distribute_bn(run.state.ema.module, world.world_size, reduce=True)
     data.eval_loader.set_epoch(epoch)
-    metrics = engine.evaluate(run.eval_model, data.eval_loader, run.device, run.eval_autocast,
-                              channels_last=run.cfg['channels_last'], batch_transform=data.eval_batch_tf, world=world)
+    if run.cfg.get('task'):
+        from litcli.core.training.dense import evaluate_dense
+        metrics = evaluate_dense(run.eval_model, data.eval_loader, run.device, task=run.cfg['task'],
+                                 dataset=data.val_ds, img_scale=run.cfg['img_scale'], world=world,
+                                 autocast=run.eval_autocast)
+    else:
+        metrics = engine.evaluate(run.eval_model, data.eval_loader, run.device, run.eval_autocast,
+                                  channels_last=run.cfg['channels_last'], batch_transform=data.eval_batch_tf,
+                                  world=world)
     for dataset in (data.train_ds, data.val_ds):
         skipped = int(all_reduce_sum([getattr(dataset, 'skipped', 0)], world, run.device)[0])
         if skipped:
@@ -406,6 +550,9 @@ def _record_epoch(run: Run, epoch: int, stats: Dict, metrics: Dict, epoch_time_s
     from litcli.core.training.rundir import record_epoch
     from litcli.core.training.tracking import dtm_offsets_px
 
+    if run.cfg.get('task'):
+        _record_dense_epoch(run, epoch, stats, metrics, epoch_time_s)
+        return
     position, world = run.position, run.world
     is_best = position.best_metric is None or metrics['top1'] > position.best_metric
     position.best_metric = max(position.best_metric or 0.0, metrics['top1'])
@@ -427,6 +574,34 @@ def _record_epoch(run: Run, epoch: int, stats: Dict, metrics: Dict, epoch_time_s
                      f'; {100 * row["data_share"]:.0f}% of the training time waiting for data')
 
 
+def _record_dense_epoch(run: Run, epoch: int, stats: Dict, metrics: Dict, epoch_time_s: float):
+    """A dense epoch's row (its task's metric columns), checkpoints ranked by box AP / mIoU, trackers, log line."""
+    from litcli.core.training.dense import main_metric, metric_fields
+    from litcli.core.training.rundir import dense_metric_fields, record_epoch
+
+    position, world, task = run.position, run.world, run.cfg['task']
+    key, fields = main_metric(task), metric_fields(task)
+    score = metrics[key]
+    is_best = position.best_metric is None or score > position.best_metric
+    position.best_metric = score if is_best else position.best_metric
+    epoch_data_time = DataTime(stats['data_s'], stats['compute_s'])
+    row = dict(epoch=epoch, step=position.step, train_loss=stats['train_loss'], **{f: metrics[f] for f in fields},
+               lr=stats['lr'], img_per_s=stats['img_per_s'] * world.world_size, epoch_time_s=epoch_time_s,
+               img_per_s_device=stats['img_per_s'], data_s=stats['data_s'], compute_s=stats['compute_s'],
+               data_share=epoch_data_time.share)
+    obj = run.checkpoints.epoch_state(epoch, score, metric_name=f'eval_{key}')  # collective
+    if not world.is_main:
+        return
+    record_epoch(run.run_dir, run.saver, row, obj, is_best, metric=score, fields=dense_metric_fields(fields))
+    if run.tracker is not None:
+        run.tracker.epoch(row, {})
+    shown = ', '.join(f'{f.replace("_", " ")} {row[f]:.1f}' for f in fields if f.endswith(('AP', 'AP50', 'mIoU',
+                                                                                              'aAcc')))
+    run.reporter.log(f'epoch {epoch}: train loss {row["train_loss"]:.4f}, {shown}, lr {row["lr"]:.3e}, '
+                     f'{row["img_per_s"]:.1f} img/s, {row["epoch_time_s"]:.1f}s' + (' (best)' if is_best else '') +
+                     f'; {100 * row["data_share"]:.0f}% of the training time waiting for data')
+
+
 def _print_summary(run: Run, start_epoch: int, seconds: float):
     """The table at the end of a run (rank 0)."""
     from rich.table import Table
@@ -435,10 +610,19 @@ def _print_summary(run: Run, start_epoch: int, seconds: float):
 
     cfg, position, spec, data_time = run.cfg, run.position, run.data.spec, run.data_time
     table = Table(title='lit train summary', show_header=False)
-    size = ' demo size' if cfg.get('demo_config') else ' custom size' if run.size_note else ''
-    table.add_row('model', f'{cfg["variant"]}{size} ({spec.num_classes} classes, {cfg["img_size"]} px)')
-    table.add_row('data', dataset_name(spec))
-    table.add_row('best top-1', f'{position.best_metric:.2f}%' if position.best_metric is not None else '-')
+    best = f'{position.best_metric:.2f}' if position.best_metric is not None else '-'
+    if cfg.get('task'):
+        from litcli.core.config import dense_model_name
+        from litcli.core.training.dense import main_metric
+        table.add_row('model', f'{dense_model_name(cfg["task"], cfg["variant"])} ({spec.num_classes} classes, '
+                               f'images fit into {cfg["img_scale"][0]}x{cfg["img_scale"][1]})')
+        table.add_row('data', spec.recorded)
+        table.add_row(f'best {main_metric(cfg["task"]).replace("_", " ")}', best)
+    else:
+        size = ' demo size' if cfg.get('demo_config') else ' custom size' if run.size_note else ''
+        table.add_row('model', f'{cfg["variant"]}{size} ({spec.num_classes} classes, {cfg["img_size"]} px)')
+        table.add_row('data', dataset_name(spec))
+        table.add_row('best top-1', f'{best}%' if position.best_metric is not None else '-')
     table.add_row('epochs', f'{cfg["epochs"]} ({cfg["epochs"] - start_epoch} this run, step {position.step})')
     table.add_row('processes', str(run.world.world_size))
     if data_time.wall_s > 0:

@@ -389,6 +389,9 @@ _DENSE_COMMON = dict(
     log_interval=50,
     threads=None,
     strict_data=False,
+    eval_batch_size=1,        # validation images per forward: 1, the official test (a batch pads images together)
+    train_scenes=None,        # the built-in scenes only: canvases in the training / validation split (None: 4000 /
+    val_scenes=None,          # 250, litcli.core.data.scenes)
 )
 _DENSE_TASK_SETTINGS = {
     # mmdet's 1x schedule: 12 epochs, x0.1 at 8 and 11, 500 warmup updates from 0.001 x lr.
@@ -416,9 +419,11 @@ DENSE_SCHEDULE_KEYS = ('epochs', 'updates_per_epoch', 'lr', 'sched', 'decay_epoc
 # sized for about 15 minutes on a 2-core CPU from a random backbone. The lead's benchmark tunes these numbers.
 DENSE_DATA_PRESETS: Dict[str, Dict[str, Any]] = {
     'fashion-mnist-det': dict(img_scale=[160, 128], epochs=12, updates_per_epoch=150, batch_size=4, lr=3e-4,
-                              warmup_iters=100, decay_epochs=[8, 11], workers=0, log_interval=20),
+                              warmup_iters=100, decay_epochs=[8, 11], workers=0, log_interval=20,
+                              eval_batch_size=8),
     'fashion-mnist-seg': dict(img_scale=[640, 128], crop_size=[128, 128], epochs=10, updates_per_epoch=200,
-                              batch_size=8, lr=3e-4, warmup_iters=0, workers=0, log_interval=20),
+                              batch_size=8, lr=3e-4, warmup_iters=0, workers=0, log_interval=20,
+                              eval_batch_size=8),
 }
 _DENSE_DATA_KIND = {'fashion-mnist-det': 'detection', 'fashion-mnist-seg': 'segmentation',
                     'coco': 'detection', 'ade20k': 'segmentation'}  # data name or scheme -> the tasks it feeds
@@ -482,28 +487,30 @@ def _data_kind(data: str) -> Optional[str]:
 
 
 def new_dense_run_config(task: Optional[str] = None, variant: Optional[str] = None, config_file=None,
-                         overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                         overrides: Optional[Dict[str, Any]] = None,
+                         base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The config of a new dense run: recipe(task, variant) < data preset < ``config_file`` < ``overrides`` (explicit
     flags; None = not given). ``task``/``variant`` (the flags) win over the file's; the variant defaults to ti.
-    No data anywhere: the task's built-in synthetic scenes (fashion-mnist-det / fashion-mnist-seg)."""
+    No data anywhere: the task's built-in synthetic scenes (fashion-mnist-det / fashion-mnist-seg). ``base``: a
+    resumed run's saved config, which replaces recipe and preset (settings added since keep the recipe's value)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(overrides) - DENSE_CONFIG_KEYS)
     if unknown:
         raise LitError(_unknown_keys_message(unknown, DENSE_CONFIG_KEYS))
     file_cfg = load_dense_config_file(config_file) if config_file is not None else {}
-    task = task or overrides.get('task') or file_cfg.get('task')
+    task = task or overrides.get('task') or file_cfg.get('task') or (base or {}).get('task')
     if task is None:
         raise UsageError(f'no task given: pass --task {"|".join(DENSE_TASK_CLI.values())}')
     task = dense_task_name(task)
     variant = dense_variant_name(variant or overrides.get('variant') or file_cfg.get('variant') or 'ti')
     kind = 'segmentation' if task == 'semantic_fpn' else 'detection'
-    data = overrides.get('data') or file_cfg.get('data') or f'fashion-mnist-{kind[:3]}'
+    data = overrides.get('data') or file_cfg.get('data') or (base or {}).get('data') or f'fashion-mnist-{kind[:3]}'
     if _data_kind(str(data)) not in (None, kind):
         raise LitError(f'--data {data} is a {_data_kind(str(data))} set and {DENSE_TASK_CLI[task]} is a {kind} '
                        f'task; use ' + ('coco:ROOT or fashion-mnist-det' if kind == 'detection'
                                         else 'ade20k:ROOT or fashion-mnist-seg'))
     cfg = dense_recipe(task, variant)
-    cfg.update(copy.deepcopy(DENSE_DATA_PRESETS.get(str(data), {})))
+    cfg.update(copy.deepcopy(DENSE_DATA_PRESETS.get(str(data), {})) if base is None else copy.deepcopy(base))
     cfg.update(copy.deepcopy(file_cfg))
     cfg.update(copy.deepcopy(overrides))
     cfg.update(task=task, variant=variant, data=data)

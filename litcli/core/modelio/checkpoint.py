@@ -402,7 +402,9 @@ def read_top_index(ckpt_dir: PathLike) -> List[Dict]:
 # A resumed run keeps its saved LR schedule only when none of these changed (else the new plan is followed, timm's
 # way, positioned at the saved epoch/step).
 SCHEDULE_KEYS = ('epochs', 'warmup_epochs', 'warmup_lr', 'min_lr', 'lr', 'lr_base', 'scale_lr_bounds', 'sched',
-                 'sched_on_epochs', 'batch_size', 'grad_accum_steps')
+                 'sched_on_epochs', 'batch_size', 'grad_accum_steps',
+                 # the dense recipes' (absent from classification configs: equal as None)
+                 'updates_per_epoch', 'decay_epochs', 'decay_rate', 'warmup_iters', 'warmup_ratio', 'poly_power')
 
 
 def plain(obj):
@@ -479,7 +481,7 @@ class TrainState:
         self.model.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
         saved = ckpt['config']
-        if all(saved.get(k) == cfg[k] for k in SCHEDULE_KEYS):
+        if all(saved.get(k) == cfg.get(k) for k in SCHEDULE_KEYS):
             self.scheduler.load_state_dict(ckpt['scheduler'])
         else:  # e.g. a larger --epochs: keep the new plan (timm's way), positioned at the saved epoch/step below
             log('schedule settings changed since the checkpoint: the LR schedule follows the new config')
@@ -499,7 +501,7 @@ class TrainState:
                     f'same, or resume an epoch-end checkpoint (best.pt, or last.pt after an epoch)')
             position.loss_totals = tuple(ckpt.get('epoch_loss_totals') or (0.0, 0))
         self.scheduler.step(position.epoch)  # the optimizer state carried the old lr: set the lr of this position
-        if not cfg['sched_on_epochs']:
+        if not cfg.get('sched_on_epochs'):  # per-update schedules (the dense recipes' too)
             self.scheduler.step_update(num_updates=position.step)
         rngs = ckpt.get('rng_ranks') or [ckpt.get('rng')]
         if len(rngs) == world_size and rngs[rank]:

@@ -413,10 +413,8 @@ def create_dense_model(name: str, num_classes: Optional[int] = None, *, backbone
     ``dense_state_dict_from_classification`` (LIT-S's tables resampled to the dense grid, output norms fresh); the
     neck and heads stay random. An unknown name is a UsageError; weights of the other backbone a CheckpointError."""
     from litcli.models import dense_zoo
-    from litcli.models.dense import dense_state_dict_from_classification
 
     try:
-        entry = dense_zoo.dense_model(name)
         model = dense_zoo.create_dense_model(name, num_classes, **kwargs)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -426,14 +424,58 @@ def create_dense_model(name: str, num_classes: Optional[int] = None, *, backbone
         path = pretrained_file(backbone_weights, log)
     else:
         path = Path(backbone_weights)
-    raw, _ = select_weights(read_checkpoint(path), source=path)
+    load_backbone_weights(model, name, read_checkpoint(path), path)
+    return model
+
+
+def load_backbone_weights(model, name: str, raw: Dict, source) -> None:
+    """Load classification weights (``raw``: a checkpoint dict, official or ``lit train``) into the LIT backbone of
+    the dense model ``name``, strictly after ``dense_state_dict_from_classification``."""
+    from litcli.models import dense_zoo
+    from litcli.models.dense import dense_state_dict_from_classification
+
+    entry = dense_zoo.dense_model(name)
+    weights, _ = select_weights(raw, source=source)
     try:
-        state_dict = dense_state_dict_from_classification(raw, entry.variant, entry.backbone_task)
+        state_dict = dense_state_dict_from_classification(weights, entry.variant, entry.backbone_task)
     except ValueError as e:
-        raise CheckpointError(f'{path} cannot initialise the backbone of {name}: {e}') from None
+        raise CheckpointError(f'{source} cannot initialise the backbone of {name}: {e}') from None
     body = getattr(model.backbone, 'body', model.backbone)  # detectors wrap the LIT body with the FPN
     body.load_state_dict(state_dict)
-    return model
+
+
+def load_dense_start_weights(model, name: str, source, log: Callable[[str], None]) -> str:
+    """The weights a dense training run starts from, loaded into ``model`` (the dense model ``name``): ``source`` a
+    dense model's name (its released file, downloaded once), a dense checkpoint (official mmdet/mmseg file or a lit
+    one: every tensor whose shape fits; with other classes the class-specific head rows stay random), or a
+    classification checkpoint (the backbone only). Returns what was loaded, for the log."""
+    from litcli.models.dense_zoo import DENSE_MODEL_NAMES
+
+    if str(source) in DENSE_MODEL_NAMES and not Path(source).is_file():
+        path = pretrained_file(str(source), log)
+    else:
+        path = Path(source)
+    raw = read_checkpoint(path)
+    found = _dense_entry_of(raw)
+    if found is None:
+        load_backbone_weights(model, name, raw, path)
+        return f'backbone from the classification weights {path}'
+    entry, state_dict, _ = found
+    if entry.name != name:
+        raise CheckpointError(f'{path} holds {entry.name} weights, not {name}; start {name} from its own kind of '
+                              f'weights (or pass --pretrained for ImageNet backbone weights)')
+    if 'model' in raw and isinstance(raw['model'], dict):  # a lit train dense checkpoint: its (EMA) weights
+        state_dict, _ = select_weights(raw, source=path)
+    target = model.state_dict()
+    unknown = sorted(set(state_dict) - set(target))
+    if unknown:
+        raise CheckpointError(f'{path} does not fit {name}: {len(unknown)} unexpected keys '
+                              f'({key_examples(unknown)}); pass a checkpoint of {name}')
+    fitting = {k: v for k, v in state_dict.items() if v.shape == target[k].shape}
+    model.load_state_dict(fitting, strict=False)
+    fresh = sorted(set(target) - set(fitting))
+    return f'{name} weights from {path}' + (f' ({len(fresh)} tensors of other shapes, e.g. the class-specific '
+                                             f'head rows, left random: {key_examples(fresh)})' if fresh else '')
 
 
 def _dense_entry_of(raw: Dict):
@@ -456,6 +498,15 @@ def _dense_entry_of(raw: Dict):
     except ValueError:
         return None
     return DENSE_MODELS[name], converted, num_classes
+
+
+def is_dense_checkpoint(path) -> bool:
+    """Whether the file holds a dense model (lit or official mmdet/mmseg); False for anything else, unreadable
+    files included (the caller's own loading then says what is wrong)."""
+    try:
+        return _dense_entry_of(read_checkpoint(Path(path), mmap=True)) is not None
+    except LitError:
+        return False
 
 
 def _refuse_dense(raw: Dict, source) -> Dict:

@@ -11,13 +11,24 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from litcli.core.errors import LitError, WriteError
 from litcli.core.io import save_figure, write_json, write_text
 
 METRIC_FIELDS = ('epoch', 'step', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'img_per_s',
                  'epoch_time_s', 'img_per_s_device', 'data_s', 'compute_s', 'data_share')
+# The accuracy columns a run's curves show, whichever its task writes: classification's, the detectors' COCO AP
+# (box, mask), Semantic FPN's mIoU and pixel accuracies.
+ACCURACY_FIELDS = ('eval_top1', 'eval_top5', 'bbox_AP', 'bbox_AP50', 'segm_AP', 'segm_AP50', 'mIoU', 'mAcc', 'aAcc')
+
+
+def dense_metric_fields(task_metrics: Sequence[str]) -> Tuple[str, ...]:
+    """The columns of a dense run's metrics files, around the task's metric columns."""
+    return ('epoch', 'step', 'train_loss', *task_metrics, 'lr', 'img_per_s', 'epoch_time_s', 'img_per_s_device',
+            'data_s', 'compute_s', 'data_share')
+
+
 RUN_FILES = ('checkpoints', 'metrics.csv', 'metrics.jsonl', 'curves.png', 'config.yaml', 'env.json',
              'tensorboard', 'wandb')  # the last two: lit train --log
 RUN_ELSEWHERE = 'choose another --output'  # the way out of a failed write into a run folder
@@ -96,10 +107,11 @@ def _read_csv(path: Path):
         return tuple(reader.fieldnames or ()), list(reader)
 
 
-def write_metrics(run_dir: Path, row: Dict):
+def write_metrics(run_dir: Path, row: Dict, fields: Sequence[str] = METRIC_FIELDS):
     """Add one epoch to metrics.jsonl and metrics.csv, each rewritten atomically (old or new, never a partial
-    row; a full disk is one WriteError and leaves both files as they were)."""
-    record = {k: row.get(k) for k in METRIC_FIELDS}
+    row; a full disk is one WriteError and leaves both files as they were). ``fields``: the columns (a dense
+    task's: ``dense_metric_fields``)."""
+    record = {k: row.get(k) for k in fields}
     jsonl = run_dir / 'metrics.jsonl'
     old = jsonl.read_text() if jsonl.exists() else ''
     write_text(jsonl, old + ('\n' if old and not old.endswith('\n') else '') + json.dumps(record) + '\n',
@@ -107,7 +119,7 @@ def write_metrics(run_dir: Path, row: Dict):
     csv_path = run_dir / 'metrics.csv'
     # a run resumed from an older lit: its file gets the new columns (empty in its earlier rows)
     rows = _read_csv(csv_path)[1] if csv_path.exists() else []
-    write_text(csv_path, _csv_text(rows + [record], METRIC_FIELDS), RUN_ELSEWHERE)
+    write_text(csv_path, _csv_text(rows + [record], fields), RUN_ELSEWHERE)
 
 
 def read_metrics(run_dir: Path):
@@ -118,7 +130,8 @@ def read_metrics(run_dir: Path):
 
 
 def plot_curves(run_dir: Path):
-    """curves.png: train/eval loss, eval top-1/top-5 and lr against epoch (written atomically)."""
+    """curves.png: train (and eval) loss, the accuracy columns present (top-1/top-5, COCO AP, mIoU) and lr against
+    epoch (written atomically)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -129,10 +142,12 @@ def plot_curves(run_dir: Path):
     epochs = [r['epoch'] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epochs, [r['train_loss'] for r in rows], 'o-', label='train')
-    axes[0].plot(epochs, [r['eval_loss'] for r in rows], 'o-', label='eval')
+    if rows[0].get('eval_loss') is not None:
+        axes[0].plot(epochs, [r['eval_loss'] for r in rows], 'o-', label='eval')
     axes[0].set(title='loss', xlabel='epoch')
-    axes[1].plot(epochs, [r['eval_top1'] for r in rows], 'o-', label='top-1')
-    axes[1].plot(epochs, [r['eval_top5'] for r in rows], 'o-', label='top-5')
+    labels = {'eval_top1': 'top-1', 'eval_top5': 'top-5'}
+    for key in (k for k in ACCURACY_FIELDS if rows[0].get(k) is not None):
+        axes[1].plot(epochs, [r.get(key) for r in rows], 'o-', label=labels.get(key, key))
     axes[1].set(title='eval accuracy (%)', xlabel='epoch')
     axes[2].plot(epochs, [r['lr'] for r in rows], 'o-')
     axes[2].set(title='learning rate (end of epoch)', xlabel='epoch',
@@ -162,7 +177,8 @@ def truncate_metrics(run_dir: Path, before_epoch: int):
             write_text(csv_path, _csv_text(kept, fields), RUN_ELSEWHERE)
 
 
-def record_epoch(run_dir: Path, saver, row: Dict, state: Dict, is_best: bool, metric: Optional[float] = None):
+def record_epoch(run_dir: Path, saver, row: Dict, state: Dict, is_best: bool, metric: Optional[float] = None,
+                 fields: Sequence[str] = METRIC_FIELDS):
     """An epoch end on rank 0: its metrics row (metrics.jsonl, .csv), its checkpoints (``saver.save_epoch``:
     last.pt first), then curves.png. The row goes first, so a kill before last.pt is saved leaves a row the resume
     drops again; a write that fails (full disk) before last.pt holds the epoch takes the row out again, so the
@@ -170,7 +186,7 @@ def record_epoch(run_dir: Path, saver, row: Dict, state: Dict, is_best: bool, me
     resume."""
     epoch, saved = int(row['epoch']), False
     try:
-        write_metrics(run_dir, row)
+        write_metrics(run_dir, row, fields)
         saver.save_epoch(state, is_best, metric=metric)
         saved = True
         plot_curves(run_dir)

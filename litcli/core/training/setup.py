@@ -128,16 +128,23 @@ def place_model(model: nn.Module, cfg: Dict, device: torch.device, sync_bn: bool
     return model
 
 
-def build_train_state(model: nn.Module, cfg: Dict, lrs: Dict[str, float], updates_per_epoch: int,
-                      amp_dtype: Optional[torch.dtype], device: torch.device) -> TrainState:
-    """The optimizer (the DTM offsets' own rate), the schedule, the fp16 loss scaler and the EMA of ``model``, from
-    the learning rates already scaled to the global batch (``core.config.scaled_lrs``)."""
-    from litcli.core.training.optim import create_optimizer, create_scheduler
+def build_train_state(model: nn.Module, cfg: Dict, lrs: Optional[Dict[str, float]], updates_per_epoch: int,
+                      amp_dtype: Optional[torch.dtype], device: torch.device, dense: bool = False) -> TrainState:
+    """The optimizer, the schedule, the fp16 loss scaler and the EMA of ``model``. Classification: the DTM offsets'
+    own rate, the learning rates already scaled to the global batch (``core.config.scaled_lrs``); ``dense``: the
+    official mmdet/mmseg recipe's groups and per-update schedule (``lrs`` unused)."""
+    from litcli.core.training import optim
 
-    optimizer = create_optimizer(model, lr=lrs['lr'], weight_decay=cfg['weight_decay'], offset_lr=lrs['offset_lr'],
-                                 opt=cfg['opt'], eps=cfg['opt_eps'], betas=cfg['opt_betas'])
-    scheduler = create_scheduler(optimizer, cfg['epochs'], cfg['warmup_epochs'], lrs['warmup_lr'], lrs['min_lr'],
-                                 updates_per_epoch, step_on_epochs=cfg['sched_on_epochs'], sched=cfg['sched'])
+    if dense:
+        optimizer = optim.create_dense_optimizer(model, cfg)
+        scheduler = optim.create_dense_scheduler(optimizer, cfg, updates_per_epoch)
+    else:
+        optimizer = optim.create_optimizer(model, lr=lrs['lr'], weight_decay=cfg['weight_decay'],
+                                           offset_lr=lrs['offset_lr'], opt=cfg['opt'], eps=cfg['opt_eps'],
+                                           betas=cfg['opt_betas'])
+        scheduler = optim.create_scheduler(optimizer, cfg['epochs'], cfg['warmup_epochs'], lrs['warmup_lr'],
+                                           lrs['min_lr'], updates_per_epoch, step_on_epochs=cfg['sched_on_epochs'],
+                                           sched=cfg['sched'])
     state = TrainState(model, optimizer, scheduler)
     if amp_dtype is torch.float16:
         from timm.utils import NativeScaler
@@ -238,9 +245,10 @@ class RunCheckpoints:
                 self.saver.save_last(obj)
         return stopping
 
-    def epoch_state(self, epoch: int, metric: float) -> Optional[Dict]:
-        """The checkpoint of epoch ``epoch``'s end (rank 0; None elsewhere), with the epoch's own ``metric``."""
+    def epoch_state(self, epoch: int, metric: float, metric_name: str = 'eval_top1') -> Optional[Dict]:
+        """The checkpoint of epoch ``epoch``'s end (rank 0; None elsewhere), with the epoch's own ``metric``
+        (classification's top-1, which lit avg-checkpoints --top ranks by; a dense task's box AP or mIoU)."""
         obj = self.training_state(epoch, epoch + 1, 0, (0.0, 0))
         if obj is not None:
-            obj['eval_top1'] = metric  # lit avg-checkpoints --top ranks by it
+            obj[metric_name] = metric
         return obj

@@ -135,9 +135,13 @@ class TrainTracker:
 
     def epoch(self, row: Dict, offsets_px: Dict[str, float]):
         """An epoch's metrics row (``metrics.jsonl`` columns) and each DTM's mean |offset| in pixels."""
-        scalars = {'eval/top1': row['eval_top1'], 'eval/top5': row['eval_top5'], 'eval/loss': row['eval_loss'],
-                   'train/epoch_loss': row['train_loss'], 'train/epoch_time_s': row['epoch_time_s'],
+        scalars = {'train/epoch_loss': row['train_loss'], 'train/epoch_time_s': row['epoch_time_s'],
                    'train/epoch': row['epoch']}
+        # classification's top-1/top-5/loss as eval/top1 ...; a dense task's columns (bbox_AP, mIoU ...) by name
+        named = {'eval_top1': 'top1', 'eval_top5': 'top5', 'eval_loss': 'loss'}
+        scalars.update({f'eval/{named.get(key, key)}': float(value) for key, value in row.items()
+                        if (key in named or key.split('_')[0] in ('bbox', 'segm') or key in ('mIoU', 'mAcc', 'aAcc'))
+                        and value is not None})
         scalars.update({f'dtm/{name}_offset_px': px for name, px in offsets_px.items()})
         self.log(scalars, row['step'])
         for writer in self.writers:

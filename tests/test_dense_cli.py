@@ -245,9 +245,9 @@ def test_coco_folder_without_annotations_names_the_missing_file(tmp_path):
     assert not (tmp_path / 'o').exists()
 
 
-def test_classification_flag_is_an_unknown_setting_of_a_dense_run(tmp_path):
+def test_classification_flag_is_refused_by_a_dense_run(tmp_path):
     one_line_error(lit('train', '--task', 'retinanet', '--mixup', 0.5, '--output', tmp_path),
-                   'unknown setting', 'mixup')
+                   '--mixup', 'classification setting', 'drop it')
 
 
 def test_pretrained_and_initial_checkpoint_together(tmp_path):
@@ -311,10 +311,6 @@ def test_predict_refuses_a_tiny_runs_checkpoint(runs, task, command):
 
 # load_dense_start_weights takes ``select_weights(raw)[0]`` (the whole checkpoint dict, weights under 'model') as
 # the state dict, so every lit dense checkpoint fails with its metadata keys as "unexpected keys"
-LIT_DENSE_START_BUG = ('load_dense_start_weights loads select_weights(raw)[0], the whole checkpoint dict, as the state '
-                       'dict: a lit dense checkpoint "does not fit": unexpected keys (best_metric, category_ids, '
-                       'class_names...)')
-
 
 def saved_weights(path):
     return torch.load(path, map_location='cpu', weights_only=True)['model']
@@ -329,19 +325,16 @@ def check_full_load(model, source: Path):
         assert torch.equal(loaded[key], value), key
 
 
-@pytest.mark.xfail(reason=LIT_DENSE_START_BUG, strict=True)
 def test_same_classes_start_loads_every_tensor(retinanet_file):
     check_full_load(create_dense_model('retinanet_lit_ti', len(GARMENTS), img_scale=DET_SCALE), retinanet_file)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=LIT_DENSE_START_BUG, strict=True)
 def test_same_classes_start_from_a_tiny_run_loads_every_tensor(runs):
     check_full_load(create_dense_model('retinanet_lit_ti', len(GARMENTS), img_scale=DET_SCALE),
                     runs['retinanet'].checkpoint)
 
 
-@pytest.mark.xfail(reason=LIT_DENSE_START_BUG, strict=True)
 def test_other_class_count_leaves_the_class_rows_random_and_says_so(retinanet_file):
     model = create_dense_model('retinanet_lit_ti', 3, img_scale=DET_SCALE)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -389,7 +382,6 @@ def test_classification_checkpoint_initialises_the_backbone_only(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=LIT_DENSE_START_BUG, strict=True)
 def test_initial_checkpoint_run_starts_from_its_weights(runs, tmp_path):
     """lit train --initial-checkpoint DET.pt at lr 0: the run logs the full load and its weights stay the file's."""
     ckpt = runs['retinanet'].checkpoint

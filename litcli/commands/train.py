@@ -79,8 +79,9 @@ def _run_config(variant: Optional[str], config_file: Optional[Path], overrides: 
         resume_file, checkpoint = resume_source(resume, output, name, log)
         saved = checkpoint['config']
         if (saved.get('task') or None) != task and task is not None:
-            raise CheckpointError(f'{resume_file} is a {saved.get("task") or "classification"} run, not '
-                                  f'{task.replace("_", "-")}; drop --task or resume another run')
+            kind = (saved.get('task') or 'classification').replace('_', '-')
+            raise CheckpointError(f'{resume_file} is a {kind} run, not {task.replace("_", "-")}; drop --task or '
+                                  f'resume another run')
         if saved.get('task'):
             if overrides.get('variant') and overrides['variant'] != saved['variant']:
                 raise CheckpointError(f'{resume_file} is a {saved["variant"]} run, not {overrides["variant"]}; '
@@ -221,7 +222,7 @@ def _dense_model(cfg: Dict, spec, world, log, *, pretrained: bool, initial_check
     from litcli.core.training.setup import released_weights
 
     name = dense_model_name(cfg['task'], cfg['variant'])
-    kwargs = dict(drop_path_rate=cfg['drop_path'])
+    kwargs = dict(drop_path_rate=cfg['drop_path'], **cfg['model_kwargs'])
     if spec.kind == 'detection':  # the detectors resize inside: the recipe's (or the scenes') scale
         kwargs['img_scale'] = tuple(cfg['img_scale'])
     model = create_dense_model(name, spec.num_classes, **kwargs)
@@ -243,7 +244,8 @@ def _dense_metadata(cfg: Dict, spec) -> Dict:
 
     return dict(variant=dense_model_name(cfg['task'], cfg['variant']), task=cfg['task'],
                 num_classes=spec.num_classes, class_names=list(spec.class_names),
-                category_ids=list(spec.category_ids), img_scale=list(cfg['img_scale']), data=spec.recorded)
+                category_ids=list(spec.category_ids), img_scale=list(cfg['img_scale']), data=spec.recorded,
+                model_kwargs=dict(cfg['model_kwargs']))
 
 
 @dataclass

@@ -392,6 +392,8 @@ _DENSE_COMMON = dict(
     eval_batch_size=1,        # validation images per forward: 1, the official test (a batch pads images together)
     train_scenes=None,        # the built-in scenes only: canvases in the training / validation split (None: 4000 /
     val_scenes=None,          # 250, litcli.core.data.scenes)
+    model_kwargs={},          # settings of the detector/segmenter (litcli.models.detection's RETINANET_SETTINGS,
+                              # MASK_RCNN_SETTINGS: e.g. fewer RoIs for a CPU run); recorded in the checkpoints
 )
 _DENSE_TASK_SETTINGS = {
     # mmdet's 1x schedule: 12 epochs, x0.1 at 8 and 11, 500 warmup updates from 0.001 x lr.
@@ -495,6 +497,12 @@ def new_dense_run_config(task: Optional[str] = None, variant: Optional[str] = No
     resumed run's saved config, which replaces recipe and preset (settings added since keep the recipe's value)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(overrides) - DENSE_CONFIG_KEYS)
+    classification = [k for k in unknown if k in CONFIG_KEYS]
+    if classification:  # a flag lit train takes for classifiers only
+        flags = ', '.join('--' + k.replace('_', '-') for k in classification)
+        raise UsageError(f'{flags}: classification setting(s), not used by a detection/segmentation run; drop '
+                         f'{"it" if len(classification) == 1 else "them"} (the dense recipes: '
+                         f'litcli/recipes/retinanet_lit_ti.yaml ...)')
     if unknown:
         raise LitError(_unknown_keys_message(unknown, DENSE_CONFIG_KEYS))
     file_cfg = load_dense_config_file(config_file) if config_file is not None else {}

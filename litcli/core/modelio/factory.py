@@ -464,8 +464,8 @@ def load_dense_start_weights(model, name: str, source, log: Callable[[str], None
     if entry.name != name:
         raise CheckpointError(f'{path} holds {entry.name} weights, not {name}; start {name} from its own kind of '
                               f'weights (or pass --pretrained for ImageNet backbone weights)')
-    if 'model' in raw and isinstance(raw['model'], dict):  # a lit train dense checkpoint: its (EMA) weights
-        state_dict, _ = select_weights(raw, source=path)
+    if isinstance(raw.get('model'), dict):  # a lit dense checkpoint: the weights its metrics came from (EMA...)
+        state_dict = select_weights(raw, source=path)[0]['model']
     target = model.state_dict()
     unknown = sorted(set(state_dict) - set(target))
     if unknown:

@@ -747,9 +747,10 @@ def compare(
     runs: Annotated[List[Path], typer.Argument(help='lit train run folders (runs/train/NAME).', show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
         help='The curves PNG (default runs/compare/A-vs-B.png, a new name).', dir_okay=False)] = None,
-    metric: Annotated[str, typer.Option(
-        help='Metric of the "best" column and the second panel: val_top1, val_top5, val_loss or train_loss.')] =
-        'val_top1',
+    metric: Annotated[Optional[str], typer.Option(
+        help='Metric of the "best" column and the second panel: val_top1 (default), val_top5, val_loss or '
+             'train_loss; detection / segmentation runs: bbox_AP (their default), bbox_AP50, segm_AP, mIoU (theirs), '
+             'mAcc, aAcc.', show_default=False)] = None,
     gmacs: Annotated[bool, typer.Option('--gmacs', help='Also count each model\'s GMACs at its input size '
                                                         '(slower).')] = False,
     force: Annotated[bool, typer.Option('--force', help='Overwrite --out if it exists.')] = False,

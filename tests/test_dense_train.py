@@ -56,12 +56,12 @@ def train_args(task, cfg, output, name, *extra):
 
 @pytest.fixture(scope='module')
 def straight(tmp_path_factory):
-    """One uninterrupted tiny run per task (with a checkpoint every step, as the cut runs)."""
+    """One uninterrupted tiny run per task."""
     work = tmp_path_factory.mktemp('dense-straight')
     runs = {}
     for task in TASKS:
         cfg = config_file(work / f'{task}.yaml', task)
-        out = run(*train_args(task, cfg, work, task, '--save-interval', 1))
+        out = run(*train_args(task, cfg, work, task))
         assert out.returncode == 0, out.stdout + out.stderr
         runs[task] = (work / task, cfg)
     return runs
@@ -83,7 +83,9 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(straight, tmp_path,
     assert sent and rc == -signal.SIGKILL, out
     saved = torch.load(tmp_path / 'cut/checkpoints/last.pt', weights_only=True)
     assert saved['resume_epoch'] == 0 and 1 <= saved['resume_batch'] < UPDATES  # mid-epoch
-    out = run('train', '--resume', 'auto', '--output', tmp_path, '--name', 'cut', '-j', 0, '--threads', 1)
+    # no more step checkpoints (each is a few hundred MB): saving draws nothing from the random streams
+    out = run('train', '--resume', 'auto', '--output', tmp_path, '--name', 'cut', '-j', 0, '--threads', 1,
+              '--save-interval', 0)
     assert out.returncode == 0, out.stdout + out.stderr
     assert 'resuming at epoch 0' in out.stdout, out.stdout
     a = torch.load(reference / 'checkpoints/last.pt', weights_only=True)
@@ -278,3 +280,21 @@ def test_evaluate_segmentation_scores_the_ground_truth_100_and_a_blank_model_the
     # all background: IoU(background) = its pixel share, every garment class present scores 0
     assert result['aAcc'] == pytest.approx(100 * background)
     assert result['mIoU'] == pytest.approx(100 * background / present)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_a_detector_over_whole_passes(tmp_path):
+    """Two processes, one scene each per update, aspect-grouped batches over whole passes of 4 scenes
+    (``updates_per_epoch: null``): 2 updates an epoch, every rank's loss in the row, the checkpoint says 2
+    processes, and its evaluation counts the 5 validation scenes once."""
+    cfg = config_file(tmp_path / 'ddp.yaml', 'retinanet', updates_per_epoch=None, train_scenes=4, batch_size=1)
+    launched = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'litcli',
+         *map(str, train_args('retinanet', cfg, tmp_path, 'ddp'))],
+        capture_output=True, text=True, env=env(), timeout=TIMEOUT)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    assert 'Traceback' not in launched.stdout + launched.stderr
+    assert 'x 2 process(es) x 1 = 2' in launched.stdout, launched.stdout
+    assert [(r['epoch'], r['step']) for r in rows(tmp_path / 'ddp')] == [(0, 2), (1, 4)]
+    ckpt = torch.load(tmp_path / 'ddp/checkpoints/last.pt', weights_only=True)
+    assert ckpt['world_size'] == 2 and len(ckpt['rng_ranks']) == 2

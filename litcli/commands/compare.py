@@ -1,6 +1,8 @@
 """``lit compare``: several ``lit train`` runs side by side (OpenMMLab's ``analyze_logs.py``): their curves on shared
 axes (train loss, eval top-1, learning rate, images/s) and a table of best and final metrics, epochs, wall time,
-parameters and GMACs. Runs of different lengths or datasets still plot; the differences are noted."""
+parameters and GMACs. Runs of different lengths or datasets still plot; the differences are noted. Detection and
+segmentation runs (``lit train --task``) compare by their box AP / mask AP / mIoU columns (default: the task's
+ranking metric)."""
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -10,7 +12,11 @@ from litcli.core.errors import LitError, UsageError
 # --metric names -> metrics.jsonl column (timm/OpenMMLab say val_*, lit's files eval_*)
 METRICS = {'val_top1': 'eval_top1', 'val_top5': 'eval_top5', 'val_loss': 'eval_loss', 'eval_top1': 'eval_top1',
            'eval_top5': 'eval_top5', 'eval_loss': 'eval_loss', 'top1': 'eval_top1', 'top5': 'eval_top5',
-           'train_loss': 'train_loss'}
+           'train_loss': 'train_loss',
+           # the dense runs' columns (lit train --task), by their own names or mmdet/mmseg's
+           'bbox_ap': 'bbox_AP', 'bbox_ap50': 'bbox_AP50', 'bbox_ap75': 'bbox_AP75', 'box_ap': 'bbox_AP',
+           'bbox_map': 'bbox_AP', 'segm_ap': 'segm_AP', 'segm_ap50': 'segm_AP50', 'mask_ap': 'segm_AP',
+           'segm_map': 'segm_AP', 'miou': 'mIoU', 'macc': 'mAcc', 'aacc': 'aAcc'}
 
 
 def metric_column(metric: str) -> str:
@@ -31,6 +37,15 @@ def _model_size(config: Optional[Dict], gmacs: bool, cache: Dict) -> Dict:
     multiply-accumulates at the run's input size (``core.flops``); cached per model within one comparison."""
     if not config or not config.get('variant'):
         return dict(params=None, gmacs=None)
+    if config.get('task'):  # a dense run: its detector / segmenter (GMACs: lit flops --task)
+        from litcli.core.config import dense_model_name
+        from litcli.core.modelio.factory import create_dense_model, param_counts
+        name = dense_model_name(config['task'], config['variant'])
+        key = json.dumps([name, config.get('num_classes'), config.get('model_kwargs') or {}], sort_keys=True)
+        if key not in cache:
+            model = create_dense_model(name, config.get('num_classes'), **(config.get('model_kwargs') or {}))
+            cache[key] = dict(params=param_counts(model)['params'], gmacs=None)
+        return cache[key]
     kwargs = {k: v for k, v in (config.get('model_kwargs') or {}).items() if k != 'img_size'}
     size = int(config.get('img_size') or 224)
     key = json.dumps([config['variant'], kwargs, config.get('num_classes'), size, gmacs], sort_keys=True)
@@ -109,14 +124,15 @@ def _default_out(labels: Sequence[str]) -> Path:
     return path
 
 
-def run(run_dirs: Sequence[Path], out: Optional[Path] = None, metric: str = 'val_top1', gmacs: bool = False,
+def run(run_dirs: Sequence[Path], out: Optional[Path] = None, metric: Optional[str] = None, gmacs: bool = False,
         force: bool = False) -> Dict:
     """Compare the runs in ``run_dirs`` (at least one; two or more to compare) and draw their curves into ``out``
-    (default ``runs/compare/A-vs-B.png``; an existing ``out`` is replaced only with ``force``)."""
+    (default ``runs/compare/A-vs-B.png``; an existing ``out`` is replaced only with ``force``). ``metric`` None:
+    eval top-1, or the dense task's ranking metric when the first run is a detection/segmentation run."""
     from litcli.core.analysis.figures import draw_comparison
     from litcli.core.training.rundir import load_run
 
-    column = metric_column(metric)
+    column = metric_column(metric) if metric is not None else None
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise UsageError('give the run folders to compare (runs/train/NAME ...)')
@@ -129,6 +145,10 @@ def run(run_dirs: Sequence[Path], out: Optional[Path] = None, metric: str = 'val
         if out.exists() and not force:
             raise LitError(f'{out} exists; pass --force to overwrite it, or choose another --out')
     loaded = [load_run(d) for d in run_dirs]  # every folder checked before anything is drawn
+    if column is None:
+        from litcli.core.training.dense import main_metric
+        task = (loaded[0][1] or {}).get('task')
+        column = main_metric(task) if task else 'eval_top1'
     labels = _labels(run_dirs)
     from litcli.core.report import counted
 

@@ -202,6 +202,10 @@ def _dense_training_data(cfg: Dict, world, device, checkpoint: Optional[Dict], r
     train_loader = build_dense_train_loader(train_ds, spec.kind, cfg, world, device, cfg.get('updates_per_epoch'))
     eval_loader = build_dense_eval_loader(val_ds, spec.kind, cfg['eval_batch_size'], cfg['workers'], world, device)
     reporter.world_size = world.world_size
+    dropped = getattr(train_ds, 'dropped_boxes', 0)
+    if dropped:  # as mmdet's CocoDataset (the evaluation scores against the annotation file as it is)
+        reporter.log(f'{counted(dropped, "degenerate training box")} (width or height under 1 px, or no area) '
+                     f'left out of the targets')
     updates_per_epoch = len(train_loader) // cfg['grad_accum_steps']
     if updates_per_epoch == 0:
         raise LitError(f'the training set ({spec.train_size} images) is smaller than one update of '
@@ -428,6 +432,9 @@ def _log_dense_set_up(run: Run, amp_dtype, resuming: bool):
         f'{cfg["opt"]} lr {cfg["lr"]:.3g}, weight decay {cfg["weight_decay"]:.3g}, {schedule}{warmup}; '
         f'{counted(cfg["epochs"], "epoch")} x {run.data.updates_per_epoch} updates, images resized to fit '
         f'{cfg["img_scale"][0]}x{cfg["img_scale"][1]}{where}')
+    if cfg['model_kwargs']:
+        log('model settings other than the official ones: ' + ', '.join(f'{k}={v}' for k, v in
+                                                                       cfg['model_kwargs'].items()))
     if run.options.save_interval:
         log(f'checkpoints every {run.options.save_interval} steps (the newest {run.options.keep_last} kept) and '
             f'every epoch')

@@ -17,7 +17,7 @@ Light on purpose (no torch): the CLI reads the variant names from here.
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from litcli.core.errors import LitError, UsageError
 
@@ -418,14 +418,22 @@ DENSE_SCHEDULE_KEYS = ('epochs', 'updates_per_epoch', 'lr', 'sched', 'decay_epoc
 
 # The built-in synthetic scenes (128x160 canvases; litcli.core.data.scenes), applied over the recipe (below the
 # YAML and the flags): the canvas is not resized (mmcv's rescale of 128x160 to fit the scale is x1), and a run is
-# sized for about 15 minutes on a 2-core CPU from a random backbone. The lead's benchmark tunes these numbers.
+# sized for about 15 minutes on a 2-core CPU from a random backbone (benchmarks/dense_scenes.py measures them).
 DENSE_DATA_PRESETS: Dict[str, Dict[str, Any]] = {
-    'fashion-mnist-det': dict(img_scale=[160, 128], epochs=12, updates_per_epoch=150, batch_size=4, lr=3e-4,
-                              warmup_iters=100, decay_epochs=[8, 11], workers=0, log_interval=20,
+    'fashion-mnist-det': dict(img_scale=[160, 128], epochs=10, updates_per_epoch=150, batch_size=4, lr=3e-4,
+                              warmup_iters=100, decay_epochs=[7, 9], workers=0, log_interval=20,
                               eval_batch_size=8),
     'fashion-mnist-seg': dict(img_scale=[640, 128], crop_size=[128, 128], epochs=10, updates_per_epoch=200,
                               batch_size=8, lr=3e-4, warmup_iters=0, workers=0, log_interval=20,
                               eval_batch_size=8),
+}
+# ... and per task where one data set feeds two: Mask R-CNN's official 2,000 / 1,000 proposals and 512 RoIs per image
+# make a step 4x RetinaNet's on a CPU; a few garments per canvas need far fewer (the official values stay for COCO).
+DENSE_TASK_PRESETS: Dict[Tuple[str, str], Dict[str, Any]] = {
+    ('fashion-mnist-det', 'mask_rcnn'): dict(
+        epochs=6, updates_per_epoch=110, decay_epochs=[4, 5], lr=3e-4,
+        model_kwargs=dict(rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=200, box_batch_size_per_image=64,
+                          rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=200)),
 }
 _DENSE_DATA_KIND = {'fashion-mnist-det': 'detection', 'fashion-mnist-seg': 'segmentation',
                     'coco': 'detection', 'ade20k': 'segmentation'}  # data name or scheme -> the tasks it feeds
@@ -518,7 +526,11 @@ def new_dense_run_config(task: Optional[str] = None, variant: Optional[str] = No
                        f'task; use ' + ('coco:ROOT or fashion-mnist-det' if kind == 'detection'
                                         else 'ade20k:ROOT or fashion-mnist-seg'))
     cfg = dense_recipe(task, variant)
-    cfg.update(copy.deepcopy(DENSE_DATA_PRESETS.get(str(data), {})) if base is None else copy.deepcopy(base))
+    if base is None:
+        cfg.update(copy.deepcopy(DENSE_DATA_PRESETS.get(str(data), {})))
+        cfg.update(copy.deepcopy(DENSE_TASK_PRESETS.get((str(data), task), {})))
+    else:
+        cfg.update(copy.deepcopy(base))
     cfg.update(copy.deepcopy(file_cfg))
     cfg.update(copy.deepcopy(overrides))
     cfg.update(task=task, variant=variant, data=data)

@@ -55,7 +55,9 @@ DENSE_TASKS = ('detection', 'segmentation')
 DENSE_VARIANTS = ('ti', 's')
 _VARIANT_ALIASES = {'ti': 'ti', 'lit_ti': 'ti', 's': 's', 'lit_s': 's'}
 # What create_dense_backbone's **kwargs may change: training settings only; the rest is the official layout.
-DENSE_KWARGS = ('drop_path_rate', 'dtm_backend', 'fused_attn')
+# drop_path_rate, dtm_backend, fused_attn; and a smaller (or larger) layout than the official one, for quick CPU runs
+# (the built-in scenes): embed_dims, depths, num_heads, mlp_ratios
+DENSE_KWARGS = ('drop_path_rate', 'dtm_backend', 'fused_attn', 'embed_dims', 'depths', 'num_heads', 'mlp_ratios')
 
 
 class FlooringTokenMerging(DeformableTokenMerging):
@@ -246,7 +248,7 @@ def create_dense_backbone(variant: str, task: str, **kwargs) -> nn.Module:
     arch = dict(arch)
     base, layout = arch.pop('base'), arch.pop('layout')
     shape = {k: v for k, v in LIT_ARCHS[base].items() if k != 'layout'}
-    return layout(task=task, **shape, **{**arch, **kwargs})
+    return layout(task=task, **{**shape, **arch, **kwargs})
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # moved to training (the evaluation writes them too); imported here for this module's callers
 from litcli.core.training.dense_metrics import coco_results, mask_encoder  # noqa: F401
@@ -49,22 +48,14 @@ def detect(model, image: torch.Tensor, device: torch.device, score_thr: float) -
 
 
 def segment(model, image: torch.Tensor, device: torch.device, preprocessing: Dict) -> torch.Tensor:
-    """The class map (H, W) long of one image, as mmseg 0.13's single-scale test: keep-ratio resize to fit
-    ``img_scale`` (mmcv's sizes), normalise, logits bilinearly resized back to the image, argmax."""
-    from litcli.models.detection import mmdet_resize_size
+    """The class map (H, W) long of one image, on the CPU, as mmseg 0.13's single-scale test (``lit eval``'s, in
+    ``core.training.dense.predict_class_map``): keep-ratio resize to fit ``img_scale``, normalise, logits bilinearly
+    resized back to the image, argmax. ``device``: where the model is."""
+    from litcli.core.training.dense import predict_class_map
 
-    height, width = image.shape[-2:]
-    size = tuple(max(1, side) for side in mmdet_resize_size(height, width, preprocessing['img_scale']))
-    x = F.interpolate(image[None].to(device).float() / 255, size=size, mode='bilinear', align_corners=False)
-    mean, std = (torch.tensor(preprocessing[k], device=device).view(1, 3, 1, 1) for k in ('mean', 'std'))
-    # a very elongated image resizes below the backbone's smallest input (one stage-4 token), where the official
-    # code fails: pad it (after normalising, with 0, as mmseg pads) for the network and crop the logits back
-    least = getattr(getattr(model, 'backbone', None), 'min_input_side', 1)
-    pad = (0, max(0, least - size[1]), 0, max(0, least - size[0]))
     with torch.inference_mode():
-        logits = model(F.pad((x - mean) / std, pad))[..., :size[0], :size[1]]
-        logits = F.interpolate(logits, size=(height, width), mode='bilinear', align_corners=False)
-    return logits.argmax(dim=1)[0].cpu()
+        return predict_class_map(model, image.to(device), preprocessing['img_scale'], preprocessing['mean'],
+                                 preprocessing['std']).cpu()
 
 
 def draw_detections(image: torch.Tensor, detections: Dict[str, torch.Tensor], class_names: Sequence[str],

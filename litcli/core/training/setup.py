@@ -116,8 +116,9 @@ def prepare_process(cfg: Dict, world: World, device: torch.device) -> Tuple[torc
 def place_model(model: nn.Module, cfg: Dict, device: torch.device, sync_bn: bool, world: World, log: Log) -> nn.Module:
     """The model as it trains in this process: gradient checkpointing, on ``device``, channels-last memory and
     SyncBatchNorm as the config and options say (returns the converted module)."""
-    if cfg['grad_checkpointing']:
-        model.set_grad_checkpointing(True)
+    if cfg['grad_checkpointing']:  # a classifier's, or a dense model's LIT backbone (the detectors wrap it: body)
+        backbone = getattr(model, 'backbone', model)
+        getattr(backbone, 'body', backbone).set_grad_checkpointing(True)
     model.to(device)
     if cfg['channels_last']:
         model.to(memory_format=torch.channels_last)

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) $(TORCH_PINS)
 	@# The distribution was called `lit` before (PyPI's `lit` is LLVM's tool): an old editable install goes first.
 	-@$(PIP) uninstall --quiet --disable-pip-version-check -y lit 2>/dev/null
-	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[flops,export,track,cam,shards,dev,docs]'
+	$(PIP) install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[flops,export,track,cam,shards,dense,dev,docs]'
 	@touch $(STAMP)
 
 # `make demo`: install, get the data, train the built-in demo (`lit train` with no arguments: a small LIT on

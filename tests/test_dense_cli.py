@@ -481,3 +481,43 @@ def test_segment_uses_the_runs_classes(runs, tmp_path):
     legend = printed['images'][0]['classes']
     assert legend and all(c['name'] == (['background'] + GARMENTS)[c['index']] for c in legend), legend
     assert abs(sum(c['fraction'] for c in legend) - 1) < 0.01
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Review fixes: flags a dense model cannot use, averaging refused before writing, YAML numbers checked, gradient
+# accumulation keeps the iteration schedule's length
+
+
+def test_eval_refuses_classification_flags_for_a_dense_checkpoint(retinanet_file, tmp_path):
+    one_line_error(lit('eval', '--checkpoint', retinanet_file, '--data', 'fashion-mnist-det', '--img-size', 512,
+                       '--out', tmp_path / 'ev'), '--img-size', 'classification option', 'drop it')
+    assert not (tmp_path / 'ev').exists()
+
+
+def test_avg_checkpoints_refuses_dense_checkpoints_before_writing(retinanet_file, tmp_path):
+    other = tmp_path / 'copy.pt'
+    other.write_bytes(retinanet_file.read_bytes())
+    one_line_error(lit('avg-checkpoints', retinanet_file, other, '--out', tmp_path / 'avg.pt'),
+                   'detection/segmentation checkpoint', 'lit eval')
+    assert not (tmp_path / 'avg.pt').exists()
+
+
+@pytest.mark.parametrize('line,fragment', [('lr: 1e-4', 'write YAML floats with a dot'),
+                                           ('batch_size: 0', 'batch_size must be a whole number >= 1'),
+                                           ('model_kwargs: 3', 'model_kwargs must be a mapping')])
+def test_dense_yaml_values_are_checked(tmp_path, line, fragment):
+    (tmp_path / 'c.yaml').write_text(line + '\n')
+    one_line_error(lit('train', '--task', 'retinanet', '--config', tmp_path / 'c.yaml', '--output', tmp_path / 'o'),
+                   fragment)
+    assert not (tmp_path / 'o').exists()
+
+
+def test_gradient_accumulation_keeps_the_updates_of_an_iteration_period():
+    import torch
+
+    from litcli.core.data.dense import build_dense_train_loader
+    from litcli.core.runtime import World
+
+    cfg = dict(batch_size=2, seed=0, workers=0, grad_accum_steps=4)
+    loader = build_dense_train_loader(list(range(10)), 'segmentation', cfg, World(), torch.device('cpu'), 3)
+    assert len(loader) == 3 * 4  # 3 optimizer updates of 4 batches each

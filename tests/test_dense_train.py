@@ -298,3 +298,31 @@ def test_torchrun_two_processes_train_a_detector_over_whole_passes(tmp_path):
     assert [(r['epoch'], r['step']) for r in rows(tmp_path / 'ddp')] == [(0, 2), (1, 4)]
     ckpt = torch.load(tmp_path / 'ddp/checkpoints/last.pt', weights_only=True)
     assert ckpt['world_size'] == 2 and len(ckpt['rng_ranks']) == 2
+
+
+class _WithUnreadable(torch.utils.data.Dataset):
+    """A validation set whose image ``bad`` cannot be read (None, as CocoDetection returns it in evaluation)."""
+
+    def __init__(self, dataset, bad: int):
+        self.dataset, self.bad = dataset, bad
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return None if index == self.bad else self.dataset[index]
+
+
+def test_an_unreadable_validation_image_is_not_scored_as_missed():
+    """Its objects are not counted as misses: the other images' perfect detections still score 100."""
+    from litcli.core.data.dense import build_dense_eval_loader
+    from litcli.core.data.scenes import FashionScenes
+    from litcli.core.runtime import World
+    from litcli.core.training.dense import evaluate_detection
+
+    dataset = FashionScenes('val', 'detection', size=5)
+    loader = build_dense_eval_loader(_WithUnreadable(dataset, 2), 'detection', 2, 0, World(), torch.device('cpu'))
+    result = evaluate_detection(_PerfectDetector(dataset), loader, torch.device('cpu'), task='retinanet',
+                                gt=dataset.coco_gt(), class_names=dataset.class_names,
+                                category_ids=dataset.category_ids)
+    assert result['num_images'] == 4 and result['bbox_AP'] == pytest.approx(100.0)

@@ -62,6 +62,11 @@ def run(inputs: Sequence[Path], out: Path, top: Optional[int] = None, use_ema: O
     if out.exists() and not force:
         raise LitError(f'{out} exists; pass --force to overwrite it, or choose another --out')
     members = members_of(inputs, top)
+    from litcli.core.modelio.factory import is_dense_checkpoint
+    dense = next((m.path for m in members if is_dense_checkpoint(m.path)), None)
+    if dense is not None:  # refused before anything is written
+        raise LitError(f'{dense} is a detection/segmentation checkpoint; lit avg-checkpoints averages image '
+                       f'classifiers only: evaluate the run\'s best.pt instead (lit eval --checkpoint)')
     if len(members) < 2:
         raise LitError(f'nothing to average: {len(members)} checkpoint(s) found; give at least two (a run trained '
                        f'with --keep-best K >= 2, or two or more files)')

@@ -49,6 +49,13 @@ def run(checkpoint: Optional[Path], variant: Optional[str] = None, data: Optiona
         raise UsageError(f'{name}: a model name is for --pretrained (lit eval --pretrained {name}); a file goes to '
                          f'--checkpoint')
     if (pretrained and name in DENSE_MODEL_NAMES) or (checkpoint is not None and is_dense_checkpoint(checkpoint)):
+        unused = [flag for flag, value in (('--variant', variant), ('--img-size', img_size), ('--crop-pct', crop_pct),
+                                           ('--data-dir', data_dir), ('--confusion-matrix', confusion_matrix or None),
+                                           ('--topk', topk if topk != 5 else None)) if value is not None]
+        if unused:
+            raise UsageError(f'{", ".join(unused)}: classification option(s), not used by a detection/segmentation '
+                             f'model (its checkpoint fixes the model and its test resize); drop '
+                             f'{"it" if len(unused) == 1 else "them"}')
         return run_dense(checkpoint, name if pretrained else None, data, batch_size or 1, workers, device, out,
                          strict_data, use_ema, per_class, results_file, force)
     if name is not None:
@@ -98,6 +105,9 @@ def run_dense(checkpoint: Optional[Path], name: Optional[str], data: Optional[st
                              f'.json file')
         if Path(results_file).exists() and not force:
             raise LitError(f'{results_file} exists; pass --force to overwrite it, or another --results-file')
+        if not Path(results_file).absolute().parent.is_dir():
+            raise LitError(f'--results-file {results_file}: folder {Path(results_file).parent} does not exist; create '
+                           f'it or choose another path')
     files = ['eval.json'] + (['per_class.csv'] if per_class else [])
     if out is not None and not force:
         taken = [f for f in files if (Path(out) / f).exists()]
@@ -115,9 +125,9 @@ def run_dense(checkpoint: Optional[Path], name: Optional[str], data: Optional[st
     _, val_ds, spec = build_dense_datasets(data, loaded.task, loaded.checkpoint.get('config'), train=False,
                                            strict_data=strict_data)
     if spec.class_names != list(loaded.class_names):
-        raise CheckpointError(f'{loaded.source} predicts {loaded.num_classes} classes ({", ".join(loaded.class_names[:3])}'
-                              f'...) but {spec.recorded} has {spec.num_classes} ({", ".join(spec.class_names[:3])}...); '
-                              f'evaluate on the data it was trained for')
+        raise CheckpointError(f'{loaded.source} predicts {loaded.num_classes} classes '
+                              f'({", ".join(loaded.class_names[:3])}...) but {spec.recorded} has {spec.num_classes} '
+                              f'({", ".join(spec.class_names[:3])}...); evaluate on the data it was trained for')
     dev = resolve_device(device)
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     with distributed_session(dev) as world:
@@ -142,11 +152,11 @@ def run_dense(checkpoint: Optional[Path], name: Optional[str], data: Optional[st
     out_dir = Path(out) if out is not None else new_run_dir('runs/eval', f'{loaded.name}-{spec.name}')
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if per_class:
-            result['per_class_csv'] = str(_write_dense_per_class(metrics['per_class'], out_dir / 'per_class.csv'))
         if results_file is not None:
             write_json(Path(results_file), detections, 'choose another --results-file')
             result['results_file'] = str(results_file)
+        if per_class:
+            result['per_class_csv'] = str(_write_dense_per_class(metrics['per_class'], out_dir / 'per_class.csv'))
         write_json(out_dir / 'eval.json', result, OUT_ELSEWHERE)
     except OSError as e:
         raise LitError(f'cannot write into {out_dir} ({e.strerror}); pass a writable --out')

@@ -56,6 +56,8 @@ def run(variant: Optional[str] = None, config_file: Optional[Path] = None, overr
     if pretrained and initial_checkpoint is not None:
         raise UsageError('--pretrained and --initial-checkpoint both give the initial weights; pass one')
     device = resolve_device(cfg['device'])
+    if cfg.get('task') == 'semantic_fpn' and sync_bn is None and checkpoint is None and device.type == 'cuda':
+        sync_bn = True  # mmseg's FPN head normalises with SyncBN across the GPUs (the backbone's BN stays local)
     options = run_options((checkpoint or {}).get('run_options'), device, save_interval=save_interval,
                           keep_last=keep_last, keep_best=keep_best, log=log, sync_bn=sync_bn)
     with distributed_session(device) as world:
@@ -238,7 +240,11 @@ def _dense_model(cfg: Dict, spec, world, log, *, pretrained: bool, initial_check
         log(f'start: {name} with the ImageNet-1k LIT-{cfg["variant"].capitalize()} backbone ({path}); neck and heads '
             f'random')
     elif initial_checkpoint is not None:
-        log('start: ' + load_dense_start_weights(model, name, initial_checkpoint, log))
+        from litcli.models.dense_zoo import DENSE_MODEL_NAMES
+        source = initial_checkpoint
+        if str(source) in DENSE_MODEL_NAMES and not Path(source).is_file():  # one download per node, as --pretrained
+            source = released_weights(str(source), world, log)
+        log('start: ' + load_dense_start_weights(model, name, source, log))
     return model
 
 
@@ -531,7 +537,8 @@ def _evaluate(run: Run, epoch: int) -> Dict:
     from litcli.core.training import engine
 
     world, data = run.world, run.data
-    if world.distributed and not run.options.sync_bn:  # each replica's BatchNorm statistics -> their mean
+    # each replica's BatchNorm statistics -> their mean (a dense run syncs its head's BN at most: the backbone's too)
+    if world.distributed and (not run.options.sync_bn or run.cfg.get('task')):
         from timm.utils import distribute_bn
         distribute_bn(run.state.model, world.world_size, reduce=True)
         if run.state.ema is not None:
@@ -590,8 +597,9 @@ def _record_dense_epoch(run: Run, epoch: int, stats: Dict, metrics: Dict, epoch_
 
     position, world, task = run.position, run.world, run.cfg['task']
     key, fields = main_metric(task), metric_fields(task)
-    score = metrics[key]
-    is_best = position.best_metric is None or score > position.best_metric
+    score = metrics[key]  # nan when nothing could be scored (e.g. a split without annotations): never the best
+    is_best = score == score and (position.best_metric is None or position.best_metric != position.best_metric or
+                                  score > position.best_metric)
     position.best_metric = score if is_best else position.best_metric
     epoch_data_time = DataTime(stats['data_s'], stats['compute_s'])
     row = dict(epoch=epoch, step=position.step, train_loss=stats['train_loss'], **{f: metrics[f] for f in fields},

@@ -418,22 +418,26 @@ DENSE_SCHEDULE_KEYS = ('epochs', 'updates_per_epoch', 'lr', 'sched', 'decay_epoc
 
 # The built-in synthetic scenes (128x160 canvases; litcli.core.data.scenes), applied over the recipe (below the
 # YAML and the flags): the canvas is not resized (mmcv's rescale of 128x160 to fit the scale is x1), and a run is
-# sized for about 15 minutes on a 2-core CPU from a random backbone (benchmarks/dense_scenes.py measures them).
+# sized for about 15 minutes on a 2-core CPU from random weights (benchmarks/dense_scenes.py measures them): a small
+# LIT-Ti layout (stages of 32/64/160/256 channels, depths 1/2/2/1: a quarter of LIT-Ti's cost), a 128-channel FPN,
+# a batch of 8, a higher lr than COCO's with mmdet's gradient clip (max norm 35) for the random start.
+SCENE_MODEL = dict(embed_dims=[32, 64, 160, 256], depths=[1, 2, 2, 1], num_heads=[1, 2, 5, 8], mlp_ratios=[4, 4, 4, 4])
 DENSE_DATA_PRESETS: Dict[str, Dict[str, Any]] = {
-    'fashion-mnist-det': dict(img_scale=[160, 128], epochs=10, updates_per_epoch=150, batch_size=4, lr=3e-4,
-                              warmup_iters=100, decay_epochs=[7, 9], workers=0, log_interval=20,
-                              eval_batch_size=8),
-    'fashion-mnist-seg': dict(img_scale=[640, 128], crop_size=[128, 128], epochs=10, updates_per_epoch=200,
-                              batch_size=8, lr=3e-4, warmup_iters=0, workers=0, log_interval=20,
-                              eval_batch_size=8),
+    'fashion-mnist-det': dict(img_scale=[160, 128], epochs=13, updates_per_epoch=250, batch_size=8, lr=6e-4,
+                              clip_grad=35.0, warmup_iters=200, decay_epochs=[10, 12], workers=0, log_interval=25,
+                              eval_batch_size=8, model_kwargs=dict(SCENE_MODEL, fpn_channels=128)),
+    'fashion-mnist-seg': dict(img_scale=[640, 128], crop_size=[128, 128], epochs=10, updates_per_epoch=250,
+                              batch_size=8, lr=6e-4, clip_grad=35.0, warmup_iters=100, warmup_ratio=0.001,
+                              workers=0, log_interval=25, eval_batch_size=8, model_kwargs=dict(SCENE_MODEL)),
 }
 # ... and per task where one data set feeds two: Mask R-CNN's official 2,000 / 1,000 proposals and 512 RoIs per image
-# make a step 4x RetinaNet's on a CPU; a few garments per canvas need far fewer (the official values stay for COCO).
+# make a step several times RetinaNet's on a CPU; a few garments per canvas need far fewer (COCO keeps the official).
 DENSE_TASK_PRESETS: Dict[Tuple[str, str], Dict[str, Any]] = {
     ('fashion-mnist-det', 'mask_rcnn'): dict(
-        epochs=6, updates_per_epoch=110, decay_epochs=[4, 5], lr=3e-4,
-        model_kwargs=dict(rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=200, box_batch_size_per_image=64,
-                          rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=200)),
+        epochs=8, updates_per_epoch=130, decay_epochs=[6, 7], lr=4e-4, warmup_iters=100,
+        model_kwargs=dict(SCENE_MODEL, fpn_channels=128, rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=200,
+                          box_batch_size_per_image=64, rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=200,
+                          box_fc_channels=256, mask_head_channels=[128, 128, 128, 128])),
 }
 _DENSE_DATA_KIND = {'fashion-mnist-det': 'detection', 'fashion-mnist-seg': 'segmentation',
                     'coco': 'detection', 'ade20k': 'segmentation'}  # data name or scheme -> the tasks it feeds
@@ -568,6 +572,18 @@ def check_dense_config(cfg: Dict[str, Any]) -> None:
         raise LitError('sched poly needs poly_power (e.g. 0.9) and min_lr (e.g. 1.0e-06)')
     if cfg['warmup_iters'] and cfg['warmup_ratio'] is None:
         raise LitError(f'warmup_iters {cfg["warmup_iters"]} needs warmup_ratio (the starting lr / lr, e.g. 0.001)')
+    for key, least in (('batch_size', 1), ('grad_accum_steps', 1), ('eval_batch_size', 1), ('workers', 0),
+                       ('warmup_iters', 0), ('seed', 0), ('log_interval', 1)):
+        if not (isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] >= least):
+            raise LitError(f'{key} must be a whole number >= {least}, not {cfg[key]!r}')
+    for key in ('lr', 'weight_decay', 'warmup_ratio', 'min_lr', 'poly_power', 'decay_rate', 'clip_grad', 'drop_path',
+                'hflip', 'cat_max_ratio'):
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+            hint = ' (write YAML floats with a dot: 1.0e-4)' if isinstance(value, str) else ''
+            raise LitError(f'{key} must be a number >= 0, not {value!r}{hint}')
+    if not isinstance(cfg.get('model_kwargs') or {}, dict):
+        raise LitError(f'model_kwargs must be a mapping of model settings, not {cfg["model_kwargs"]!r}')
     pair('img_scale')
     if cfg['task'] == 'semantic_fpn':
         pair('crop_size')

@@ -44,7 +44,8 @@ def mask_utils():
     try:
         from pycocotools import mask
     except ImportError:
-        raise LitError('COCO masks and evaluation need pycocotools; pip install pycocotools') from None
+        raise LitError("COCO masks and evaluation need pycocotools: pip install 'litcli[dense]' (or pycocotools)"
+                       ) from None
     return mask
 
 

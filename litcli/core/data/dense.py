@@ -271,12 +271,13 @@ class DenseLoader:
 def build_dense_train_loader(dataset, kind: str, cfg: Dict, world: World, device: torch.device,
                              updates_per_epoch: Optional[int]) -> DenseLoader:
     """The training loader: grouped batches over whole passes (detection, ``updates_per_epoch`` None) or periods of
-    ``updates_per_epoch`` updates over an endless stream (segmentation), seeded per sample, ``cfg['workers']``
-    persistent workers."""
+    ``updates_per_epoch`` optimizer updates (of ``grad_accum_steps`` batches each) over an endless stream
+    (segmentation, the built-in scenes), seeded per sample, ``cfg['workers']`` persistent workers."""
     from litcli.core.data.loaders import SeededSamples, loader_kwargs
 
-    if updates_per_epoch:
-        sampler = IterationBatchSampler(len(dataset), cfg['batch_size'], world, cfg['seed'], updates_per_epoch)
+    if updates_per_epoch:  # a period of that many optimizer updates, each of grad_accum_steps batches
+        sampler = IterationBatchSampler(len(dataset), cfg['batch_size'], world, cfg['seed'],
+                                        updates_per_epoch * cfg['grad_accum_steps'])
     else:
         sampler = GroupedBatchSampler(dataset.aspect_flags(), cfg['batch_size'], world, cfg['seed'])
     collate = collate_lists if kind == DETECTION else collate_segmentation_train

@@ -162,7 +162,8 @@ def _encode_masks(masks: torch.Tensor) -> List[Dict]:
     try:
         from pycocotools import mask as mask_utils
     except ImportError:
-        raise LitError('COCO ground truth with masks needs pycocotools: pip install pycocotools') from None
+        raise LitError("COCO ground truth with masks needs pycocotools: pip install 'litcli[dense]' (or "
+                       "pycocotools)") from None
     if not len(masks):
         return []
     rles = mask_utils.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8)))  # (H, W, N)

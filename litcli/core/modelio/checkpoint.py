@@ -481,7 +481,10 @@ class TrainState:
         self.model.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
         saved = ckpt['config']
-        if all(saved.get(k) == cfg.get(k) for k in SCHEDULE_KEYS):
+        if cfg.get('task'):
+            pass  # a dense schedule is a function of the config and the step alone: rebuilt for this run (its
+            # updates per epoch can differ from the saved run's: another process count, a data set edited)
+        elif all(saved.get(k) == cfg.get(k) for k in SCHEDULE_KEYS):
             self.scheduler.load_state_dict(ckpt['scheduler'])
         else:  # e.g. a larger --epochs: keep the new plan (timm's way), positioned at the saved epoch/step below
             log('schedule settings changed since the checkpoint: the LR schedule follows the new config')

@@ -92,12 +92,13 @@ def evaluate_detection(model: nn.Module, loader, device: torch.device, *, task: 
     from litcli.core.training.dense_metrics import coco_evaluate, coco_results
 
     model.eval()
-    results, count = [], 0
+    results, scored = [], []
     start = time.perf_counter()
     for batch in loader:
         if batch is None:  # every image of the batch was unreadable
             continue
         images, targets = batch
+        scored += [int(target['image_id']) for target in targets]
         with autocast():
             outputs = model([image.float().div_(255) for image in images])
         for target, output in zip(targets, outputs):
@@ -105,11 +106,14 @@ def evaluate_detection(model: nn.Module, loader, device: torch.device, *, task: 
             if 'masks' in detections:
                 detections['masks'] = detections['masks'][:, 0].bool()  # (N, 1, H, W) -> (N, H, W)
             results += coco_results(int(target['image_id']), detections, category_ids)
-        count += len(images)
     if device.type == 'cuda':
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    results, count = _gathered(results, world), _count(count, world, device)
+    results, scored = _gathered(results, world), set(_gathered(scored, world))
+    count = len(scored)
+    if count < len(gt['images']):  # unreadable images (counted and reported by the caller) are not scored either
+        gt = dict(gt, images=[i for i in gt['images'] if i['id'] in scored],
+                  annotations=[a for a in gt['annotations'] if a['image_id'] in scored])
     metrics = None
     if world is None or world.is_main:
         scores = coco_evaluate(gt, results, iou_types(task), class_names=list(class_names), per_class=per_class)

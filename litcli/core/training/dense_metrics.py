@@ -18,7 +18,7 @@ from litcli.core.errors import LitError
 IOU_TYPES = ('bbox', 'segm')
 # COCOeval.stats, in its order (summarize(): AP at IoU .5:.95, .5, .75, per area range; AR at 1/10/100 detections)
 COCO_STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
-PYCOCOTOOLS_MISSING = 'COCO AP needs pycocotools, which is not installed; pip install pycocotools'
+PYCOCOTOOLS_MISSING = "COCO AP needs pycocotools, which is not installed: pip install 'litcli[dense]' (or pycocotools)"
 
 
 def coco_results(image_id: int, detections: Dict[str, torch.Tensor], category_ids: Sequence[int]) -> List[Dict]:

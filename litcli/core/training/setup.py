@@ -122,7 +122,9 @@ def place_model(model: nn.Module, cfg: Dict, device: torch.device, sync_bn: bool
     model.to(device)
     if cfg['channels_last']:
         model.to(memory_format=torch.channels_last)
-    if sync_bn:  # CUDA only (run_options checks); the DTM BatchNorms then normalise over the global batch
+    if sync_bn and hasattr(model, 'decode_head'):  # Semantic FPN: the head's BN only, as mmseg's norm_cfg SyncBN
+        model.decode_head = nn.SyncBatchNorm.convert_sync_batchnorm(model.decode_head)
+    elif sync_bn:  # CUDA only (run_options checks); the DTM BatchNorms then normalise over the global batch
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if not world.distributed:
             log('--sync-bn: a single process, so SyncBatchNorm acts as plain BatchNorm')

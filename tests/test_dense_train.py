@@ -14,17 +14,20 @@ import pytest
 import torch
 
 from helpers import lit_cmd, run_until_step
+from litcli.core.config import SCENE_MODEL
 
 TIMEOUT = 600
-TASKS = {  # task -> (data, its tiny config)
-    'retinanet': ('fashion-mnist-det', dict(img_scale=[80, 64], warmup_iters=2, decay_epochs=[1],
-                                            model_kwargs=dict(score_thresh=0.0))),
-    'mask-rcnn': ('fashion-mnist-det', dict(img_scale=[80, 64], warmup_iters=2, decay_epochs=[1],
-                                            model_kwargs=dict(box_score_thresh=0.0, rpn_pre_nms_top_n_train=300,
+SMALL = dict(SCENE_MODEL, fpn_channels=128)  # the built-in scenes' small LIT-Ti layout: quick runs, small files
+TASKS = {  # task -> (data, its tiny config): every detection kept (score threshold 0), for a non-trivial AP
+    'retinanet': ('fashion-mnist-det', dict(img_scale=[80, 64], warmup_iters=2, decay_epochs=[1], lr=3e-4,
+                                            model_kwargs=dict(SMALL, score_thresh=0.0))),
+    'mask-rcnn': ('fashion-mnist-det', dict(img_scale=[80, 64], warmup_iters=2, decay_epochs=[1], lr=3e-4,
+                                            model_kwargs=dict(SMALL, box_score_thresh=0.0, rpn_pre_nms_top_n_train=300,
                                                               rpn_post_nms_top_n_train=100,
                                                               box_batch_size_per_image=32,
                                                               rpn_post_nms_top_n_test=100))),
-    'semantic-fpn': ('fashion-mnist-seg', dict(img_scale=[320, 64], crop_size=[64, 64])),
+    'semantic-fpn': ('fashion-mnist-seg', dict(img_scale=[320, 64], crop_size=[64, 64], lr=3e-4,
+                                               model_kwargs=dict(SCENE_MODEL))),
 }
 EPOCHS, UPDATES = 2, 3
 STEPS = EPOCHS * UPDATES

@@ -849,6 +849,44 @@ def part_dense(ctx: Ctx):
         raise Failed('; '.join(bad))
 
 
+def part_dense_train(ctx: Ctx):
+    """lit train --task on the device with bf16 autocast: Semantic FPN on the built-in scenes (2 short epochs: the
+    iteration sampler, the poly schedule, mIoU each epoch), then lit eval of its best.pt in float32 (the same mIoU
+    within autocast's rounding); RetinaNet too where pycocotools is installed (its COCO AP each epoch)."""
+    import importlib.util
+
+    import yaml
+    work = ctx.workdir
+    tasks = ['semantic-fpn'] + (['retinanet'] if importlib.util.find_spec('pycocotools') else [])
+    summary = []
+    for task in tasks:
+        cfg = work / f'{task}.yaml'
+        cfg.write_text(yaml.safe_dump(dict(epochs=2, updates_per_epoch=20 if ctx.cuda else 2, val_scenes=16,
+                                           train_scenes=64, eval_batch_size=8)))
+        args = ['train', '--task', task, '--config', cfg, '--amp', '--amp-dtype', 'bfloat16', '--device', ctx.device,
+                '--output', work / 'runs', '--name', task, '-j', 0, '--log-interval', 10]
+        cmd = [sys.executable, '-m', 'litcli', *[str(a) for a in args]]
+        rc, out, _ = run_logged(ctx, cmd, work / f'{task}.log', child_env() if ctx.cuda else
+                                child_env(OMP_NUM_THREADS=1))
+        if rc != 0:
+            raise Failed(f'lit train --task {task} exited {rc}: {tail(out, 8)}')
+        if 'bfloat16 autocast' not in out:
+            raise Failed(f'no "bfloat16 autocast" in the {task} run header: {tail(out, 5)}')
+        rows = [json.loads(line) for line in (work / 'runs' / task / 'metrics.jsonl').read_text().splitlines()]
+        key = 'mIoU' if task == 'semantic-fpn' else 'bbox_AP'
+        if len(rows) != 2 or not all(math.isfinite(r['train_loss']) and math.isfinite(r[key]) for r in rows):
+            raise Failed(f'{task}: rows {rows}')
+        done = lit(ctx, 'eval', '--checkpoint', work / 'runs' / task / 'checkpoints' / 'last.pt', '--device',
+                   ctx.device, '--out', work / f'eval-{task}', '--json', timeout=240)
+        result = parse_json_output(text_of(done))
+        ctx.figures[task] = dict(train_loss=rows[-1]['train_loss'], run_metric=rows[-1][key], eval_metric=result[key],
+                                 img_per_s=rows[-1]['img_per_s'], epoch_time_s=rows[-1]['epoch_time_s'])
+        if abs(result[key] - rows[-1][key]) > 2.0:
+            raise Failed(f'{task}: lit eval {key} {result[key]:.2f} vs the run\'s last epoch {rows[-1][key]:.2f}')
+        summary.append(f'{task} {rows[-1]["img_per_s"]:.0f} img/s, {key} {rows[-1][key]:.1f} (eval {result[key]:.1f})')
+    ctx.summary = '; '.join(summary) + ('' if 'retinanet' in tasks else '; retinanet skipped: no pycocotools')
+
+
 PARTS = [
     Part('env', 'versions, device, DTM backend (lit env)', part_env, 60),
     Part('tests', 'pytest -m gpu (tests/), less the amp and compile ones', part_tests, 180, needs=('pytest',)),
@@ -864,6 +902,8 @@ PARTS = [
     Part('figures', 'lit attn-maps, viz-offsets, offsets on the device', part_figures, 120, needs=('matplotlib',)),
     Part('dense', 'dense backbones parity, the six models bf16, lit detect/segment', part_dense, 150,
          needs=('PIL',)),
+    Part('dense-train', 'lit train --task semantic-fpn (and retinanet) bf16, lit eval', part_dense_train, 180,
+         cpu_timeout=300, needs=('yaml', 'PIL')),
     Part('compile-infer', 'compiled = eager test; speed-infer under torch.compile', lambda c: speed(c, 'infer', True),
          240, cuda_only='torch.compile takes minutes on a CPU', slow=True, min_s=90),
     Part('compile-train', 'compiled = eager test; speed-train under torch.compile', lambda c: speed(c, 'train', True),

@@ -114,6 +114,9 @@ def run_dense(checkpoint: Optional[Path], name: Optional[str], data: Optional[st
         if taken:
             raise LitError(f'{Path(out) / taken[0]} exists; pass --force to overwrite, or another --out')
     loaded = load_dense_model(checkpoint, name, pretrained=name is not None, use_ema=use_ema)
+    if loaded.kind == 'detection':
+        from litcli.core.training.dense_metrics import check_pycocotools
+        check_pycocotools()
     if results_file is not None and loaded.kind != 'detection':
         raise UsageError(f'--results-file holds COCO detections; {loaded.name} is a segmentation model: drop it')
     data = data or loaded.checkpoint.get('data')

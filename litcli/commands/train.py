@@ -192,6 +192,9 @@ def _dense_training_data(cfg: Dict, world, device, checkpoint: Optional[Dict], r
     every rank's share; records the data by absolute path and the class count in ``cfg``."""
     from litcli.core.data.dense import build_dense_datasets, build_dense_eval_loader, build_dense_train_loader
 
+    if cfg['task'] != 'semantic_fpn':  # each epoch's COCO AP: refused now rather than after the first epoch
+        from litcli.core.training.dense_metrics import check_pycocotools
+        check_pycocotools()
     train_ds, val_ds, spec = build_dense_datasets(cfg['data'], cfg['task'], cfg, strict_data=cfg['strict_data'])
     cfg['data'] = spec.recorded
     if cfg['num_classes'] is not None and cfg['num_classes'] != spec.num_classes:

@@ -21,6 +21,14 @@ COCO_STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR
 PYCOCOTOOLS_MISSING = "COCO AP needs pycocotools, which is not installed: pip install 'litcli[dense]' (or pycocotools)"
 
 
+def check_pycocotools():
+    """A one-line LitError when pycocotools is missing: a detection run checks it before its first epoch."""
+    try:
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError:
+        raise LitError(PYCOCOTOOLS_MISSING) from None
+
+
 def coco_results(image_id: int, detections: Dict[str, torch.Tensor], category_ids: Sequence[int]) -> List[Dict]:
     """Detections in COCO's results format: {image_id, category_id, bbox [x, y, w, h], score} per detection, plus
     ``segmentation`` (compressed RLE, pycocotools) for masks when pycocotools is installed."""

@@ -434,7 +434,7 @@ DENSE_DATA_PRESETS: Dict[str, Dict[str, Any]] = {
 # make a step several times RetinaNet's on a CPU; a few garments per canvas need far fewer (COCO keeps the official).
 DENSE_TASK_PRESETS: Dict[Tuple[str, str], Dict[str, Any]] = {
     ('fashion-mnist-det', 'mask_rcnn'): dict(
-        epochs=8, updates_per_epoch=130, decay_epochs=[6, 7], lr=4e-4, warmup_iters=100,
+        epochs=5, updates_per_epoch=130, decay_epochs=[3, 4], lr=4e-4, warmup_iters=100,
         model_kwargs=dict(SCENE_MODEL, fpn_channels=128, rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=200,
                           box_batch_size_per_image=64, rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=200,
                           box_fc_channels=256, mask_head_channels=[128, 128, 128, 128])),

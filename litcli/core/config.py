@@ -426,7 +426,7 @@ DENSE_DATA_PRESETS: Dict[str, Dict[str, Any]] = {
     'fashion-mnist-det': dict(img_scale=[160, 128], epochs=13, updates_per_epoch=250, batch_size=8, lr=6e-4,
                               clip_grad=35.0, warmup_iters=200, decay_epochs=[10, 12], workers=0, log_interval=25,
                               eval_batch_size=8, model_kwargs=dict(SCENE_MODEL, fpn_channels=128)),
-    'fashion-mnist-seg': dict(img_scale=[640, 128], crop_size=[128, 128], epochs=10, updates_per_epoch=250,
+    'fashion-mnist-seg': dict(img_scale=[640, 128], crop_size=[128, 128], epochs=8, updates_per_epoch=250,
                               batch_size=8, lr=6e-4, clip_grad=35.0, warmup_iters=100, warmup_ratio=0.001,
                               workers=0, log_interval=25, eval_batch_size=8, model_kwargs=dict(SCENE_MODEL)),
 }
@@ -434,7 +434,7 @@ DENSE_DATA_PRESETS: Dict[str, Dict[str, Any]] = {
 # make a step several times RetinaNet's on a CPU; a few garments per canvas need far fewer (COCO keeps the official).
 DENSE_TASK_PRESETS: Dict[Tuple[str, str], Dict[str, Any]] = {
     ('fashion-mnist-det', 'mask_rcnn'): dict(
-        epochs=5, updates_per_epoch=130, decay_epochs=[3, 4], lr=4e-4, warmup_iters=100,
+        epochs=4, updates_per_epoch=340, batch_size=4, decay_epochs=[3], lr=5e-4, warmup_iters=100,
         model_kwargs=dict(SCENE_MODEL, fpn_channels=128, rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=200,
                           box_batch_size_per_image=64, rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=200,
                           box_fc_channels=256, mask_head_channels=[128, 128, 128, 128])),

@@ -3,9 +3,9 @@ import pytest
 import torch
 import yaml
 
-from litcli.core.config import (DENSE_CONFIG_KEYS, DENSE_DATA_PRESETS, DENSE_RECIPES, RECIPE_DIR, check_dense_config,
-                                dense_model_name, dense_recipe, dense_task_name, dense_variant_name,
-                                new_dense_run_config)
+from litcli.core.config import (DENSE_CONFIG_KEYS, DENSE_DATA_PRESETS, DENSE_RECIPES, DENSE_TASK_PRESETS, RECIPE_DIR,
+                                check_dense_config, dense_model_name, dense_recipe, dense_task_name,
+                                dense_variant_name, new_dense_run_config)
 from litcli.core.errors import LitError, UsageError
 from litcli.core.modelio.checkpoint import plain
 from litcli.core.training.optim import create_dense_optimizer, create_dense_scheduler, dense_param_groups
@@ -114,7 +114,9 @@ def test_merge_order(tmp_path):
     (tmp_path / 'c.yaml').write_text('lr: 5.0e-4\nepochs: 3\nvariant: s\ntask: mask-rcnn\n')
     cfg = new_dense_run_config(config_file=tmp_path / 'c.yaml', overrides={'epochs': 2, 'batch_size': None})
     assert (cfg['task'], cfg['variant'], cfg['drop_path']) == ('mask_rcnn', 's', 0.2)  # the file's task/variant
-    assert cfg['lr'] == 5e-4 and cfg['epochs'] == 2 and cfg['batch_size'] == preset['batch_size']  # flag > file
+    mask_preset = {**preset, **DENSE_TASK_PRESETS[('fashion-mnist-det', 'mask_rcnn')]}  # the task's layer on top
+    assert cfg['lr'] == 5e-4 and cfg['epochs'] == 2 and cfg['batch_size'] == mask_preset['batch_size']  # flag > file
+    assert cfg['model_kwargs'] == mask_preset['model_kwargs']  # fewer RoIs than COCO's
     cfg = new_dense_run_config('retinanet', 'ti', tmp_path / 'c.yaml', {'lr': 7e-4})
     assert (cfg['task'], cfg['variant'], cfg['lr'], cfg['epochs']) == ('retinanet', 'ti', 7e-4, 3)  # flags win
     cfg = new_dense_run_config('retinanet', 's', overrides={'data': 'coco:/data/coco'})  # no preset for real data

@@ -444,6 +444,11 @@ def load_backbone_weights(model, name: str, raw: Dict, source) -> None:
     body.load_state_dict(state_dict)
 
 
+# The dense models' tensors whose shape follows the class count (RetinaNet's classifier, Mask R-CNN's box classifier
+# and regressor and mask logits, Semantic FPN's last conv)
+CLASS_SPECIFIC = ('cls_logits', 'cls_score', 'bbox_pred', 'mask_fcn_logits', 'conv_seg')
+
+
 def load_dense_start_weights(model, name: str, source, log: Callable[[str], None]) -> str:
     """The weights a dense training run starts from, loaded into ``model`` (the dense model ``name``): ``source`` a
     dense model's name (its released file, downloaded once), a dense checkpoint (official mmdet/mmseg file or a lit
@@ -472,10 +477,16 @@ def load_dense_start_weights(model, name: str, source, log: Callable[[str], None
         raise CheckpointError(f'{path} does not fit {name}: {len(unknown)} unexpected keys '
                               f'({key_examples(unknown)}); pass a checkpoint of {name}')
     fitting = {k: v for k, v in state_dict.items() if v.shape == target[k].shape}
-    model.load_state_dict(fitting, strict=False)
     fresh = sorted(set(target) - set(fitting))
-    return f'{name} weights from {path}' + (f' ({len(fresh)} tensors of other shapes, e.g. the class-specific '
-                                             f'head rows, left random: {key_examples(fresh)})' if fresh else '')
+    other = [k for k in fresh if not any(part in k for part in CLASS_SPECIFIC)]
+    if other:  # not a class count: another layout (model_kwargs: widths, depths, FPN channels)
+        built = raw.get('model_kwargs') or 'the official settings'
+        raise CheckpointError(f'{path} holds {name} of another size ({len(other)} tensors differ, e.g. '
+                              f'{key_examples(other)}; it was built with {built}): start from a checkpoint of '
+                              f'this layout, or set model_kwargs as it was')
+    model.load_state_dict(fitting, strict=False)
+    return f'{name} weights from {path}' + (f' (the class-specific head rows stay random for the other class count: '
+                                             f'{key_examples(fresh)})' if fresh else '')
 
 
 def _dense_entry_of(raw: Dict):

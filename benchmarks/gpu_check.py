@@ -878,7 +878,7 @@ def part_dense_train(ctx: Ctx):
             raise Failed(f'{task}: rows {rows}')
         done = lit(ctx, 'eval', '--checkpoint', work / 'runs' / task / 'checkpoints' / 'last.pt', '--device',
                    ctx.device, '--out', work / f'eval-{task}', '--json', timeout=240)
-        result = parse_json_output(text_of(done))
+        result = parse_json_output(done.stdout)
         ctx.figures[task] = dict(train_loss=rows[-1]['train_loss'], run_metric=rows[-1][key], eval_metric=result[key],
                                  img_per_s=rows[-1]['img_per_s'], epoch_time_s=rows[-1]['epoch_time_s'])
         if abs(result[key] - rows[-1][key]) > 2.0:

@@ -137,3 +137,16 @@ def test_dense_part_dry_run(tmp_path):
     assert max(dense['figures']['parity_max_abs_diff_float64'].values()) <= 1e-8
     assert all(row.get('finite') for row in dense['figures']['models'].values()), dense['figures']['models']
     assert len(dense['figures']['models']) == 6
+
+
+@pytest.mark.slow
+def test_dense_train_part_dry_run(tmp_path):
+    """The dense-train part on the CPU: lit train --task semantic-fpn (and retinanet, pycocotools being installed)
+    under bf16 autocast, two short epochs, then lit eval of the run within 2 points of its last epoch."""
+    out = gpu_check('--device', 'cpu', '--parts', 'dense-train', '--out', tmp_path / 'r.json', '--workdir',
+                    tmp_path / 'w', timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    part = json.loads((tmp_path / 'r.json').read_text())['parts'][0]
+    assert part['status'] == 'pass', part
+    assert set(part['figures']) == {'semantic-fpn', 'retinanet'}
+    assert all(0 <= f['eval_metric'] <= 100 for f in part['figures'].values())

@@ -364,6 +364,15 @@ def test_weights_download(tmp_path, monkeypatch, full_disk):
 # An interrupted lit data pack (defect 5)
 
 
+def _as_from_a_shell():
+    """The child's SIGINT/SIGTERM as a shell starts a command: default dispositions, not blocked. An ignored SIGINT
+    is inherited through exec (and Python then leaves Ctrl-C ignored): the full suite's pytest process was seen
+    passing one on, and the SIGINT case then hung until its 60 s limit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def blocked_pack(tmp_path: Path):
     """``lit data pack`` of 300 small images whose last val image is a FIFO: the pack writes every train shard, then
     waits on the FIFO, whose write end this process holds (opening it is the sign that the pack got there), so a
@@ -374,7 +383,7 @@ def blocked_pack(tmp_path: Path):
     os.mkfifo(fifo)
     out = tmp_path / 'out'
     proc = subprocess.Popen(lit_cmd('data', 'pack', src, out, '--shard-size', '100kB'), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_as_from_a_shell)
     deadline = time.monotonic() + 120
     while True:
         try:
